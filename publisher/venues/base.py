@@ -1,0 +1,102 @@
+"""What every venue adapter provides, and the few types that cross the adapter boundary.
+
+An adapter knows one venue's wire format, authentication and paging, and nothing about Kafka,
+dedupe or scheduling. The poll loop calls :meth:`VenueAdapter.fetch` once per poll with the lower
+bound of the overlap window; the adapter walks every page it needs and returns the normalised
+fills, the fills it could not normalise (they go to the DLQ), and an opaque paging hint that the
+checkpoint carries to the next poll and across restarts.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar, Literal
+
+import msgspec
+
+from publisher.event import FillEvent
+
+#: Why a poll failed; the `reason` label of `fillpub_poll_errors_total`.
+ErrorReason = Literal["timeout", "connect", "http_429", "http_4xx", "http_5xx", "auth", "decode"]
+
+
+class VenueError(Exception):
+    """A poll failed; the whole poll is retried later with backoff.
+
+    The message must never contain a secret (keys, signatures); adapters build it from the status
+    and the venue's own error code/message only.
+    """
+
+    def __init__(self, reason: ErrorReason, message: str, *, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.reason: ErrorReason = reason
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(slots=True)
+class InvalidFill:
+    """A fill the adapter could not decode or normalise.
+
+    `key` identifies it for dedupe so the DLQ receives it once, not on every overlapping poll: the
+    venue's fill id when it could be read, else a digest of the raw bytes.
+    """
+
+    key: str
+    error: str
+    raw: msgspec.Raw
+
+
+@dataclass(slots=True)
+class FetchResult:
+    """Everything one poll returned, all pages together."""
+
+    fills: list[FillEvent] = field(default_factory=list)
+    invalid: list[InvalidFill] = field(default_factory=list)
+    #: opaque paging hint stored in the checkpoint and handed back on the next poll (e.g. ZLL's
+    #: resume offset); None when the venue needs none
+    paging_state: Any = None
+
+
+class VenueAdapter(abc.ABC):
+    """One configured account ("source") on one venue.
+
+    Subclasses set `venue`, are registered in :mod:`publisher.venues`, and receive their source
+    config plus an already-configured :class:`publisher.venues.http.VenueClient` (rate limit,
+    timeouts, error mapping, request counting).
+    """
+
+    venue: ClassVar[str]
+
+    @abc.abstractmethod
+    async def fetch(self, since_ns: int, paging_state: Any, observed_at_ns: int) -> FetchResult:
+        """Fetch every fill executed at or after `since_ns` (more is fine: the caller filters).
+
+        `paging_state` is what the previous successful poll returned (None on a first start).
+        `observed_at_ns` stamps every event of this poll. Raises :class:`VenueError` when the poll
+        cannot complete; no partial result is used then.
+        """
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release resources the adapter owns (the HTTP client is closed by its owner)."""
+
+
+SOURCE_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+
+
+class SourceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="venue"):
+    """Settings common to every source; each venue module subclasses it with `tag=<venue name>`.
+
+    The venue's secret is named by `secret_field` (e.g. `private_key`): the config gives exactly one
+    of `<secret_field>_file` or `<secret_field>_env`, never the value itself.
+    """
+
+    secret_field: ClassVar[str]
+
+    name: Annotated[str, msgspec.Meta(pattern=SOURCE_NAME_PATTERN, max_length=100)]
+    base_url: str
+    poll_interval_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 1.0
+    lookback_s: Annotated[float, msgspec.Meta(ge=0, le=90 * 86400)] = 300.0
+    page_limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 200
+    max_requests_per_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
