@@ -100,3 +100,8 @@ class SourceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag
     page_limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 200
     max_requests_per_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+
+    @property
+    def venue_name(self) -> str:
+        """The venue this source polls (the struct's tag, `venue:` in the config)."""
+        return str(self.__struct_config__.tag)

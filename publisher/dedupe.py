@@ -1,0 +1,99 @@
+"""Per-source memory of the fills already handed to the sink, bounded by the overlap window.
+
+Polls overlap on purpose (each re-reads the last `lookback_s` seconds to catch late fills), so most
+fills arrive several times. A source remembers the key of every fill whose execution time lies
+inside the window and forgets it once the window's floor has passed it: the poll loop never
+accepts a fill older than the floor, so a forgotten key can never be needed again. Memory is
+therefore proportional to the fills inside the window, never to history.
+
+Keys are 16-byte BLAKE2b digests of the venue's fill id: a fixed, small size whatever the venue's
+id format (UUID strings cost 85 bytes as Python objects, the digest 49), and a collision chance of
+about n^2 / 2^129, i.e. nil for any realistic n. Keys are grouped by execution second, which makes
+pruning a walk over a few buckets and the checkpoint a compact map of second -> packed digests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+
+_NS = 1_000_000_000
+KEY_SIZE = 16
+
+
+def fill_key(fill_id: str) -> bytes:
+    """The dedupe key of a venue fill id."""
+    return hashlib.blake2b(fill_id.encode(), digest_size=KEY_SIZE).digest()
+
+
+class SeenWindow:
+    """The set of fill keys a source has accepted whose execution time is at or after `floor_ns`.
+
+    The caller admits fills in :meth:`admit` (which also answers "is it new?") and moves the floor
+    forward with :meth:`advance`; keys of seconds wholly below the floor are dropped. Keys of the
+    floor's own second are kept: the venue filters on whole seconds.
+    """
+
+    __slots__ = ("_keys", "_buckets", "_floor_s", "_packed")
+
+    def __init__(self, floor_ns: int = 0):
+        self._keys: set[bytes] = set()
+        self._buckets: dict[int, list[bytes]] = {}
+        self._floor_s = floor_ns // _NS
+        # packed digests per second, cached for checkpoints; a bucket's entry is dropped on change
+        self._packed: dict[int, bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._keys
+
+    @property
+    def floor_ns(self) -> int:
+        return self._floor_s * _NS
+
+    def admit(self, key: bytes, at_ns: int) -> bool:
+        """Remember `key` (executed at `at_ns`); True when it was not known yet."""
+        if key in self._keys:
+            return False
+        self._keys.add(key)
+        second = max(at_ns // _NS, self._floor_s)
+        bucket = self._buckets.get(second)
+        if bucket is None:
+            self._buckets[second] = [key]
+        else:
+            bucket.append(key)
+        self._packed.pop(second, None)
+        return True
+
+    def advance(self, floor_ns: int) -> None:
+        """Move the floor forward (never back) and forget keys of seconds below it."""
+        floor_s = floor_ns // _NS
+        if floor_s <= self._floor_s:
+            return
+        self._floor_s = floor_s
+        for second in [s for s in self._buckets if s < floor_s]:
+            self._keys.difference_update(self._buckets.pop(second))
+            self._packed.pop(second, None)
+
+    def packed(self) -> dict[int, bytes]:
+        """Second -> concatenated 16-byte keys: the checkpoint's compact form of the window."""
+        packed = self._packed
+        for second, keys in self._buckets.items():
+            if second not in packed:
+                packed[second] = b"".join(keys)
+        return dict(packed)
+
+    @classmethod
+    def from_packed(cls, floor_ns: int, packed: Mapping[int, bytes]) -> SeenWindow:
+        """Rebuild a window from :meth:`packed` output, dropping what lies below `floor_ns`."""
+        window = cls(floor_ns)
+        for second, blob in packed.items():
+            if second < window._floor_s:
+                continue
+            if len(blob) % KEY_SIZE:
+                raise ValueError(f"corrupt dedupe bucket for second {second}")
+            for i in range(0, len(blob), KEY_SIZE):
+                window.admit(blob[i : i + KEY_SIZE], second * _NS)
+        return window

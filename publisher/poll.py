@@ -1,0 +1,235 @@
+"""The poll loop of one source: schedule, overlap window, dedupe, backoff, hand-off to the sink.
+
+Each poll asks the venue adapter for every fill executed since `floor = watermark - lookback`,
+where the watermark is the start of the previous successful poll. Re-reading that overlap on every
+poll is what catches late fills; the :class:`~publisher.dedupe.SeenWindow` drops what was already
+handed to the sink. Fills older than the floor are ignored: the window has forgotten them, and
+`lookback_s` is exactly the lateness the service is configured to tolerate.
+
+The surviving fills, sorted by (executed_at_ns, fill_id), the dead letters and a checkpoint of the
+source's state go to the sink as one batch. The window and watermark include batches that are
+queued but not yet committed, so the next poll does not hand them over again; this is safe because
+the sink never drops a batch (it commits it or the process ends, and then nothing moved in Kafka
+either) and commits a source's batches in order, so the checkpoint written with batch n also
+covers every earlier batch. Counters of published fills and the lag histogram move only on commit.
+
+Errors never escape the loop: each is counted by reason and followed by exponential backoff with
+full jitter (longer for auth failures, which need a human), so one bad source never stalls others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from publisher.checkpoint import Checkpoint, encode_checkpoint
+from publisher.dedupe import SeenWindow, fill_key
+from publisher.event import DeadLetter, FillEvent
+from publisher.metrics import SourceMetrics
+from publisher.sink import SourceBatch, TransactionalSink
+from publisher.venues.base import InvalidFill, SourceConfig, VenueAdapter, VenueError
+
+log = logging.getLogger(__name__)
+
+_NS = 1_000_000_000
+#: write a checkpoint at least this often even when nothing new arrived, so a restart after a
+#: quiet spell does not re-read a long stretch of history
+CHECKPOINT_REFRESH_NS = 60 * _NS
+
+
+class Backoff:
+    """Exponential backoff with full jitter, as in the AWS architecture blog's analysis."""
+
+    def __init__(self, base_s: float, cap_s: float, rng: random.Random | None = None):
+        self.base_s = base_s
+        self.cap_s = cap_s
+        self.failures = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self, at_least_s: float = 0.0) -> float:
+        self.failures += 1
+        ceiling = min(self.cap_s, self.base_s * 2 ** min(self.failures - 1, 30))
+        return max(at_least_s, self._rng.uniform(ceiling / 2, ceiling))
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class SourceState:
+    """What a source knows about its own progress; restored from and saved to checkpoints."""
+
+    def __init__(self, source: SourceConfig, checkpoint: Checkpoint | None, now_ns: int):
+        self.name = source.name
+        self.venue = source.venue_name
+        self.lookback_ns = int(source.lookback_s * _NS)
+        if checkpoint is None:
+            # first start: publish what was executed in the last lookback_s, then carry on
+            self.watermark_ns = now_ns
+            self.window = SeenWindow(now_ns - self.lookback_ns)
+            self.paging_state: Any = None
+        else:
+            self.watermark_ns = checkpoint.watermark_ns
+            self.window = SeenWindow.from_packed(self.floor_ns, checkpoint.seen)
+            self.paging_state = checkpoint.paging_state
+        self.last_checkpoint_ns = now_ns
+        #: watermark of the newest committed batch
+        self.committed_watermark_ns = self.watermark_ns
+
+    @property
+    def floor_ns(self) -> int:
+        return self.watermark_ns - self.lookback_ns
+
+    def checkpoint(self, now_ns: int) -> bytes:
+        return encode_checkpoint(
+            Checkpoint(
+                source=self.name,
+                venue=self.venue,
+                watermark_ns=self.watermark_ns,
+                floor_ns=self.window.floor_ns,
+                seen=self.window.packed(),
+                paging_state=self.paging_state,
+                written_at_ns=now_ns,
+            )
+        )
+
+
+def _sort_key(fill: FillEvent) -> tuple[int, str]:
+    return (fill.executed_at_ns, fill.fill_id)
+
+
+class Poller:
+    """Runs one source forever: poll, dedupe, hand to the sink, sleep, repeat."""
+
+    def __init__(
+        self,
+        source: SourceConfig,
+        adapter: VenueAdapter,
+        state: SourceState,
+        sink: TransactionalSink,
+        metrics: SourceMetrics,
+        *,
+        wall_clock_ns: Callable[[], int] = time.time_ns,
+    ):
+        self.source = source
+        self._adapter = adapter
+        self.state = state
+        self._sink = sink
+        self._metrics = metrics
+        self._now_ns = wall_clock_ns
+        self._backoff = Backoff(base_s=max(0.5, source.poll_interval_s), cap_s=60.0)
+        self._auth_backoff = Backoff(base_s=15.0, cap_s=300.0)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until `stop` is set. Never raises on venue or adapter errors."""
+        interval = self.source.poll_interval_s
+        due = time.monotonic()
+        while not stop.is_set():
+            delay = due - time.monotonic()
+            if delay > 0 and await _wait(stop, delay):
+                return
+            # an outage upstream of us (Kafka) pauses polling instead of growing the backlog
+            await self._sink.wait_for_capacity()
+            if stop.is_set():
+                return
+            pause = await self.poll_once()
+            # keep the cadence (no drift), but never burst to catch up after a slow poll
+            due = max(due + interval, time.monotonic()) if pause is None else time.monotonic() + pause
+
+    async def poll_once(self) -> float | None:
+        """One poll; returns a backoff pause in seconds after a failure, None after success."""
+        metrics = self._metrics
+        state = self.state
+        poll_start_ns = self._now_ns()
+        started = time.perf_counter()
+        try:
+            result = await self._adapter.fetch(state.floor_ns, state.paging_state, poll_start_ns)
+        except VenueError as exc:
+            metrics.errors[exc.reason].inc()
+            if exc.reason == "auth":
+                pause = self._auth_backoff.next_delay()
+                log.error("source %s: venue rejected our credentials (%s); retrying in %.0fs",
+                          self.source.name, exc, pause)
+            else:
+                pause = self._backoff.next_delay(exc.retry_after_s or 0.0)
+                log.warning("source %s: poll failed, %s (%s); retrying in %.1fs",
+                            self.source.name, exc.reason, exc, pause)
+            return pause
+        except Exception:  # an adapter bug must not kill the source's loop
+            metrics.errors["decode"].inc()
+            pause = self._backoff.next_delay()
+            log.exception("source %s: unexpected adapter failure; retrying in %.1fs", self.source.name, pause)
+            return pause
+        self._backoff.reset()
+        self._auth_backoff.reset()
+        self._accept(result.fills, result.invalid, result.paging_state, poll_start_ns)
+        metrics.poll_duration.observe(time.perf_counter() - started)
+        metrics.last_success.set(time.time())
+        return None
+
+    def _accept(self, fills: list[FillEvent], invalid: list[InvalidFill], paging_state: Any, poll_start_ns: int) -> None:
+        state = self.state
+        window = state.window
+        floor = window.floor_ns
+        fresh: list[FillEvent] = []
+        duplicates = 0
+        for fill in fills:
+            if fill.executed_at_ns < floor:
+                continue  # older than the overlap window: outside what this source tracks
+            if window.admit(fill_key(fill.fill_id), fill.executed_at_ns):
+                fresh.append(fill)
+            else:
+                duplicates += 1
+        letters: list[DeadLetter] = []
+        for bad in invalid:
+            # a bad fill stays in the venue's answers for as long as a good one would; stamping it
+            # with this poll's start keeps its key at least that long
+            key = hashlib.blake2b(b"dlq:" + bad.key.encode(), digest_size=16).digest()
+            if window.admit(key, max(poll_start_ns, floor)):
+                letters.append(DeadLetter(source=state.name, venue=state.venue, error=bad.error, raw=bad.raw))
+        if duplicates:
+            self._metrics.duplicate.inc(duplicates)
+        fresh.sort(key=_sort_key)
+
+        paging_changed = paging_state != state.paging_state
+        state.paging_state = paging_state
+        state.watermark_ns = max(state.watermark_ns, poll_start_ns)
+        window.advance(state.floor_ns)
+        stale = poll_start_ns - state.last_checkpoint_ns >= CHECKPOINT_REFRESH_NS
+        if not (fresh or letters or paging_changed or stale):
+            return
+        state.last_checkpoint_ns = poll_start_ns
+        watermark = state.watermark_ns
+        batch = SourceBatch(
+            source=state.name,
+            venue=state.venue,
+            fills=fresh,
+            dead_letters=letters,
+            checkpoint=state.checkpoint(poll_start_ns),
+            on_commit=lambda committed_ns: self._committed(fresh, len(letters), watermark, committed_ns),
+        )
+        self._sink.submit(batch)
+
+    def _committed(self, fills: list[FillEvent], dead: int, watermark_ns: int, committed_ns: int) -> None:
+        metrics = self._metrics
+        if fills:
+            metrics.published.inc(len(fills))
+            observe = metrics.lag.observe
+            for fill in fills:
+                observe((committed_ns - fill.executed_at_ns) / _NS)
+        if dead:
+            metrics.invalid.inc(dead)
+        self.state.committed_watermark_ns = max(self.state.committed_watermark_ns, watermark_ns)
+
+
+async def _wait(stop: asyncio.Event, timeout: float) -> bool:
+    """Sleep up to `timeout`; True when `stop` was set meanwhile."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout)
+        return True
+    except asyncio.TimeoutError:
+        return False
