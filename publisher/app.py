@@ -1,0 +1,181 @@
+"""The running service: wires config -> venue adapters -> pollers -> sink, and owns the lifecycle.
+
+Start-up order matters for exactly-once:
+1. serve /healthz, /readyz (503) and /metrics at once, so probes and scrapes work while waiting;
+2. initialise the transactional producer, retrying until Kafka answers (this fences an older
+   instance and aborts its in-doubt transaction);
+3. create missing topics (best effort), then restore every source's checkpoint with a
+   read_committed consumer;
+4. only then start polling; /readyz turns 200.
+
+SIGTERM/SIGINT: stop polling, commit what is queued, exit 0 within 10 s. Fencing by another
+instance: exit 3 at once, publishing nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+
+import httpx
+
+from publisher import __version__
+from publisher.checkpoint import Checkpoint, read_checkpoints
+from publisher.config import Settings, fills_topic
+from publisher.endpoints import make_handler
+from publisher.httpserver import HttpServer
+from publisher.kafkaclient import consumer_options, ensure_topics
+from publisher.metrics import Metrics
+from publisher.poll import Backoff, Poller, SourceState
+from publisher.sink import ProducerFencedError, TransactionalSink
+from publisher.venues import VENUES
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_FENCED = 3
+#: SIGTERM budget split: pollers get a moment to finish a poll, the sink the rest to commit
+POLL_GRACE_S = 1.5
+DRAIN_TIMEOUT_S = 7.0
+
+
+class Publisher:
+    """One service instance. `serve()` runs it until `stop` is set or the producer is fenced."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None):
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.sink = TransactionalSink(settings.config.kafka, settings.sasl_password, self.metrics)
+        self.pollers: list[Poller] = []
+        self.http: HttpServer | None = None
+        self._restored = False
+
+    @property
+    def ready(self) -> bool:
+        return self._restored and self.sink.healthy
+
+    async def serve(self, stop: asyncio.Event) -> int:
+        config = self.settings.config
+        self.http = HttpServer(make_handler(self.metrics, lambda: self.ready), config.http.host, config.http.port)
+        await self.http.start()
+        log.info("fill-publisher %s serving /metrics /healthz /readyz on %s", __version__, self.http.url)
+        clients: list[httpx.AsyncClient] = []
+        try:
+            try:
+                await self.sink.start(stop)
+            except asyncio.CancelledError:
+                if stop.is_set():
+                    return EXIT_OK
+                raise
+            checkpoints = await self._restore(stop)
+            if checkpoints is None:
+                return EXIT_OK
+            self._build_pollers(checkpoints, clients)
+            self._restored = True
+            log.info("ready: %d sources polling", len(self.pollers))
+            return await self._run(stop)
+        except ProducerFencedError:
+            return EXIT_FENCED
+        finally:
+            for client in clients:
+                await client.aclose()
+            await self.http.close()
+
+    async def _restore(self, stop: asyncio.Event) -> dict[str, Checkpoint] | None:
+        """Create topics and read checkpoints, retrying until it works (None: stopped first)."""
+        settings = self.settings
+        kafka = settings.config.kafka
+        names = [s.name for s in settings.config.sources]
+        if kafka.create_topics:
+            venues = sorted({s.venue_name for s in settings.config.sources})
+            await ensure_topics(kafka, settings.sasl_password, [fills_topic(kafka, v) for v in venues])
+        backoff = Backoff(base_s=0.5, cap_s=30.0)
+        while not stop.is_set():
+            try:
+                found = await asyncio.wait_for(
+                    read_checkpoints(kafka.checkpoint_topic, names, consumer_options(kafka, settings.sasl_password)),
+                    timeout=max(30.0, kafka.request_timeout_s * 2),
+                )
+            except Exception as exc:  # noqa: BLE001 - any failure: retry; polling must not start
+                self.metrics.publish_errors.labels(reason="checkpoint_restore").inc()
+                delay = backoff.next_delay()
+                log.warning("restoring checkpoints failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                continue
+            for source in settings.config.sources:
+                checkpoint = found.get(source.name)
+                if checkpoint is not None and checkpoint.venue != source.venue_name:
+                    log.warning("source %s: checkpoint belongs to venue %s, not %s; starting fresh",
+                                source.name, checkpoint.venue, source.venue_name)
+                    found.pop(source.name)
+                elif checkpoint is None:
+                    log.warning("source %s: no checkpoint in %s; first start, publishing fills of the last %gs",
+                                source.name, kafka.checkpoint_topic, source.lookback_s)
+            return found
+        return None
+
+    def _build_pollers(self, checkpoints: dict[str, Checkpoint], clients: list[httpx.AsyncClient]) -> None:
+        settings = self.settings
+        now_ns = time.time_ns()
+        for source in settings.config.sources:
+            venue = VENUES[source.venue_name]
+            client = httpx.AsyncClient(
+                base_url=source.base_url,
+                timeout=source.timeout_s,
+                limits=httpx.Limits(max_connections=4, max_keepalive_connections=2),
+                headers={"user-agent": f"fill-publisher/{__version__}"},
+            )
+            clients.append(client)
+            source_metrics = self.metrics.source(source.venue_name, source.name)
+            adapter = venue.create_adapter(
+                source, settings.source_secrets[source.name], client, source_metrics.requests.inc
+            )
+            state = SourceState(source, checkpoints.get(source.name), now_ns)
+            self.pollers.append(Poller(source, adapter, state, self.sink, source_metrics))
+
+    async def _run(self, stop: asyncio.Event) -> int:
+        sink_task = asyncio.create_task(self.sink.run(), name="sink")
+        poll_tasks = [asyncio.create_task(p.run(stop), name=f"poll:{p.source.name}") for p in self.pollers]
+        stop_task = asyncio.create_task(stop.wait())
+        await asyncio.wait({sink_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        sink_error = sink_task.exception() if sink_task.done() else None
+        fenced = isinstance(sink_error, ProducerFencedError)
+        if sink_error is not None and not fenced:
+            log.error("sink stopped unexpectedly", exc_info=sink_error)
+        stop.set()
+        # stop polling: a poll still waiting on the venue after the grace period is abandoned,
+        # which loses nothing (it queued nothing yet)
+        _, late = await asyncio.wait(poll_tasks, timeout=POLL_GRACE_S) if poll_tasks else (set(), set())
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*poll_tasks, return_exceptions=True)
+        stop_task.cancel()
+        if fenced:
+            await self.sink.close(None, 0)
+            return EXIT_FENCED
+        drained = await self.sink.close(sink_task, DRAIN_TIMEOUT_S)
+        if sink_error is not None:
+            return EXIT_FAILED
+        if drained:
+            log.info("stopped: everything fetched was committed")
+        else:
+            log.warning("stopped before the queued fills could be committed; they will be fetched again on restart")
+        return EXIT_OK
+
+
+def run(settings: Settings) -> int:
+    """`fill-publisher run`: serve until SIGTERM/SIGINT; the process exit status."""
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        return await Publisher(settings).serve(stop)
+
+    return asyncio.run(main())
