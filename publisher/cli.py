@@ -1,0 +1,137 @@
+"""The `fill-publisher` command: run, demo, check-config, schema.
+
+A bad config or an unreadable secret ends the process with status 2 and one line on stderr,
+`fill-publisher: config error: <field>: <problem>`, never a traceback and never a secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from publisher import logs
+from publisher.config import ConfigError, Settings, fills_topic, load_settings, secret_fields, venue_of
+
+PROG = "fill-publisher"
+EXIT_CONFIG = 2
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 1..65535: {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also what `--help` shows)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Polls trading venues' fills endpoints and publishes every fill exactly once to Kafka."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the service until SIGTERM/SIGINT")
+    run.add_argument("--config", required=True, metavar="PATH", help="YAML config file")
+
+    demo = commands.add_parser(
+        "demo", help="simulated venues, an embedded broker and the publisher on this machine, no set-up"
+    )
+    demo.add_argument("--duration", type=_positive_float, metavar="SECONDS", help="stop by itself after this long")
+    demo.add_argument("--http-port", type=_port, metavar="PORT", help="port for /metrics, /healthz, /readyz")
+
+    check = commands.add_parser(
+        "check-config", help="validate a config and read its secrets, without connecting anywhere"
+    )
+    check.add_argument("--config", required=True, metavar="PATH", help="YAML config file")
+
+    commands.add_parser("schema", help="print the JSON Schema of the published event")
+    return parser
+
+
+def _load(path: str) -> Settings:
+    settings = load_settings(path)
+    # defence in depth: even a careless log call cannot print these
+    for secret in settings.source_secrets.values():
+        logs.register_secret(secret.reveal())
+    if settings.sasl_password is not None:
+        logs.register_secret(settings.sasl_password.reveal())
+    return settings
+
+
+def _summary(path: str, settings: Settings) -> str:
+    """What check-config prints: where things go and where secrets come from, never their values."""
+    config = settings.config
+    kafka = config.kafka
+    topics = sorted({fills_topic(kafka, venue_of(s)) for s in config.sources})
+    lines = [
+        f"config OK: {path}",
+        f"kafka: bootstrap_servers={kafka.bootstrap_servers} security_protocol={kafka.security_protocol}",
+        f"  topics: {', '.join(topics)}; dlq {kafka.dlq_topic}; checkpoints {kafka.checkpoint_topic}",
+        f"  transactional_id_prefix={kafka.transactional_id_prefix}",
+        f"http: {config.http.host}:{config.http.port}",
+        f"sources ({len(config.sources)}):",
+    ]
+    for source in config.sources:
+        file_field, env_field = secret_fields(source)
+        origin = (
+            f"{file_field}={getattr(source, file_field)}"
+            if getattr(source, file_field) is not None
+            else f"{env_field}={getattr(source, env_field)}"
+        )
+        lines.append(f"  {source.name}: venue={venue_of(source)} base_url={source.base_url} {origin} (secret ok)")
+    return "\n".join(lines)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "schema":
+        from publisher.event import json_schema_text
+
+        sys.stdout.write(json_schema_text())
+        return 0
+    try:
+        logs.configure_logging()
+    except ValueError as exc:  # an unknown FILLPUB_LOG_LEVEL; the message names the variable
+        return _config_error(exc)
+    try:
+        if args.command == "check-config":
+            print(_summary(args.config, _load(args.config)))
+            return 0
+        if args.command == "run":
+            settings = _load(args.config)
+            from publisher.app import run  # heavy (Kafka, HTTP clients): only when actually running
+
+            return run(settings)
+        if args.command == "demo":
+            from publisher.demo import main as demo_main
+
+            return demo_main(args.duration, args.http_port)
+    except ConfigError as exc:
+        return _config_error(exc)
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(f"unhandled command {args.command!r}")  # argparse accepts only the above
+
+
+def _config_error(exc: Exception) -> int:
+    print(f"{PROG}: config error: {exc}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point: runs the command and exits with its status."""
+    sys.exit(_main(argv))
