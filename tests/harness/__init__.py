@@ -1,0 +1,1 @@
+"""Test harness: delivery verification against the raw log, and a fault-injecting Kafka proxy."""
