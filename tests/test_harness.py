@@ -14,6 +14,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from publisher.embedded_broker import EmbeddedBroker
+from tests.harness.proxy import KafkaProxy
 from tests.harness.delivery import (
     ABORTED,
     COMMITTED,
@@ -218,3 +219,70 @@ def test_delivery_report_diff() -> None:
     with pytest.raises(AssertionError, match="MISMATCH"):
         assert_exactly_once(records, ["a", "b", "c"])
     assert delivery_report(records[:2], ["a", "b"]).ok
+
+
+# -- proxy ---------------------------------------------------------------------------------------
+
+async def _send_batch(producer: AIOKafkaProducer, topic: str, ids: list[str]) -> None:
+    async with producer.transaction():
+        futures = [await producer.send(topic, **_fill(i)) for i in ids]
+        await asyncio.gather(*futures)
+
+
+async def test_proxy_routes_all_traffic_and_survives_outages(
+    broker: EmbeddedBroker, topic_prefix: str
+) -> None:
+    topic = f"{topic_prefix}fills"
+    with KafkaProxy(broker.bootstrap_servers) as proxy:
+        proxy_ports = {int(h.rsplit(":", 1)[1]) for h in proxy.bootstrap_servers.split(",")}
+        assert len(proxy_ports) == 3
+
+        producer = AIOKafkaProducer(
+            bootstrap_servers=proxy.bootstrap_servers, transactional_id=f"{topic_prefix}txn",
+            request_timeout_ms=3000, retry_backoff_ms=50,
+        )
+        await producer.start()
+        try:
+            # Every broker the client knows, and its transaction coordinator, is the proxy.
+            known = {b.port for b in producer.client.cluster.brokers()}
+            assert known == proxy_ports
+            await _send_batch(producer, topic, [f"before-{i}" for i in range(50)])
+            # ...including the connection to the transaction coordinator (FindCoordinator).
+            used = {conn.port for conn in producer.client._conns.values()}
+            assert len(producer.client._conns) >= 2 and used <= proxy_ports
+
+            # Cut: nothing gets through, the client keeps reconnecting.
+            proxy.cut()
+            accepted = proxy.connections_accepted
+            during = asyncio.create_task(
+                _send_batch(producer, topic, [f"during-{i}" for i in range(50)]))
+            await asyncio.sleep(1.5)
+            assert not during.done()
+            assert proxy.connections_accepted > accepted, "the client never retried"
+            proxy.restore()
+            await asyncio.wait_for(during, 30)
+
+            # Stall: connections stay up but silent; the transaction completes on restore.
+            proxy.stall()
+            stalled = asyncio.create_task(
+                _send_batch(producer, topic, [f"stalled-{i}" for i in range(50)]))
+            await asyncio.sleep(1.0)
+            assert not stalled.done()
+            proxy.restore()
+            await asyncio.wait_for(stalled, 30)
+
+            proxy.slow(0.02)
+            await _send_batch(producer, topic, ["slow-1"])
+            proxy.restore()
+        finally:
+            await producer.stop()
+
+        records = await read_log(proxy.bootstrap_servers, [topic])
+        assert proxy.unrewritten == []
+
+    expected = [f"{p}-{i}" for p in ("before", "during", "stalled") for i in range(50)]
+    # Retries after the outages may have left aborted attempts behind; none may be committed twice.
+    assert_exactly_once(committed(records), [*expected, "slow-1"])
+    # The data is intact on the broker itself, read without the proxy.
+    direct = await read_log(broker.bootstrap_servers, [topic])
+    assert [(r.offset, r.status) for r in direct] == [(r.offset, r.status) for r in records]
