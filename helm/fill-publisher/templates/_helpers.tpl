@@ -1,0 +1,75 @@
+{{/* Chart name, truncated to the 63 characters of a DNS label. */}}
+{{- define "fill-publisher.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Fully qualified app name: release-chart unless the release name already holds the chart name. */}}
+{{- define "fill-publisher.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "fill-publisher.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "fill-publisher.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Standard app.kubernetes.io labels for every object. */}}
+{{- define "fill-publisher.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "fill-publisher.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: publisher
+app.kubernetes.io/part-of: fill-publisher
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "fill-publisher.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "fill-publisher.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "fill-publisher.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The port the process serves /metrics, /healthz and /readyz on (config http.port). */}}
+{{- define "fill-publisher.httpPort" -}}
+{{- $http := .Values.config.http | default dict -}}
+{{- $http.port | default 9108 -}}
+{{- end -}}
+
+{{/* The config file, checked for what the process would reject anyway, so a bad release fails
+     at install time instead of in a crash loop. */}}
+{{- define "fill-publisher.config" -}}
+{{- $cfg := .Values.config -}}
+{{- if not $cfg.kafka.bootstrap_servers -}}
+{{- fail "config.kafka.bootstrap_servers is required (e.g. \"kafka-0.kafka:9092\")" -}}
+{{- end -}}
+{{- if not $cfg.sources -}}
+{{- fail "config.sources must list at least one source (see values.yaml for a Kalshi and a ZLL example)" -}}
+{{- end -}}
+{{- $names := dict -}}
+{{- range $cfg.sources -}}
+{{- if hasKey $names .name -}}
+{{- fail (printf "config.sources: source name %q is used twice; names must be unique" .name) -}}
+{{- end -}}
+{{- $_ := set $names .name true -}}
+{{- end -}}
+{{- toYaml $cfg -}}
+{{- end -}}
