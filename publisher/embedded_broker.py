@@ -347,6 +347,7 @@ def _serve(num_brokers: int, control: bool, exit_with_parent: bool) -> int:
     parent = os.getppid()
     lib_path = _find_librdkafka()
     cluster: _MockCluster | None = None
+    # The fallback's producer owns the mock cluster: this reference keeps it alive while we serve.
     keepalive: object = None
     if lib_path is not None:
         cluster = _MockCluster(lib_path, num_brokers)
@@ -378,7 +379,6 @@ def _serve(num_brokers: int, control: bool, exit_with_parent: bool) -> int:
             _emit(sys.stdout, {"error": err})
         else:
             _emit(sys.stdout, {"error": f"unknown command {cmd.get('op')!r}"})
-    del keepalive  # pragma: no cover - the loop only returns
 
 
 def main(argv: list[str] | None = None) -> int:

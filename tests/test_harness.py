@@ -12,19 +12,22 @@ import time
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.client import AIOKafkaClient
 
 from publisher.embedded_broker import EmbeddedBroker
-from tests.harness.proxy import KafkaProxy
+from tests.harness.broker import TopicSpec, ensure_topics
 from tests.harness.delivery import (
     ABORTED,
     COMMITTED,
     OPEN,
+    LogRecord,
     assert_exactly_once,
     committed,
     delivery_report,
     not_aborted,
     read_log,
 )
+from tests.harness.proxy import KafkaProxy
 
 pytestmark = pytest.mark.integration
 
@@ -202,8 +205,6 @@ async def test_read_log_classifies_by_markers(broker: EmbeddedBroker, topic_pref
 
 
 def test_delivery_report_diff() -> None:
-    from tests.harness.delivery import LogRecord
-
     def rec(fid: str | None, offset: int) -> LogRecord:
         headers = [("fill_id", fid.encode())] if fid is not None else []
         return LogRecord("t", 0, offset, 0, None, None, headers, -1, -1, COMMITTED)
@@ -286,3 +287,24 @@ async def test_proxy_routes_all_traffic_and_survives_outages(
     # The data is intact on the broker itself, read without the proxy.
     direct = await read_log(broker.bootstrap_servers, [topic])
     assert [(r.offset, r.status) for r in direct] == [(r.offset, r.status) for r in records]
+
+
+# -- topic creation ------------------------------------------------------------------------------
+
+async def test_topic_creation_on_the_mock(broker: EmbeddedBroker, topic_prefix: str) -> None:
+    explicit, auto = f"{topic_prefix}explicit", f"{topic_prefix}auto"
+    assert broker.create_topic(explicit, 2) is True
+    # CreateTopics is not implemented by the mock: ensure_topics falls back to auto-creation.
+    result = await ensure_topics(broker.bootstrap_servers, [
+        TopicSpec(auto, 1, configs={"cleanup.policy": "compact"}),
+    ])
+    assert result.auto_created == [auto] and not result.created
+
+    client = AIOKafkaClient(bootstrap_servers=broker.bootstrap_servers)
+    await client.bootstrap()
+    try:
+        cluster = await client.fetch_all_metadata()
+    finally:
+        await client.close()
+    assert cluster.partitions_for_topic(explicit) == {0, 1}
+    assert cluster.partitions_for_topic(auto) == {0, 1, 2, 3}  # the mock's default

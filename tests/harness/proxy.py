@@ -95,6 +95,7 @@ class KafkaProxy:
         # upstream (host, port) -> our listening port; guarded by running on the proxy loop only
         self._ports: dict[tuple[str, int], int] = {}
         self._servers: list[asyncio.AbstractServer] = []
+        self._listen_lock: asyncio.Lock | None = None  # created on the proxy loop
         self._conns: set[_Conn] = set()
         self._cut = False
         self._flowing: asyncio.Event | None = None
@@ -181,6 +182,7 @@ class KafkaProxy:
     async def _start(self) -> str:
         self._flowing = asyncio.Event()
         self._flowing.set()
+        self._listen_lock = asyncio.Lock()
         brokers = await self._discover()
         ports = [await self._listener_for(h, p) for h, p in brokers]
         return ",".join(f"{self._host}:{port}" for port in ports)
@@ -209,11 +211,14 @@ class KafkaProxy:
     async def _listener_for(self, host: str, port: int) -> int:
         """Our port for an upstream broker, starting a listener the first time."""
         key = (host, port)
-        if key not in self._ports:
-            server = await asyncio.start_server(
-                lambda r, w: self._accept(r, w, key), self._host, 0)
-            self._servers.append(server)
-            self._ports[key] = server.sockets[0].getsockname()[1]
+        assert self._listen_lock is not None
+        # Two responses naming the same new broker may be rewritten concurrently.
+        async with self._listen_lock:
+            if key not in self._ports:
+                server = await asyncio.start_server(
+                    lambda r, w: self._accept(r, w, key), self._host, 0)
+                self._servers.append(server)
+                self._ports[key] = server.sockets[0].getsockname()[1]
         return self._ports[key]
 
     async def _close(self) -> None:
