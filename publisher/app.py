@@ -81,6 +81,7 @@ class Publisher:
         except ProducerFencedError:
             return EXIT_FENCED
         finally:
+            await self.sink.close(None, 0)
             for client in clients:
                 await client.aclose()
             await self.http.close()

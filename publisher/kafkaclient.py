@@ -56,25 +56,32 @@ async def ensure_topics(kafka: KafkaConfig, sasl_password: Secret | None, fills_
     Failure is logged, not fatal: clusters that forbid topic creation by clients are common, and
     the topics may have been created by an operator (the compose stack and the chart's docs do).
     """
-    replication = kafka.replication_factor if kafka.replication_factor is not None else -1
-    topics = [NewTopic(name, kafka.topic_partitions, replication) for name in [*fills_topics, kafka.dlq_topic]]
-    topics.append(
-        NewTopic(
-            kafka.checkpoint_topic,
-            1,
-            replication,
-            topic_configs={
-                "cleanup.policy": "compact",
-                "max.message.bytes": str(CHECKPOINT_MAX_MESSAGE_BYTES),
-            },
-        )
-    )
     admin_options = client_options(kafka, sasl_password)
     admin_options.pop("client_id", None)
     admin = AIOKafkaAdminClient(client_id=f"{kafka.client_id}-admin", **admin_options)
     try:
         await admin.start()
         existing = set(await admin.list_topics())
+        wanted = [*fills_topics, kafka.dlq_topic, kafka.checkpoint_topic]
+        if all(name in existing for name in wanted):
+            return
+        replication = kafka.replication_factor
+        if replication is None:
+            # aiokafka cannot ask for the broker default (-1); Kafka's usual default is 3
+            brokers = (await admin.describe_cluster())["brokers"]
+            replication = min(3, len(brokers))
+        topics = [NewTopic(name, kafka.topic_partitions, replication) for name in [*fills_topics, kafka.dlq_topic]]
+        topics.append(
+            NewTopic(
+                kafka.checkpoint_topic,
+                1,
+                replication,
+                topic_configs={
+                    "cleanup.policy": "compact",
+                    "max.message.bytes": str(CHECKPOINT_MAX_MESSAGE_BYTES),
+                },
+            )
+        )
         missing = [t for t in topics if t.name not in existing]
         if missing:
             await admin.create_topics(missing)
