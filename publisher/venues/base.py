@@ -10,7 +10,10 @@ checkpoint carries to the next poll and across restarts.
 from __future__ import annotations
 
 import abc
+import hashlib
+import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
@@ -56,6 +59,48 @@ class FetchResult:
     #: opaque paging hint stored in the checkpoint and handed back on the next poll (e.g. ZLL's
     #: resume offset); None when the venue needs none
     paging_state: Any = None
+
+
+_DECIMAL = re.compile(r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)$")
+
+
+def parse_decimal(field: str, text: str) -> Decimal:
+    """Parse a venue's decimal string exactly; :class:`ValueError` naming `field` when it is not one.
+
+    Only plain notation is accepted: `Decimal()` alone would also take NaN, Infinity and exponents,
+    none of which is a price, size or fee.
+    """
+    if not _DECIMAL.match(text):
+        raise ValueError(f"{field} is not a decimal number: {text[:40]!r}")
+    return Decimal(text)
+
+
+def raw_key(raw: bytes) -> str:
+    """The dedupe key of an invalid fill whose venue id could not be read: a digest of its bytes."""
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+class FillCollector:
+    """Gathers one poll's fills and invalid fills, keeping only the first of repeats.
+
+    Paging while the venue inserts fills shows some fills on two pages; dropping them here keeps one
+    poll's result free of repeats (the poll loop's dedupe would drop them anyway).
+    """
+
+    def __init__(self, paging_state: Any = None):
+        self.result = FetchResult(paging_state=paging_state)
+        self._seen: set[str] = set()
+
+    def add(self, item: FillEvent | InvalidFill) -> None:
+        """Record a normalised fill or an invalid one unless its key was already recorded."""
+        key = item.fill_id if isinstance(item, FillEvent) else item.key
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        if isinstance(item, FillEvent):
+            self.result.fills.append(item)
+        else:
+            self.result.invalid.append(item)
 
 
 class VenueAdapter(abc.ABC):

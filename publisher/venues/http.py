@@ -13,11 +13,53 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
+import msgspec
 
-from publisher.venues.base import VenueError
+from publisher.venues.base import SourceConfig, VenueError
 
 #: turns an error response into a short, secret-free description (venue error code and message)
 ErrorDescriber = Callable[[int, bytes], str]
+
+
+def _first_text(doc: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
+    for key in keys:
+        value = doc.get(key)
+        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value):
+            return str(value)
+    return None
+
+
+def describe_json_error(
+    body: bytes,
+    *,
+    code_keys: tuple[str, ...],
+    message_keys: tuple[str, ...],
+    nested: str | None = None,
+    limit: int = 200,
+) -> str:
+    """`code: message` from a JSON error body, for :data:`ErrorDescriber` implementations.
+
+    The first present key of `code_keys` and of `message_keys` is used; `nested` names a key whose
+    object value holds them instead (e.g. `{"error": {"code": ..}}`). Only those venue-chosen texts
+    are shown, never the raw body (a proxy could echo request headers, signatures included), and the
+    result is cut to `limit` characters with control characters replaced.
+    """
+    try:
+        doc = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return f"non-JSON error body ({len(body)} bytes)"
+    if not isinstance(doc, dict):
+        return "error body is not a JSON object"
+    if nested is not None and isinstance(doc.get(nested), dict):
+        doc = doc[nested]
+    code = _first_text(doc, code_keys)
+    message = _first_text(doc, message_keys)
+    if code is not None and message is not None and code != message:
+        text = f"{code}: {message}"
+    else:
+        text = code or message or "no error code or message"
+    text = "".join(ch if ch.isprintable() else " " for ch in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class RateLimiter:
@@ -80,6 +122,25 @@ class VenueClient:
         self._limiter = limiter
         self._describe = describe_error
         self._on_request = on_request
+
+    @classmethod
+    def for_source(
+        cls,
+        http: httpx.AsyncClient,
+        source: SourceConfig,
+        *,
+        auth: httpx.Auth,
+        describe_error: ErrorDescriber,
+        on_request: Callable[[], None] = lambda: None,
+    ) -> VenueClient:
+        """The client of one configured source, paced at its `max_requests_per_s`."""
+        return cls(
+            http,
+            auth=auth,
+            limiter=RateLimiter(source.max_requests_per_s),
+            describe_error=describe_error,
+            on_request=on_request,
+        )
 
     async def get(self, url: str, params: Mapping[str, Any] | None = None) -> bytes:
         """GET `url` (absolute, or relative to the client's base URL); body of a 2xx answer."""

@@ -1,8 +1,60 @@
-"""Kalshi Trade API v2 fills adapter (written next)."""
+"""Kalshi Trade API v2 fills adapter: RSA-PSS request signing, cursor paging, every Fill shape.
+
+Kalshi's Fill object changed shape several times (integer cents, then `*_fixed` dollar strings,
+then `*_dollars` strings and `count_fp`; legacy `side`/`action` giving way to `outcome_side` and
+`book_side`), and a poller must read all of them, including mixtures. :class:`KalshiFill` therefore
+declares every field optional and :func:`normalise` does all validation, so one odd fill becomes an
+:class:`~publisher.venues.base.InvalidFill` instead of failing its page.
+
+Normalisation is in YES terms (see the contract): `side` is `buy` when the fill adds YES contracts
+(buy yes / sell no, `outcome_side` yes) and `price` is the YES price in dollars.
+"""
 
 from __future__ import annotations
 
-from publisher.venues.base import SourceConfig
+import base64
+import calendar
+import datetime as dt
+import re
+import time
+from collections.abc import Callable, Generator
+from decimal import Decimal
+from typing import Any, Literal
+
+import httpx
+import msgspec
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from publisher.event import FillEvent, VenueFields, plain
+from publisher.secret import Secret
+from publisher.venues.base import (
+    FetchResult,
+    FillCollector,
+    InvalidFill,
+    SourceConfig,
+    VenueAdapter,
+    VenueError,
+    parse_decimal,
+    raw_key,
+)
+from publisher.venues.http import VenueClient, describe_json_error
+
+__all__ = [
+    "SOURCE_CONFIG",
+    "KalshiAdapter",
+    "KalshiAuth",
+    "KalshiFill",
+    "KalshiSource",
+    "check_secret",
+    "create_adapter",
+    "describe_error",
+    "load_private_key",
+    "normalise",
+    "parse_rfc3339_ns",
+    "sign",
+]
 
 
 class KalshiSource(SourceConfig, tag="kalshi", kw_only=True):
@@ -17,3 +69,405 @@ class KalshiSource(SourceConfig, tag="kalshi", kw_only=True):
 
 
 SOURCE_CONFIG = KalshiSource
+
+FILLS_PATH = "portfolio/fills"
+"""Relative to `base_url` (which ends in `/trade-api/v2`): no leading slash, so httpx appends it to the
+base path and the signed path is `/trade-api/v2/portfolio/fills`."""
+
+#: a venue that keeps handing out cursors is misbehaving; this many pages is ~2M fills at limit 200
+MAX_PAGES_PER_POLL = 10_000
+
+
+# --------------------------------------------------------------------------------------------------
+# Authentication
+
+
+def load_private_key(pem: str) -> rsa.RSAPrivateKey:
+    """Load an unencrypted RSA private key from PEM text.
+
+    Raises :class:`ValueError` with a message that never quotes the key (cryptography's own messages
+    are not relied on for that).
+    """
+    try:
+        key = serialization.load_pem_private_key(pem.encode("utf-8"), password=None)
+    except TypeError:
+        raise ValueError("the Kalshi private key is encrypted; a key without password is required") from None
+    except (ValueError, UnsupportedAlgorithm, UnicodeError):
+        raise ValueError("the Kalshi private key is not a valid PEM private key") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError(f"the Kalshi private key must be an RSA key, not {type(key).__name__}")
+    return key
+
+
+def sign(private_key: rsa.RSAPrivateKey, timestamp_ms: int, method: str, path: str) -> str:
+    """Kalshi request signature: base64 RSA-PSS(SHA-256, MGF1 SHA-256, salt = digest length).
+
+    The message is `timestamp_ms + METHOD + path`, the path being the URL path from the host without
+    the query string (Kalshi rejects signatures over the query).
+    """
+    message = f"{timestamp_ms}{method.upper()}{path}".encode()
+    signature = private_key.sign(
+        message,
+        padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH),
+        hashes.SHA256(),
+    )
+    return base64.b64encode(signature).decode("ascii")
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class KalshiAuth(httpx.Auth):
+    """Signs every request with the KALSHI-ACCESS-* headers; `clock_ms` is injectable for tests."""
+
+    def __init__(self, key_id: str, private_key: rsa.RSAPrivateKey, clock_ms: Callable[[], int] = _now_ms):
+        self._key_id = key_id
+        self._private_key = private_key
+        self._clock_ms = clock_ms
+
+    def __repr__(self) -> str:
+        return f"KalshiAuth(key_id={self._key_id!r})"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        """Add the key id, a fresh millisecond timestamp and the signature over method and path."""
+        timestamp_ms = self._clock_ms()
+        # raw_path is what goes on the wire (percent-encoding intact), query included: cut it off
+        path = request.url.raw_path.split(b"?", 1)[0].decode("ascii")
+        request.headers["KALSHI-ACCESS-KEY"] = self._key_id
+        request.headers["KALSHI-ACCESS-TIMESTAMP"] = str(timestamp_ms)
+        request.headers["KALSHI-ACCESS-SIGNATURE"] = sign(self._private_key, timestamp_ms, request.method, path)
+        yield request
+
+
+def check_secret(secret: Secret) -> None:
+    """Raise :class:`ValueError` unless the secret is an unencrypted RSA private key in PEM."""
+    load_private_key(secret.reveal())
+
+
+def describe_error(status: int, body: bytes) -> str:
+    """`code: message` from Kalshi's `{code, message, details}` or `{"error": ...}` error bodies."""
+    # 429 is {"error": "too many requests"}; some errors nest {code, message} under "error"
+    return describe_json_error(body, code_keys=("code",), message_keys=("message", "error"), nested="error")
+
+
+# --------------------------------------------------------------------------------------------------
+# Wire format
+
+
+class KalshiFill(msgspec.Struct, kw_only=True):
+    """A Kalshi fill in any of its shapes (seed Nov 2025, fixed-point 2026, mixtures).
+
+    Every field is optional here; which ones must be present is decided in :func:`normalise`.
+    The legacy integer `price` (cents of the traded side) is deliberately not read: `yes_price`
+    and `no_price` say the same unambiguously.
+    """
+
+    fill_id: str | None = None
+    trade_id: str | None = None
+    order_id: str | None = None
+    client_order_id: str | None = None
+    ticker: str | None = None
+    market_ticker: str | None = None
+    side: str | None = None
+    action: str | None = None
+    outcome_side: str | None = None
+    book_side: str | None = None
+    count: int | None = None
+    count_fp: str | None = None
+    yes_price: int | None = None
+    no_price: int | None = None
+    yes_price_fixed: str | None = None
+    no_price_fixed: str | None = None
+    yes_price_dollars: str | None = None
+    no_price_dollars: str | None = None
+    is_taker: bool | None = None
+    fee_cost: str | None = None
+    created_time: str | None = None
+    ts: int | None = None
+    subaccount_number: int | None = None
+    exchange_index: int | None = None
+
+
+class _Page(msgspec.Struct):
+    # fills stay raw so that one undecodable fill cannot fail the whole page
+    fills: list[msgspec.Raw]
+    cursor: str | None = None
+
+
+class _Ids(msgspec.Struct):
+    # read from a fill that failed to decode, to key its dead letter by the venue's id
+    fill_id: Any = None
+    trade_id: Any = None
+
+
+_page_decoder = msgspec.json.Decoder(_Page)
+_fill_decoder = msgspec.json.Decoder(KalshiFill)
+_ids_decoder = msgspec.json.Decoder(_Ids)
+
+
+# --------------------------------------------------------------------------------------------------
+# Normalisation
+
+
+class _Invalid(ValueError):
+    """A fill that cannot be normalised; the message says which field and why."""
+
+
+_RFC3339 = re.compile(
+    r"^([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"(?:\.([0-9]+))?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+
+
+def parse_rfc3339_ns(text: str) -> int:
+    """Nanoseconds since the epoch of an RFC 3339 timestamp, fraction kept exactly.
+
+    `datetime` keeps only microseconds, so the fraction is parsed separately. Digits beyond the
+    ninth are truncated (nanoseconds are the event's resolution). Raises :class:`ValueError`.
+    """
+    match = _RFC3339.match(text)
+    if match is None:
+        raise ValueError(f"not an RFC 3339 timestamp: {text[:40]!r}")
+    year, month, day, hour, minute, second = (int(match.group(i)) for i in range(1, 7))
+    dt.datetime(year, month, day, hour, minute, second)  # validates the calendar fields
+    seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+    fraction = (match.group(7) or "")[:9].ljust(9, "0")
+    offset = match.group(8)
+    if offset not in ("Z", "z"):
+        hours, minutes = int(offset[1:3]), int(offset[4:6])
+        if hours > 23 or minutes > 59:
+            raise ValueError(f"bad UTC offset in {text[:40]!r}")
+        # local time = UTC + offset, so UTC = local - offset
+        seconds -= (1 if offset[0] == "+" else -1) * (hours * 3600 + minutes * 60)
+    return seconds * 1_000_000_000 + int(fraction)
+
+
+def _present(value: str | None) -> str | None:
+    return value if value else None
+
+
+_OutcomeSide = Literal["yes", "no"]
+
+#: (legacy side, legacy action) -> outcome side: buying YES or selling NO both add YES contracts
+_LEGACY_OUTCOME: dict[tuple[str, str], _OutcomeSide] = {
+    ("yes", "buy"): "yes",
+    ("no", "sell"): "yes",
+    ("no", "buy"): "no",
+    ("yes", "sell"): "no",
+}
+_BOOK_OUTCOME: dict[str, _OutcomeSide] = {"bid": "yes", "ask": "no"}
+
+
+def _outcome(fill: KalshiFill) -> _OutcomeSide:
+    """The outcome side from every field that implies it; they must all agree."""
+    votes: dict[str, _OutcomeSide] = {}
+    if fill.outcome_side is not None:
+        if fill.outcome_side not in ("yes", "no"):
+            raise _Invalid(f"unknown outcome_side {fill.outcome_side[:20]!r}")
+        votes["outcome_side"] = fill.outcome_side  # type: ignore[assignment]
+    if fill.book_side is not None:
+        if fill.book_side not in _BOOK_OUTCOME:
+            raise _Invalid(f"unknown book_side {fill.book_side[:20]!r}")
+        votes["book_side"] = _BOOK_OUTCOME[fill.book_side]
+    if fill.side is not None or fill.action is not None:
+        legacy = _LEGACY_OUTCOME.get((fill.side or "", fill.action or ""))
+        if legacy is not None:
+            votes["side/action"] = legacy
+        elif not votes:
+            raise _Invalid(f"cannot derive a side from side={fill.side!r} action={fill.action!r}")
+        # a lone or unknown legacy field next to outcome_side/book_side is ignored: they are deprecated
+    if not votes:
+        raise _Invalid("no outcome_side, book_side or side/action")
+    if len(set(votes.values())) > 1:
+        detail = ", ".join(f"{name} -> {value}" for name, value in votes.items())
+        raise _Invalid(f"conflicting sides: {detail}")
+    return next(iter(votes.values()))
+
+
+def _price_of(fill: KalshiFill, leg: Literal["yes", "no"]) -> Decimal | None:
+    """One leg's price in dollars from the most precise representation the fill carries."""
+    dollars: str | None = getattr(fill, f"{leg}_price_dollars")
+    fixed: str | None = getattr(fill, f"{leg}_price_fixed")
+    cents: int | None = getattr(fill, f"{leg}_price")
+    if dollars is not None:
+        return parse_decimal(f"{leg}_price_dollars", dollars)
+    if fixed is not None:
+        return parse_decimal(f"{leg}_price_fixed", fixed)
+    if cents is not None:
+        return Decimal(cents).scaleb(-2)  # exact, independent of the decimal context
+    return None
+
+
+def _check_price(name: str, price: Decimal) -> Decimal:
+    if not Decimal(0) <= price <= Decimal(1):
+        raise _Invalid(f"{name} {plain(price)} is outside [0, 1] dollars")
+    return price
+
+
+def _prices(fill: KalshiFill) -> tuple[Decimal, Decimal]:
+    yes = _price_of(fill, "yes")
+    no = _price_of(fill, "no")
+    if yes is None and no is None:
+        raise _Invalid("no price (yes_price_dollars, yes_price_fixed, yes_price or a no price)")
+    if yes is not None:
+        _check_price("yes price", yes)
+    if no is not None:
+        _check_price("no price", no)
+    if yes is None:
+        assert no is not None
+        yes = Decimal(1) - no
+    if no is None:
+        no = Decimal(1) - yes
+    return yes, no
+
+
+def _quantity(fill: KalshiFill) -> Decimal:
+    if fill.count_fp is not None:
+        quantity = parse_decimal("count_fp", fill.count_fp)
+    elif fill.count is not None:
+        quantity = Decimal(fill.count)
+    else:
+        raise _Invalid("no count_fp or count")
+    if quantity <= 0:
+        raise _Invalid(f"quantity {plain(quantity)} is not positive")
+    return quantity
+
+
+def _executed_at_ns(fill: KalshiFill) -> int:
+    if fill.created_time:
+        try:
+            return parse_rfc3339_ns(fill.created_time)
+        except ValueError as exc:
+            raise _Invalid(f"created_time: {exc}") from None
+    if fill.ts is not None:
+        if fill.ts < 0:
+            raise _Invalid(f"negative ts {fill.ts}")
+        return fill.ts * 1_000_000_000
+    raise _Invalid("no created_time or ts")
+
+
+def normalise(fill: KalshiFill, *, source: str, observed_at_ns: int) -> FillEvent:
+    """Turn one Kalshi fill of any shape into a :class:`FillEvent` in YES terms.
+
+    Raises :class:`ValueError` (with a secret-free, field-naming message) when the fill is unusable.
+    """
+    fill_id = _present(fill.fill_id) or _present(fill.trade_id)
+    if fill_id is None:
+        raise _Invalid("no fill_id or trade_id")
+    order_id = _present(fill.order_id)
+    if order_id is None:
+        raise _Invalid("no order_id")
+    instrument = _present(fill.market_ticker) or _present(fill.ticker)
+    if instrument is None:
+        raise _Invalid("no market_ticker or ticker")
+    outcome = _outcome(fill)
+    yes_price, no_price = _prices(fill)
+    quantity = _quantity(fill)
+    fee = parse_decimal("fee_cost", fill.fee_cost) if fill.fee_cost is not None else None
+    return FillEvent(
+        venue="kalshi",
+        source=source,
+        fill_id=fill_id,
+        order_id=order_id,
+        instrument=instrument,
+        side="buy" if outcome == "yes" else "sell",
+        price=plain(yes_price),
+        quantity=plain(quantity),
+        fee=plain(fee) if fee is not None else None,
+        fee_currency="USD",
+        liquidity=None if fill.is_taker is None else ("taker" if fill.is_taker else "maker"),
+        executed_at_ns=_executed_at_ns(fill),
+        observed_at_ns=observed_at_ns,
+        venue_fields=VenueFields(
+            trade_id=fill.trade_id,
+            outcome_side=fill.outcome_side,  # type: ignore[arg-type]  # validated by _outcome
+            book_side=fill.book_side,  # type: ignore[arg-type]
+            side=fill.side,
+            action=fill.action,
+            subaccount_number=fill.subaccount_number,
+            exchange_index=fill.exchange_index,
+            client_order_id=fill.client_order_id,
+            no_price=plain(no_price),
+        ),
+    )
+
+
+def _invalid_key(raw: msgspec.Raw) -> str:
+    try:
+        ids = _ids_decoder.decode(raw)
+    except msgspec.DecodeError:
+        return raw_key(raw)
+    for candidate in (ids.fill_id, ids.trade_id):
+        if isinstance(candidate, str) and candidate:
+            return candidate
+    return raw_key(raw)
+
+
+def decode_fill(raw: msgspec.Raw, *, source: str, observed_at_ns: int) -> FillEvent | InvalidFill:
+    """Decode and normalise one raw fill; never raises for a bad fill."""
+    try:
+        return normalise(_fill_decoder.decode(raw), source=source, observed_at_ns=observed_at_ns)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return InvalidFill(key=_invalid_key(raw), error=f"undecodable fill: {exc}", raw=raw)
+    except ValueError as exc:
+        return InvalidFill(key=_invalid_key(raw), error=str(exc), raw=raw)
+
+
+# --------------------------------------------------------------------------------------------------
+# The adapter
+
+
+class KalshiAdapter(VenueAdapter):
+    """Polls `GET /portfolio/fills` from `since_ns` (minus a second), following the cursor.
+
+    Kalshi's cursor does not remember filters, so `min_ts`, `limit` and `subaccount` are sent again
+    with every page. Kalshi filters by time itself, so no paging state is kept between polls.
+    """
+
+    venue = "kalshi"
+
+    def __init__(self, source: KalshiSource, client: VenueClient, *, max_pages: int = MAX_PAGES_PER_POLL):
+        self._source = source
+        self._client = client
+        self._max_pages = max_pages
+
+    def _params(self, since_ns: int) -> dict[str, Any]:
+        # seconds, floored; one second earlier because whether min_ts is inclusive is undocumented
+        params: dict[str, Any] = {"min_ts": max(0, since_ns // 1_000_000_000 - 1), "limit": self._source.page_limit}
+        if self._source.subaccount is not None:
+            params["subaccount"] = self._source.subaccount
+        return params
+
+    async def fetch(self, since_ns: int, paging_state: Any, observed_at_ns: int) -> FetchResult:
+        """Every fill since `since_ns`, all pages; `paging_state` is unused (always None)."""
+        collector = FillCollector()
+        seen_cursors: set[str] = set()
+        cursor: str | None = None
+        for _ in range(self._max_pages):
+            params = self._params(since_ns)
+            if cursor:
+                params["cursor"] = cursor
+            body = await self._client.get(FILLS_PATH, params=params)
+            try:
+                page = _page_decoder.decode(body)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                raise VenueError("decode", f"undecodable fills page: {exc}") from None
+            for raw in page.fills:
+                collector.add(decode_fill(raw, source=self._source.name, observed_at_ns=observed_at_ns))
+            cursor = page.cursor
+            if not cursor:
+                return collector.result
+            if cursor in seen_cursors:
+                raise VenueError("decode", "the venue returned a cursor it had already returned (paging loop)")
+            seen_cursors.add(cursor)
+        raise VenueError("decode", f"more than {self._max_pages} pages in one poll; the venue keeps paging")
+
+
+def create_adapter(
+    source: KalshiSource, secret: Secret, http: httpx.AsyncClient, on_request: Callable[[], None]
+) -> VenueAdapter:
+    """Build the adapter; `http` has `base_url=source.base_url` and the source's timeout."""
+    auth = KalshiAuth(source.api_key_id, load_private_key(secret.reveal()))
+    client = VenueClient.for_source(http, source, auth=auth, describe_error=describe_error, on_request=on_request)
+    return KalshiAdapter(source, client)

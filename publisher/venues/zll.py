@@ -1,8 +1,67 @@
-"""Zero Latency Labs fills adapter (written next)."""
+"""Zero Latency Labs fills adapter: `GET /api/v1/fills` with offset paging of unknown order.
+
+Paging strategy
+---------------
+The list endpoint has no time filter, no cursor and an undocumented order; it pages by `offset`.
+Fills inserted while we page (new fills, or late fills slotted in by time) can only SHIFT items to
+higher offsets: a later page then repeats items (dropped by dedupe), it never skips one. So any
+order is safe to read as long as we know when to stop, and the order is read from the data itself
+(the `time` of consecutive fills, within a page and across page boundaries):
+
+* newest-first (times never increase, at least one decrease): start at offset 0 and stop after the
+  first page that holds a fill older than `since_ns`; everything after it is older still.
+* oldest-first (times never decrease, at least one increase): the fills older than `since_ns` sit at
+  the front. Their count B, as seen, goes into `paging_state` as a resume offset one page below it
+  (`{"resume_offset": max(0, B - limit)}`), so the next poll reads only the tail. B can only grow
+  while `since_ns` does not go back, as late fills older than `since_ns` land before it and newer
+  ones after it. The resume offset is validated on use: the first fill at it must still be older
+  than `since_ns` in an ascending page, else (lookback raised, fills removed, order changed) the
+  poll starts over from offset 0. On a first start, when the first page is ascending and entirely
+  older than `since_ns`, the boundary is found by galloping (probes at 1, 2, 4, ... pages further)
+  and then a binary search with limit-sized probes, O(log n) requests instead of a linear scan.
+* unknown order (all times equal so far, single fill) or no order (times go both ways): read to the
+  end. If a fill out of order shows up after a skip (resume offset or gallop), the poll starts over
+  from offset 0 and reads everything, since the skipped part can no longer be trusted.
+
+Every walk stops at a short (< limit) or empty page: that is the end of the list. Times equal to
+`since_ns` count as new, so same-timestamp bursts straddling a page boundary are read in full. A
+safety cap on pages per poll turns a misbehaving venue into a `decode` error instead of a hang.
+"""
 
 from __future__ import annotations
 
-from publisher.venues.base import SourceConfig
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+import msgspec
+
+from publisher.event import FillEvent, VenueFields, plain
+from publisher.secret import Secret
+from publisher.venues.base import (
+    FetchResult,
+    FillCollector,
+    InvalidFill,
+    SourceConfig,
+    VenueAdapter,
+    VenueError,
+    parse_decimal,
+    raw_key,
+)
+from publisher.venues.http import VenueClient, describe_json_error
+
+__all__ = [
+    "SOURCE_CONFIG",
+    "ZllAdapter",
+    "ZllAuth",
+    "ZllFill",
+    "ZllSource",
+    "check_secret",
+    "create_adapter",
+    "describe_error",
+    "normalise",
+]
 
 
 class ZllSource(SourceConfig, tag="zll", kw_only=True):
@@ -17,3 +76,346 @@ class ZllSource(SourceConfig, tag="zll", kw_only=True):
 
 
 SOURCE_CONFIG = ZllSource
+
+FILLS_PATH = "/api/v1/fills"
+
+#: generous: 20,000 pages is 4M fills at limit 200; more in one poll means the venue misbehaves
+MAX_PAGES_PER_POLL = 20_000
+
+
+# --------------------------------------------------------------------------------------------------
+# Authentication and errors
+
+
+class ZllAuth(httpx.Auth):
+    """Adds `X-API-KEY`; reads need no signature."""
+
+    def __init__(self, api_key: Secret):
+        self._api_key = api_key
+
+    def __repr__(self) -> str:
+        return "ZllAuth(api_key=***)"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        """Attach the API key header."""
+        request.headers["X-API-KEY"] = self._api_key.reveal()
+        yield request
+
+
+def check_secret(secret: Secret) -> None:
+    """Raise :class:`ValueError` unless the API key is non-empty and has no whitespace inside."""
+    value = secret.reveal()
+    if not value:
+        raise ValueError("the ZLL API key is empty")
+    if any(ch.isspace() for ch in value):
+        raise ValueError("the ZLL API key contains whitespace")
+    if not value.isprintable():
+        raise ValueError("the ZLL API key contains control characters")
+
+
+def describe_error(status: int, body: bytes) -> str:
+    """`code: detail` from ZLL's `application/problem+json` errors."""
+    return describe_json_error(body, code_keys=("code", "type"), message_keys=("detail", "title"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Wire format and normalisation
+
+
+class ZllFill(msgspec.Struct, kw_only=True):
+    """A ZLL fill exactly as documented (every field required)."""
+
+    id: str
+    account_id: int
+    subaccount_index: int
+    portfolio_index: int
+    market: str
+    side: Literal["LONG", "SHORT"]
+    price: str
+    quantity: str
+    fee: str
+    liquidity: Literal["TAKER", "MAKER"]
+    request_id: str
+    time: int
+
+
+class _Loose(msgspec.Struct):
+    # what can still be read from a fill that failed to decode: its id for the DLQ key, its time
+    # for order detection
+    id: Any = None
+    time: Any = None
+
+
+_page_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+_fill_decoder = msgspec.json.Decoder(ZllFill)
+_loose_decoder = msgspec.json.Decoder(_Loose)
+
+
+def normalise(fill: ZllFill, *, source: str, observed_at_ns: int) -> FillEvent:
+    """Turn one ZLL fill into a :class:`FillEvent`; :class:`ValueError` when it is unusable."""
+    for name in ("id", "market", "request_id"):
+        if not getattr(fill, name):
+            raise ValueError(f"empty {name}")
+    price = parse_decimal("price", fill.price)
+    quantity = parse_decimal("quantity", fill.quantity)
+    fee = parse_decimal("fee", fill.fee)  # negative is a rebate
+    if price < 0:
+        raise ValueError(f"negative price {plain(price)}")
+    if quantity <= 0:
+        raise ValueError(f"quantity {plain(quantity)} is not positive")
+    if fill.time < 0:
+        raise ValueError(f"negative time {fill.time}")
+    return FillEvent(
+        venue="zll",
+        source=source,
+        fill_id=fill.id,
+        order_id=fill.request_id,
+        instrument=fill.market,
+        side="buy" if fill.side == "LONG" else "sell",
+        price=plain(price),
+        quantity=plain(quantity),
+        fee=plain(fee),
+        fee_currency="USDC",
+        liquidity="taker" if fill.liquidity == "TAKER" else "maker",
+        executed_at_ns=fill.time,
+        observed_at_ns=observed_at_ns,
+        venue_fields=VenueFields(
+            account_id=fill.account_id,
+            subaccount_index=fill.subaccount_index,
+            portfolio_index=fill.portfolio_index,
+        ),
+    )
+
+
+@dataclass(slots=True)
+class _Item:
+    """One fill of a page: the normalised event or dead letter, and its time when readable."""
+
+    time: int | None
+    outcome: FillEvent | InvalidFill
+
+
+def _decode_item(raw: msgspec.Raw, *, source: str, observed_at_ns: int) -> _Item:
+    try:
+        fill = _fill_decoder.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        error = f"undecodable fill: {exc}"
+    else:
+        try:
+            return _Item(fill.time, normalise(fill, source=source, observed_at_ns=observed_at_ns))
+        except ValueError as exc:
+            return _Item(fill.time, InvalidFill(key=fill.id or raw_key(raw), error=str(exc), raw=raw))
+    try:
+        loose = _loose_decoder.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        loose = _Loose()
+    key = loose.id if isinstance(loose.id, str) and loose.id else raw_key(raw)
+    when = loose.time if isinstance(loose.time, int) and not isinstance(loose.time, bool) else None
+    return _Item(when, InvalidFill(key=key, error=error, raw=raw))
+
+
+# --------------------------------------------------------------------------------------------------
+# Order detection and paging
+
+_Direction = Literal["unknown", "asc", "desc", "mixed"]
+
+
+class _Order:
+    """The order of the times seen so far, in read order (pages concatenated)."""
+
+    def __init__(self, direction: _Direction = "unknown", last: int | None = None):
+        self.direction: _Direction = direction
+        self.last = last
+
+    def feed(self, times: list[int]) -> None:
+        for t in times:
+            if self.last is not None and t != self.last and self.direction != "mixed":
+                step: _Direction = "asc" if t > self.last else "desc"
+                if self.direction == "unknown":
+                    self.direction = step
+                elif self.direction != step:
+                    self.direction = "mixed"
+            self.last = t
+
+
+def _times(page: list[_Item]) -> list[int]:
+    # a fill whose time cannot be read says nothing about the order
+    return [item.time for item in page if item.time is not None]
+
+
+def _ascending(times: list[int]) -> bool:
+    return all(a <= b for a, b in zip(times, times[1:], strict=False))
+
+
+class _Restart(Exception):
+    """The data contradicted an order assumption after pages were skipped: read everything."""
+
+
+def _resume_offset(paging_state: Any) -> int:
+    # the checkpoint is ours but may come from an older version: anything unexpected means "none"
+    if isinstance(paging_state, dict):
+        value = paging_state.get("resume_offset")
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return 0
+
+
+class _Poll:
+    """One poll's walk over the offset-paged list."""
+
+    def __init__(self, adapter: ZllAdapter, since_ns: int, observed_at_ns: int):
+        self._adapter = adapter
+        self._since = since_ns
+        self._observed = observed_at_ns
+        self._limit = adapter.source.page_limit
+        self._pages = 0
+        self.collector = FillCollector()
+
+    async def page(self, offset: int) -> list[_Item]:
+        """Fetch, decode and collect the page at `offset`."""
+        self._pages += 1
+        if self._pages > self._adapter.max_pages:
+            raise VenueError("decode", f"more than {self._adapter.max_pages} pages in one poll; the venue keeps paging")
+        body = await self._adapter.client.get(FILLS_PATH, params=self._adapter.params(offset))
+        try:
+            raws = _page_decoder.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise VenueError("decode", f"undecodable fills page: {exc}") from None
+        source = self._adapter.source.name
+        items = [_decode_item(raw, source=source, observed_at_ns=self._observed) for raw in raws]
+        for item in items:
+            self.collector.add(item.outcome)
+        return items
+
+    def _old(self, t: int) -> bool:
+        return t < self._since
+
+    async def run(self, resume: int) -> FetchResult:
+        """Resume from a stored offset when it checks out, else start over; see the module docstring."""
+        if resume > 0:
+            page = await self.page(resume)
+            times = _times(page)
+            if times and self._old(times[0]) and _ascending(times):
+                try:
+                    return self._finish(*await self._walk(resume, page, _Order("asc"), skipped=True))
+                except _Restart:
+                    return self._finish(*await self._walk(0, await self.page(0), _Order("mixed"), skipped=False))
+        first = await self.page(0)
+        try:
+            return self._finish(*await self._walk(0, first, _Order(), skipped=False))
+        except _Restart:
+            return self._finish(*await self._walk(0, await self.page(0), _Order("mixed"), skipped=False))
+
+    def _finish(self, order: _Order, boundary: int | None) -> FetchResult:
+        result = self.collector.result
+        if order.direction == "asc" and boundary is not None:
+            # one page below the boundary: cheap insurance, and the fill there validates the offset
+            resume = max(0, boundary - self._limit)
+            result.paging_state = {"resume_offset": resume} if resume > 0 else None
+        return result
+
+    async def _walk(self, offset: int, page: list[_Item], order: _Order, *, skipped: bool) -> tuple[_Order, int | None]:
+        """Read from `page` (at `offset`) to where the order says to stop.
+
+        Returns the order seen and, for ascending lists, the offset of the first fill not older than
+        `since_ns` (the end of the list when all are older). `skipped` says offsets before `offset`
+        were not read (so a fill out of order means starting over).
+        """
+        boundary: int | None = None
+        while True:
+            order.feed(_times(page))
+            if order.direction == "mixed" and skipped:
+                raise _Restart
+            if boundary is None:
+                for index, item in enumerate(page):
+                    if item.time is not None and not self._old(item.time):
+                        boundary = offset + index
+                        break
+            if len(page) < self._limit:
+                if boundary is None:
+                    boundary = offset + len(page)
+                return order, boundary
+            times = _times(page)
+            if order.direction == "desc" and any(self._old(t) for t in times):
+                return order, None
+            if order.direction == "asc" and boundary is None and times and self._old(times[-1]):
+                offset, page = await self._gallop(offset + self._limit, times[-1])
+                skipped = True
+                continue
+            offset += self._limit
+            page = await self.page(offset)
+
+    def _check_ascending(self, page: list[_Item], floor: int) -> list[int]:
+        times = _times(page)
+        if not _ascending(times) or (times and times[0] < floor):
+            raise _Restart
+        return times
+
+    async def _gallop(self, lo: int, lo_time: int) -> tuple[int, list[_Item]]:
+        """Find the page holding the first fill not older than `since_ns` in an ascending list.
+
+        Invariant: every fill before offset `lo` is older than `since_ns` (insertions elsewhere only
+        shift fills to higher offsets, and in a sorted list a new fill cannot land before an old
+        one). Returns an offset and its page from which a linear read finds the boundary.
+        """
+        step = self._limit
+        hi: int | None = None
+        while hi is None:
+            probe = lo + step - self._limit  # lo, lo + 1, lo + 3, lo + 7 pages, ...
+            page = await self.page(probe)
+            times = self._check_ascending(page, lo_time)
+            if not times or not self._old(times[0]):
+                if probe == lo:
+                    return probe, page
+                hi = probe
+            elif self._old(times[-1]) and len(page) == self._limit:
+                lo, lo_time = probe + self._limit, times[-1]
+                step *= 2
+            else:
+                return probe, page  # the boundary or the end is in this page
+        while hi - lo > self._limit:
+            mid = lo + (hi - lo) // 2
+            page = await self.page(mid)
+            times = self._check_ascending(page, lo_time)
+            if not times or not self._old(times[0]):
+                hi = mid
+            elif self._old(times[-1]) and len(page) == self._limit:
+                lo, lo_time = mid + self._limit, times[-1]
+            else:
+                return mid, page
+        page = await self.page(lo)
+        self._check_ascending(page, lo_time)
+        return lo, page
+
+
+class ZllAdapter(VenueAdapter):
+    """Polls `GET /api/v1/fills` for one subaccount (and optionally one portfolio)."""
+
+    venue = "zll"
+
+    def __init__(self, source: ZllSource, client: VenueClient, *, max_pages: int = MAX_PAGES_PER_POLL):
+        self.source = source
+        self.client = client
+        self.max_pages = max_pages
+
+    def params(self, offset: int) -> dict[str, Any]:
+        """Query parameters of the page at `offset`."""
+        params: dict[str, Any] = {"subaccount_index": self.source.subaccount_index}
+        if self.source.portfolio_index is not None:
+            params["portfolio_index"] = self.source.portfolio_index
+        params["limit"] = self.source.page_limit
+        params["offset"] = offset
+        return params
+
+    async def fetch(self, since_ns: int, paging_state: Any, observed_at_ns: int) -> FetchResult:
+        """Every fill since `since_ns` (and some older); `paging_state` carries the resume offset."""
+        return await _Poll(self, since_ns, observed_at_ns).run(_resume_offset(paging_state))
+
+
+def create_adapter(
+    source: ZllSource, secret: Secret, http: httpx.AsyncClient, on_request: Callable[[], None]
+) -> VenueAdapter:
+    """Build the adapter; `http` has `base_url=source.base_url` and the source's timeout."""
+    auth = ZllAuth(secret)
+    client = VenueClient.for_source(http, source, auth=auth, describe_error=describe_error, on_request=on_request)
+    return ZllAdapter(source, client)
