@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import Self
 from urllib.parse import parse_qs
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ class HttpServer:
         await self._server.wait_closed()
         self._server = None
 
-    async def __aenter__(self) -> HttpServer:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -186,6 +187,10 @@ class HttpServer:
             await self._serve_requests(reader, writer)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             pass  # the peer went away or idled out: nothing to answer
+        except asyncio.CancelledError:
+            # close() (or loop shutdown) ended the connection; ending normally matters because
+            # asyncio's stream callback logs a cancelled connection task as an error on 3.11
+            pass
         except Exception:  # never let one connection's surprise reach the event loop
             log.exception("HTTP connection failed")
         finally:
