@@ -83,7 +83,7 @@ def build(args: argparse.Namespace) -> Simulator:  # type: ignore[type-arg]
 
 def parser() -> argparse.ArgumentParser:
     """The command line."""
-    top = argparse.ArgumentParser(prog="python -m publisher.sim", description=__doc__.split("\n")[0])
+    top = argparse.ArgumentParser(prog="python -m publisher.sim", description="Run a venue simulator.")
     venues = top.add_subparsers(dest="venue", required=True)
     for venue, port in (("kalshi", 8081), ("zll", 8082)):
         sub = venues.add_parser(venue, help=f"simulate {venue}")
