@@ -455,3 +455,31 @@ async def test_control_surface(sim: KalshiSimulator) -> None:
         stats = (await http.get("/_sim/stats")).json()
         assert stats["venue"] == "kalshi" and stats["requests"] == 0
         assert (await http.get("/_sim/nothing")).status_code == 404
+
+
+# -- standalone CLI ------------------------------------------------------------------------------
+
+
+async def test_cli_creates_keys_and_verifies_with_them(tmp_path: Any) -> None:
+    import signal
+    import stat
+    import sys
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "publisher.sim", "kalshi", "--port", "0", "--key-dir", str(tmp_path), "--fills-per-s", "50",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        line = (await asyncio.wait_for(process.stdout.readline(), 10)).decode()  # type: ignore[union-attr]
+        base_url = line.split()[-1]
+        assert base_url.endswith("/trade-api/v2")
+        assert stat.S_IMODE((tmp_path / "kalshi-private.pem").stat().st_mode) == 0o600
+        key_id = (tmp_path / "kalshi-key-id").read_text().strip()
+        auth = SignedAuth((tmp_path / "kalshi-private.pem").read_bytes(), key_id=key_id)
+        await asyncio.sleep(0.1)
+        async with httpx.AsyncClient(auth=auth) as http:
+            response = await http.get(base_url + "/portfolio/fills")
+        assert response.status_code == 200 and response.json()["fills"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 10) == 0

@@ -261,3 +261,22 @@ async def test_control_surface_insert_after_page(sim: ZllSimulator, client: http
         doge = [f for f in truth if f["market"] == "DOGE-PERP"]
         assert len(doge) == 20 and doge[0]["expected"]["quantity"] == "1.5"
         assert (await control.get("/_sim/stats")).json()["requests"] == 1
+
+
+async def test_cli_serves_with_the_generated_key(tmp_path: Any) -> None:
+    import signal
+    import sys
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "publisher.sim", "zll", "--port", "0", "--key-dir", str(tmp_path), "--order", "oldest",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        url = (await asyncio.wait_for(process.stdout.readline(), 10)).decode().split()[-1]  # type: ignore[union-attr]
+        key = (tmp_path / "zll-api-key").read_text().strip()
+        async with httpx.AsyncClient(base_url=url, headers={"X-API-KEY": key}) as http:
+            assert (await http.get(FILLS, params={"subaccount_index": 0})).status_code == 200
+            assert (await http.get("/_sim/stats")).json()["venue"] == "zll"
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(process.wait(), 10) == 0
