@@ -526,3 +526,23 @@ def test_secrets_never_in_repr_or_errors(tmp_path: Path, cfg: dict[str, Any]) ->
     error = config_error(tmp_path, cfg, {"KAFKA_PW": "kafka-SUPERSECRET-pw"})
     assert error.field == "kafka.ssl_cafile"
     assert "SUPERSECRET" not in str(error) and pem_body not in str(error)
+
+
+@pytest.mark.parametrize(
+    ("venue_entry", "field"),
+    [
+        ({"venue": "kalshi", "subaccount": 64}, "subaccount"),
+        ({"venue": "kalshi", "subaccount": -1}, "subaccount"),
+        ({"venue": "zll", "subaccount_index": -1}, "subaccount_index"),
+        ({"venue": "zll", "subaccount_index": 0, "portfolio_index": -2}, "portfolio_index"),
+    ],
+)
+def test_account_indices_are_range_checked(venue_entry: dict[str, object], field: str) -> None:
+    base: dict[str, object] = {"name": "acct", "base_url": "https://venue.invalid"}
+    if venue_entry["venue"] == "kalshi":
+        base.update(api_key_id="k", private_key_env="UNUSED")
+    else:
+        base.update(api_key_env="UNUSED", subaccount_index=0)
+    raw = {"kafka": {"bootstrap_servers": "k:9092"}, "sources": [{**base, **venue_entry}]}
+    with pytest.raises(msgspec.ValidationError, match=field):
+        msgspec.convert(raw, Config)

@@ -19,7 +19,7 @@ import re
 import time
 from collections.abc import Callable, Generator
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import httpx
 import msgspec
@@ -65,7 +65,8 @@ class KalshiSource(SourceConfig, tag="kalshi", kw_only=True):
     api_key_id: str
     private_key_file: str | None = None
     private_key_env: str | None = None
-    subaccount: int | None = None
+    #: 0 is the primary account, 1..63 subaccounts; None asks for all of them
+    subaccount: Annotated[int, msgspec.Meta(ge=0, le=63)] | None = None
 
 
 SOURCE_CONFIG = KalshiSource
@@ -285,17 +286,18 @@ def _outcome(fill: KalshiFill) -> _OutcomeSide:
     return next(iter(votes.values()))
 
 
-def _price_of(fill: KalshiFill, leg: Literal["yes", "no"]) -> Decimal | None:
-    """One leg's price in dollars from the most precise representation the fill carries."""
+def _price_of(fill: KalshiFill, leg: Literal["yes", "no"]) -> tuple[Decimal, int] | None:
+    """One leg's price in dollars from the most precise representation the fill carries, with
+    that representation's rank (0 = `*_dollars`, 1 = `*_fixed`, 2 = integer cents)."""
     dollars: str | None = getattr(fill, f"{leg}_price_dollars")
     fixed: str | None = getattr(fill, f"{leg}_price_fixed")
     cents: int | None = getattr(fill, f"{leg}_price")
     if dollars is not None:
-        return parse_decimal(f"{leg}_price_dollars", dollars)
+        return parse_decimal(f"{leg}_price_dollars", dollars), 0
     if fixed is not None:
-        return parse_decimal(f"{leg}_price_fixed", fixed)
+        return parse_decimal(f"{leg}_price_fixed", fixed), 1
     if cents is not None:
-        return Decimal(cents).scaleb(-2)  # exact, independent of the decimal context
+        return Decimal(cents).scaleb(-2), 2  # exact, independent of the decimal context
     return None
 
 
@@ -306,20 +308,22 @@ def _check_price(name: str, price: Decimal) -> Decimal:
 
 
 def _prices(fill: KalshiFill) -> tuple[Decimal, Decimal]:
+    """(YES price, NO price) in dollars; one is derived from the other (they sum to 1) when absent."""
     yes = _price_of(fill, "yes")
     no = _price_of(fill, "no")
     if yes is None and no is None:
         raise _Invalid("no price (yes_price_dollars, yes_price_fixed, yes_price or a no price)")
     if yes is not None:
-        _check_price("yes price", yes)
+        _check_price("yes price", yes[0])
     if no is not None:
-        _check_price("no price", no)
+        _check_price("no price", no[0])
     if yes is None:
         assert no is not None
-        yes = Decimal(1) - no
-    if no is None:
-        no = Decimal(1) - yes
-    return yes, no
+        return Decimal(1) - no[0], no[0]
+    if no is None or no[1] > yes[1]:
+        # a NO price coarser than the YES price (cents beside sub-penny dollars) would be rounded
+        return yes[0], Decimal(1) - yes[0]
+    return yes[0], no[0]
 
 
 def _quantity(fill: KalshiFill) -> Decimal:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import httpx
 import msgspec
@@ -71,8 +71,8 @@ class ZllSource(SourceConfig, tag="zll", kw_only=True):
 
     api_key_file: str | None = None
     api_key_env: str | None = None
-    subaccount_index: int
-    portfolio_index: int | None = None
+    subaccount_index: Annotated[int, msgspec.Meta(ge=0)]
+    portfolio_index: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
 SOURCE_CONFIG = ZllSource
@@ -193,6 +193,8 @@ class _Item:
 
     time: int | None
     outcome: FillEvent | InvalidFill
+    #: already read earlier in this poll: fills inserted meanwhile shifted it onto this page
+    repeat: bool = False
 
 
 def _decode_item(raw: msgspec.Raw, *, source: str, observed_at_ns: int) -> _Item:
@@ -227,7 +229,11 @@ class _Order:
         self.direction: _Direction = direction
         self.last = last
 
-    def feed(self, times: list[int]) -> None:
+    def feed(self, times: list[int], *, continues: bool) -> None:
+        """Take the next page's times; `continues` says its first fill may be compared with the
+        previous page's last one."""
+        if not continues:
+            self.last = None
         for t in times:
             if self.last is not None and t != self.last and self.direction != "mixed":
                 step: _Direction = "asc" if t > self.last else "desc"
@@ -238,9 +244,27 @@ class _Order:
             self.last = t
 
 
-def _times(page: list[_Item]) -> list[int]:
+def _times(page: list[_Item], *, fresh_only: bool = False) -> list[int]:
     # a fill whose time cannot be read says nothing about the order
-    return [item.time for item in page if item.time is not None]
+    return [item.time for item in page if item.time is not None and not (fresh_only and item.repeat)]
+
+
+def _shifted(page: list[_Item]) -> bool:
+    """Whether fills were inserted before this page since the previous one was read.
+
+    Then the page starts with repeats of the previous page's last fills, and a late fill inserted
+    among those may come before them here: its time lies between two fills we already read, so
+    comparing it with the previous page's last fill would show a step against the order that is
+    not there. A page is one consistent snapshot, so only steps within it count then.
+    """
+    return any(item.repeat for item in page)
+
+
+def _last_time(page: list[_Item]) -> int:
+    # only called on pages that _all_old accepted: every fill there has a time
+    time = page[-1].time
+    assert time is not None
+    return time
 
 
 def _ascending(times: list[int]) -> bool:
@@ -284,7 +308,7 @@ class _Poll:
         source = self._adapter.source.name
         items = [_decode_item(raw, source=source, observed_at_ns=self._observed) for raw in raws]
         for item in items:
-            self.collector.add(item.outcome)
+            item.repeat = not self.collector.add(item.outcome)
         return items
 
     def _old(self, t: int) -> bool:
@@ -323,7 +347,7 @@ class _Poll:
         """
         boundary: int | None = None
         while True:
-            order.feed(_times(page))
+            order.feed(_times(page), continues=not _shifted(page))
             if order.direction == "mixed" and skipped:
                 raise _Restart
             if boundary is None:
@@ -335,56 +359,67 @@ class _Poll:
                 if boundary is None:
                     boundary = offset + len(page)
                 return order, boundary
-            times = _times(page)
-            if order.direction == "desc" and any(self._old(t) for t in times):
+            if order.direction == "desc" and any(self._old(t) for t in _times(page)):
                 return order, None
-            if order.direction == "asc" and boundary is None and times and self._old(times[-1]):
-                offset, page = await self._gallop(offset + self._limit, times[-1])
+            if order.direction == "asc" and boundary is None and self._all_old(page):
+                offset, page = await self._gallop(offset + self._limit, page)
                 skipped = True
                 continue
             offset += self._limit
             page = await self.page(offset)
 
-    def _check_ascending(self, page: list[_Item], floor: int) -> list[int]:
-        times = _times(page)
-        if not _ascending(times) or (times and times[0] < floor):
-            raise _Restart
-        return times
+    def _all_old(self, page: list[_Item]) -> bool:
+        # a full page whose every fill, its last included, is known to be older than since_ns
+        return len(page) == self._limit and all(item.time is not None and self._old(item.time) for item in page)
 
-    async def _gallop(self, lo: int, lo_time: int) -> tuple[int, list[_Item]]:
+    def _probe(self, page: list[_Item], floor: int) -> Literal["new", "old", "here"]:
+        """Where an ascending probe page lies: at/after the boundary (or past the end), entirely
+        before it, or holding it. A page out of order, or below `floor`, means starting over."""
+        times = _times(page)
+        fresh = _times(page, fresh_only=True)
+        # every fill at or after `lo` that we have not read is at least as new as the last fill
+        # before it (a repeat may be older: shifted there from before `lo`)
+        if not _ascending(times) or (fresh and fresh[0] < floor):
+            raise _Restart
+        if not times or not self._old(times[0]):
+            return "new"
+        return "old" if self._all_old(page) else "here"
+
+    async def _gallop(self, lo: int, before: list[_Item]) -> tuple[int, list[_Item]]:
         """Find the page holding the first fill not older than `since_ns` in an ascending list.
 
-        Invariant: every fill before offset `lo` is older than `since_ns` (insertions elsewhere only
-        shift fills to higher offsets, and in a sorted list a new fill cannot land before an old
-        one). Returns an offset and its page from which a linear read finds the boundary.
+        `before` is the (entirely old) page that ends at offset `lo`. Invariant: every fill before
+        offset `lo` is older than `since_ns` (insertions only shift fills to higher offsets, and in a
+        sorted list a new fill cannot land before an old one); `hi`, once known, is an offset whose
+        page started at or after the boundary. Returns an offset and its page from which a linear
+        read finds the boundary.
         """
+        floor = _last_time(before)
         step = self._limit
         hi: int | None = None
         while hi is None:
-            probe = lo + step - self._limit  # lo, lo + 1, lo + 3, lo + 7 pages, ...
+            probe = lo + step - self._limit  # lo, then 1, 3, 7, ... pages further
             page = await self.page(probe)
-            times = self._check_ascending(page, lo_time)
-            if not times or not self._old(times[0]):
-                if probe == lo:
-                    return probe, page
+            where = self._probe(page, floor)
+            if where == "here" or (where == "new" and probe == lo):
+                return probe, page
+            if where == "new":
                 hi = probe
-            elif self._old(times[-1]) and len(page) == self._limit:
-                lo, lo_time = probe + self._limit, times[-1]
-                step *= 2
             else:
-                return probe, page  # the boundary or the end is in this page
+                lo, floor = probe + self._limit, _last_time(page)
+                step *= 2
         while hi - lo > self._limit:
             mid = lo + (hi - lo) // 2
             page = await self.page(mid)
-            times = self._check_ascending(page, lo_time)
-            if not times or not self._old(times[0]):
-                hi = mid
-            elif self._old(times[-1]) and len(page) == self._limit:
-                lo, lo_time = mid + self._limit, times[-1]
-            else:
+            where = self._probe(page, floor)
+            if where == "here":
                 return mid, page
+            if where == "new":
+                hi = mid
+            else:
+                lo, floor = mid + self._limit, _last_time(page)
         page = await self.page(lo)
-        self._check_ascending(page, lo_time)
+        self._probe(page, floor)
         return lo, page
 
 
