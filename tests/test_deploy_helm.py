@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "deploy"))
 import deploy_support as ds  # noqa: E402
@@ -125,7 +126,11 @@ ALL_OFF: dict[str, Any] = {
     "networkPolicy": {"enabled": False},
 }
 
-SCENARIOS = {"minimal": MINIMAL, "all_on": ALL_ON, "all_off": ALL_OFF}
+# The example values the README points users at must work as they are.
+EXAMPLE_VALUES_FILE = ds.REPO / "docs" / "helm-values.example.yaml"
+EXAMPLE = yaml.safe_load(EXAMPLE_VALUES_FILE.read_text())
+
+SCENARIOS = {"minimal": MINIMAL, "all_on": ALL_ON, "all_off": ALL_OFF, "docs_example": EXAMPLE}
 OPTIONAL_KINDS = {  # kind -> the toggle that renders it
     "ServiceMonitor": ("serviceMonitor", "enabled"),
     "PrometheusRule": ("prometheusRule", "enabled"),
@@ -203,8 +208,6 @@ def one(objs: list[dict[str, Any]], kind: str, suffix: str = "") -> dict[str, An
 
 
 def rendered_config(objs: list[dict[str, Any]]) -> dict[str, Any]:
-    import yaml
-
     cm = one([o for o in objs if not o["metadata"]["name"].endswith("-dashboard")], "ConfigMap")
     return yaml.safe_load(cm["data"]["config.yaml"])
 
@@ -273,14 +276,16 @@ def test_crd_validators_are_strict(crd_validators: dict[str, Any]) -> None:
 
 
 def test_custom_resources_valid_against_crd_schemas(helm_results: dict[str, Any], crd_validators: dict[str, Any]) -> None:
-    objs = objects(helm_results, "all_on")
     checked = 0
-    for kind in ("ServiceMonitor", "PrometheusRule"):
-        obj = one(objs, kind)
-        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in crd_validators[kind].iter_errors(obj)]
-        assert errors == [], f"{kind}: {errors}"
-        checked += 1
-    assert checked == 2
+    for scenario in SCENARIOS:
+        for obj in objects(helm_results, scenario):
+            if obj["apiVersion"] != "monitoring.coreos.com/v1":
+                continue
+            errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+                      for e in crd_validators[obj["kind"]].iter_errors(obj)]
+            assert errors == [], f"{scenario} {obj['kind']}: {errors}"
+            checked += 1
+    assert checked == 4  # ServiceMonitor + PrometheusRule of all_on and of docs_example
 
 
 # ------------------------------------------------------------------------------- toggles
@@ -301,8 +306,6 @@ def test_toggles_switch_objects(helm_results: dict[str, Any], scenario: str) -> 
 
 
 def _chart_defaults() -> dict[str, Any]:
-    import yaml
-
     return yaml.safe_load((ds.CHART / "values.yaml").read_text())
 
 
