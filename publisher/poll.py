@@ -147,7 +147,7 @@ class Poller:
         poll_start_ns = self._now_ns()
         started = time.perf_counter()
         try:
-            result = await self._adapter.fetch(state.floor_ns, state.paging_state, poll_start_ns)
+            result = await self._adapter.fetch(state.floor_ns, state.paging_state, self._now_ns)
         except VenueError as exc:
             metrics.errors[exc.reason].inc()
             if exc.reason == "auth":

@@ -10,6 +10,7 @@ checkpoint carries to the next poll and across restarts.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -91,16 +92,17 @@ class FillCollector:
         self.result = FetchResult(paging_state=paging_state)
         self._seen: set[str] = set()
 
-    def add(self, item: FillEvent | InvalidFill) -> None:
-        """Record a normalised fill or an invalid one unless its key was already recorded."""
+    def add(self, item: FillEvent | InvalidFill) -> bool:
+        """Record a normalised fill or an invalid one; False (and nothing recorded) for a repeat."""
         key = item.fill_id if isinstance(item, FillEvent) else item.key
         if key in self._seen:
-            return
+            return False
         self._seen.add(key)
         if isinstance(item, FillEvent):
             self.result.fills.append(item)
         else:
             self.result.invalid.append(item)
+        return True
 
 
 class VenueAdapter(abc.ABC):
@@ -114,11 +116,12 @@ class VenueAdapter(abc.ABC):
     venue: ClassVar[str]
 
     @abc.abstractmethod
-    async def fetch(self, since_ns: int, paging_state: Any, observed_at_ns: int) -> FetchResult:
+    async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Callable[[], int]) -> FetchResult:
         """Fetch every fill executed at or after `since_ns` (more is fine: the caller filters).
 
         `paging_state` is what the previous successful poll returned (None on a first start).
-        `observed_at_ns` stamps every event of this poll. Raises :class:`VenueError` when the poll
+        `clock_ns()` (wall clock, ns) is read as each page arrives and stamps that page's
+        events as `observed_at_ns`. Raises :class:`VenueError` when the poll
         cannot complete; no partial result is used then.
         """
 
