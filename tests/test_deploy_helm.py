@@ -491,3 +491,8 @@ def test_values_schema_knows_exactly_the_config_fields_of_the_code() -> None:
         venue = cls.__struct_config__.tag
         props = schema["definitions"][f"{venue}Source"]["properties"]
         assert set(props) == set(cls.__struct_fields__) | {"venue"}, venue
+
+
+def test_notes_without_a_mounted_secret(helm_results: dict[str, Any]) -> None:
+    notes = helm_results["render:all_off"]["result"]["fill-publisher/templates/NOTES.txt"]
+    assert "no Secret is mounted" in notes and 'Secret ""' not in notes
