@@ -123,7 +123,7 @@ def test_sign_verifies_with_the_public_key(private_key: rsa.RSAPrivateKey) -> No
 
 async def test_request_headers_and_signed_path_exclude_query(private_key: rsa.RSAPrivateKey) -> None:
     venue = Venue(paged({None: {"fills": [], "cursor": ""}}))
-    await adapter(venue, private_key, subaccount=2).fetch(SINCE_NS, None, 1)
+    await adapter(venue, private_key, subaccount=2).fetch(SINCE_NS, None, lambda: 1)
     (request,) = venue.requests
     assert request.method == "GET"
     assert request.url.path == FILLS_PATH
@@ -140,7 +140,7 @@ async def test_create_adapter_signs_with_current_milliseconds(private_key: rsa.R
     http = httpx.AsyncClient(base_url=BASE_URL, transport=httpx.MockTransport(venue))
     made = kalshi.create_adapter(source(), Secret(pem), http, lambda: counted.append(1))
     assert made.venue == "kalshi"
-    result = await made.fetch(SINCE_NS, None, 1)
+    result = await made.fetch(SINCE_NS, None, lambda: 1)
     assert [f.fill_id for f in result.fills] == ["f-1"]
     assert result.paging_state is None
     assert counted == [1]
@@ -165,7 +165,7 @@ async def test_paging_follows_cursor_and_resends_filters(private_key: rsa.RSAPri
         )
     )
     counted: list[int] = []
-    result = await adapter(venue, private_key, counted, subaccount=0).fetch(SINCE_NS, None, 42)
+    result = await adapter(venue, private_key, counted, subaccount=0).fetch(SINCE_NS, None, lambda: 42)
     assert [f.fill_id for f in result.fills] == ["f-1", "f-2", "f-3", "f-4", "f-5"]
     assert all(f.observed_at_ns == 42 and f.source == "kalshi-main" for f in result.fills)
     assert result.invalid == [] and result.paging_state is None
@@ -177,7 +177,7 @@ async def test_paging_follows_cursor_and_resends_filters(private_key: rsa.RSAPri
 
 async def test_subaccount_omitted_when_not_configured(private_key: rsa.RSAPrivateKey) -> None:
     venue = Venue(paged({None: {"fills": []}}))  # no cursor at all: the last page
-    await adapter(venue, private_key).fetch(0, None, 1)
+    await adapter(venue, private_key).fetch(0, None, lambda: 1)
     assert dict(venue.requests[0].url.params) == {"min_ts": "0", "limit": "2"}
 
 
@@ -185,7 +185,7 @@ async def test_null_cursor_ends_paging_and_repeats_are_dropped(private_key: rsa.
     venue = Venue(
         paged({None: {"fills": [fill(1), fill(2)], "cursor": "c1"}, "c1": {"fills": [fill(2)], "cursor": None}})
     )
-    result = await adapter(venue, private_key).fetch(SINCE_NS, None, 1)
+    result = await adapter(venue, private_key).fetch(SINCE_NS, None, lambda: 1)
     assert [f.fill_id for f in result.fills] == ["f-1", "f-2"]
 
 
@@ -194,7 +194,7 @@ async def test_cursor_loop_is_a_decode_error(private_key: rsa.RSAPrivateKey) -> 
         paged({None: {"fills": [fill(1)], "cursor": "c1"}, "c1": {"fills": [fill(2)], "cursor": "c1"}})
     )
     with pytest.raises(VenueError) as caught:
-        await adapter(venue, private_key).fetch(SINCE_NS, None, 1)
+        await adapter(venue, private_key).fetch(SINCE_NS, None, lambda: 1)
     assert caught.value.reason == "decode"
     assert len(venue.requests) == 2
 
@@ -205,7 +205,7 @@ async def test_page_cap_is_a_decode_error(private_key: rsa.RSAPrivateKey) -> Non
 
     venue = Venue(endless)
     with pytest.raises(VenueError) as caught:
-        await adapter(venue, private_key, max_pages=5).fetch(SINCE_NS, None, 1)
+        await adapter(venue, private_key, max_pages=5).fetch(SINCE_NS, None, lambda: 1)
     assert caught.value.reason == "decode" and len(venue.requests) == 5
 
 
@@ -214,7 +214,7 @@ async def test_one_bad_fill_is_invalid_and_the_rest_published(private_key: rsa.R
     venue = Venue(
         paged({None: {"fills": [fill(1), bad, {"fill_id": 7}, "junk", fill(3)], "cursor": "c1"}, "c1": {"fills": [fill(4)]}})
     )
-    result = await adapter(venue, private_key).fetch(SINCE_NS, None, 1)
+    result = await adapter(venue, private_key).fetch(SINCE_NS, None, lambda: 1)
     assert [f.fill_id for f in result.fills] == ["f-1", "f-3", "f-4"]
     assert [i.key for i in result.invalid][0] == "f-2"
     assert all(i.key.startswith("sha256:") for i in result.invalid[1:])
@@ -229,7 +229,7 @@ async def test_one_bad_fill_is_invalid_and_the_rest_published(private_key: rsa.R
 async def test_malformed_page_is_a_decode_error(private_key: rsa.RSAPrivateKey, body: bytes) -> None:
     venue = Venue(lambda request: httpx.Response(200, content=body))
     with pytest.raises(VenueError) as caught:
-        await adapter(venue, private_key).fetch(SINCE_NS, None, 1)
+        await adapter(venue, private_key).fetch(SINCE_NS, None, lambda: 1)
     assert caught.value.reason == "decode"
 
 
@@ -269,7 +269,7 @@ async def test_http_errors_map_to_reasons_without_secrets(
 ) -> None:
     venue = Venue(echo_secrets(status, as_json))
     with pytest.raises(VenueError) as caught:
-        await adapter(venue, private_key).fetch(SINCE_NS, None, 1)
+        await adapter(venue, private_key).fetch(SINCE_NS, None, lambda: 1)
     error = caught.value
     assert error.reason == reason
     text = str(error)
@@ -307,7 +307,7 @@ async def test_transport_errors(private_key: rsa.RSAPrivateKey, exc: Exception, 
         raise exc
 
     with pytest.raises(VenueError) as caught:
-        await adapter(Venue(respond), private_key).fetch(SINCE_NS, None, 1)
+        await adapter(Venue(respond), private_key).fetch(SINCE_NS, None, lambda: 1)
     assert caught.value.reason == reason
 
 
@@ -362,7 +362,7 @@ def test_auth_repr_hides_the_key(private_key: rsa.RSAPrivateKey) -> None:
 
 async def test_events_are_plain_fill_events(private_key: rsa.RSAPrivateKey) -> None:
     venue = Venue(paged({None: {"fills": [fill(1, count_fp="0.50", fee_cost="0.0070")]}}))
-    (event,) = (await adapter(venue, private_key).fetch(SINCE_NS, None, 1)).fills
+    (event,) = (await adapter(venue, private_key).fetch(SINCE_NS, None, lambda: 1)).fills
     assert isinstance(event, FillEvent)
     assert (event.quantity, event.fee, event.price, event.executed_at_ns) == (
         "0.5",

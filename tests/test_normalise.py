@@ -166,6 +166,9 @@ def minimal(**fields: Any) -> dict[str, Any]:
         ({"outcome_side": "yes", "no_price_dollars": "0.123456", "count_fp": "1"}, "buy", "0.876544", "0.123456"),
         ({"outcome_side": "yes", "no_price_fixed": "0.4400", "count_fp": "1"}, "buy", "0.56", "0.44"),
         ({"outcome_side": "yes", "no_price": 44, "count": 1}, "buy", "0.56", "0.44"),
+        # a NO price coarser than the YES price is not used: the YES price decides
+        ({"outcome_side": "yes", "yes_price_dollars": "0.561234", "no_price": 43, "count": 1}, "buy", "0.561234", "0.438766"),
+        ({"outcome_side": "yes", "yes_price_fixed": "0.5612", "no_price_dollars": "0.438800", "count": 1}, "buy", "0.5612", "0.4388"),
         # the bounds of the price range
         ({"outcome_side": "yes", "yes_price_dollars": "1.000000", "count_fp": "1"}, "buy", "1", "0"),
         ({"outcome_side": "yes", "yes_price": 0, "count": 1}, "buy", "0", "1"),

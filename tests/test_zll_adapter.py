@@ -122,7 +122,7 @@ def times(count: int, start: int = 0) -> list[int]:
 async def test_newest_first_stops_after_the_page_reaching_older_fills() -> None:
     venue = FakeZll(times(20), "desc")
     since = T + 12 * 1000  # fills 12..19 are new: pages [19..15], [14..10] reach an older one
-    result = await adapter(venue).fetch(since, None, 7)
+    result = await adapter(venue).fetch(since, None, lambda: 7)
     assert venue.offsets() == [0, 5]
     assert venue.ids_since(since) <= set(ids(result))
     assert result.paging_state is None
@@ -131,23 +131,36 @@ async def test_newest_first_stops_after_the_page_reaching_older_fills() -> None:
 
 async def test_newest_first_everything_new_reads_to_the_short_page() -> None:
     venue = FakeZll(times(12), "desc")
-    result = await adapter(venue).fetch(0, None, 1)
+    result = await adapter(venue).fetch(0, None, lambda: 1)
     assert venue.offsets() == [0, 5, 10]
     assert len(ids(result)) == 12
 
 
 async def test_newest_first_with_fills_arriving_mid_poll() -> None:
-    venue = FakeZll(times(30), "desc")
-    since = T + 5 * 1000
+    venue = FakeZll(times(200), "desc")
+    since = T + 180 * 1000
     # new fills land at offset 0 before the 2nd and 3rd requests: later pages shift and repeat
-    venue.before[2] = lambda v: [v.add(T + 100_000 + i) for i in range(3)]
-    venue.before[3] = lambda v: [v.add(T + 200_000 + i) for i in range(7)]
-    before = venue.ids_since(since) - {f["id"] for f in venue.fills[30:]}
-    result = await adapter(venue).fetch(since, None, 1)
+    venue.before[2] = lambda v: [v.add(T + 1_000_000 + i) for i in range(3)]
+    venue.before[3] = lambda v: [v.add(T + 2_000_000 + i) for i in range(7)]
+    before = venue.ids_since(since)
+    result = await adapter(venue).fetch(since, None, lambda: 1)
     assert before <= set(ids(result))
+    # the repeats are recognised as such: the order stays newest-first and the walk stops early
+    assert venue.offsets() == [0, 5, 10, 15, 20, 25, 30]
     # and the next poll picks up what arrived in the part already read
-    again = await adapter(venue).fetch(since, result.paging_state, 2)
+    again = await adapter(venue).fetch(since, result.paging_state, lambda: 2)
     assert venue.ids_since(since) <= set(ids(again))
+
+
+async def test_late_fill_landing_among_the_repeats_does_not_break_the_order() -> None:
+    venue = FakeZll(times(100), "desc")
+    since = T + 80 * 1000
+    # before page 2: one new fill at the front, and a late fill dated between the 4th and 5th of
+    # page 1, so page 2 opens with the late fill, newer than page 1's last, and then a repeat
+    venue.before[2] = lambda v: [v.add(T + 1_000_000), v.add(T + 95 * 1000 + 500)]
+    result = await adapter(venue).fetch(since, None, lambda: 1)
+    assert venue.offsets() == [0, 5, 10, 15, 20]
+    assert venue.ids_since(since) - {venue.fills[-2]["id"]} <= set(ids(result))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -157,7 +170,7 @@ async def test_newest_first_with_fills_arriving_mid_poll() -> None:
 async def test_oldest_first_first_start_gallops_to_the_boundary() -> None:
     venue = FakeZll(times(200), "asc")
     since = T + 180 * 1000
-    result = await adapter(venue).fetch(since, None, 1)
+    result = await adapter(venue).fetch(since, None, lambda: 1)
     assert venue.ids_since(since) <= set(ids(result))
     # far fewer than the 41 pages of a linear scan
     assert len(venue.requests) <= 16, venue.offsets()
@@ -168,13 +181,13 @@ async def test_oldest_first_resume_offset_across_polls() -> None:
     venue = FakeZll(times(200), "asc")
     made = adapter(venue)
     since = T + 180 * 1000
-    state = (await made.fetch(since, None, 1)).paging_state
+    state = (await made.fetch(since, None, lambda: 1)).paging_state
     for poll in range(5):
         for i in range(3):
             venue.add(T + (200 + poll * 3 + i) * 1000)
         since += 3 * 1000
         venue.requests.clear()
-        result = await made.fetch(since, state, 2)
+        result = await made.fetch(since, state, lambda: 2)
         assert venue.ids_since(since) <= set(ids(result))
         assert min(venue.offsets()) == state["resume_offset"]  # only the tail is read
         assert len(venue.requests) <= 7
@@ -185,7 +198,7 @@ async def test_oldest_first_resume_offset_across_polls() -> None:
 async def test_oldest_first_resume_offset_too_far_is_detected() -> None:
     venue = FakeZll(times(50), "asc")
     since = T + 10 * 1000  # e.g. lookback raised after a restart: the stored offset is past the boundary
-    result = await adapter(venue).fetch(since, {"resume_offset": 30}, 1)
+    result = await adapter(venue).fetch(since, {"resume_offset": 30}, lambda: 1)
     assert venue.offsets()[0] == 30 and venue.offsets()[1] == 0
     assert venue.ids_since(since) <= set(ids(result))
     assert result.paging_state == {"resume_offset": 5}
@@ -195,7 +208,7 @@ async def test_oldest_first_resume_offset_too_far_is_detected() -> None:
 async def test_resume_offset_beyond_the_end_or_garbage_starts_over(state: Any) -> None:
     venue = FakeZll(times(23), "asc")
     since = T + 3 * 1000
-    result = await adapter(venue).fetch(since, state, 1)
+    result = await adapter(venue).fetch(since, state, lambda: 1)
     assert 0 in venue.offsets()
     assert venue.ids_since(since) <= set(ids(result))
 
@@ -203,35 +216,40 @@ async def test_resume_offset_beyond_the_end_or_garbage_starts_over(state: Any) -
 async def test_oldest_first_all_old_reaches_the_end() -> None:
     venue = FakeZll(times(40), "asc")
     since = T + 10**9
-    result = await adapter(venue).fetch(since, None, 1)
+    result = await adapter(venue).fetch(since, None, lambda: 1)
     assert result.paging_state == {"resume_offset": 35}
     venue.requests.clear()
     venue.add(since)
-    result = await adapter(venue).fetch(since, result.paging_state, 1)
+    result = await adapter(venue).fetch(since, result.paging_state, lambda: 1)
     assert venue.offsets() == [35, 40]
     assert venue.ids_since(since) == set(ids(result)) & venue.ids_since(since) == {venue.fills[-1]["id"]}
 
 
-async def test_oldest_first_with_fills_arriving_mid_poll() -> None:
-    venue = FakeZll(times(60), "asc")
-    since = T + 20 * 1000
-    start = {f["id"] for f in venue.fills if f["time"] >= since}
+@pytest.mark.parametrize("first_start", [True, False])
+async def test_oldest_first_with_fills_arriving_mid_poll(first_start: bool) -> None:
+    venue = FakeZll(times(300), "asc")
+    since = T + 260 * 1000
+    start = venue.ids_since(since)
     arrived: list[str] = []
-    # new fills at the end, and late fills slotted in by time ahead of the read position
-    venue.before[3] = lambda v: arrived.extend([v.add(T + 1000 * 1000)["id"], v.add(T + 25 * 1000 + 1)["id"]])
-    venue.before[5] = lambda v: arrived.extend([v.add(T + 21 * 1000 + 1)["id"], v.add(T + 59 * 1000 + 1)["id"]])
+    # new fills at the end, and late fills slotted in by time ahead of the read position (shifts)
+    venue.before[2] = lambda v: arrived.extend([v.add(T + 100 * 1000 + i)["id"] for i in range(3)])
+    venue.before[3] = lambda v: arrived.extend([v.add(T + 1000 * 1000)["id"], v.add(T + 261 * 1000 + 1)["id"]])
+    venue.before[5] = lambda v: arrived.extend([v.add(T + 270 * 1000 + 1)["id"], v.add(T + 299 * 1000 + 1)["id"]])
     made = adapter(venue)
-    result = await made.fetch(since, None, 1)
+    state = None if first_start else {"resume_offset": 250}
+    result = await made.fetch(since, state, lambda: 1)
     assert start <= set(ids(result))
-    again = await made.fetch(since, result.paging_state, 2)
-    assert set(arrived) <= set(ids(result)) | set(ids(again))
+    assert len(venue.requests) <= 20  # neither a linear scan (61 pages) nor a read from 0 twice
+    assert result.paging_state is not None  # the order was still recognised as oldest-first
+    again = await made.fetch(since, result.paging_state, lambda: 2)
+    assert set(arrived) & venue.ids_since(since) <= set(ids(result)) | set(ids(again))
 
 
 async def test_disorder_after_a_skip_restarts_from_zero() -> None:
     # ascending for 100 fills, then an old fill appended out of order past the boundary
     venue = FakeZll([*times(100), *times(30, 200), T + 150 * 1000], "stored")
     since = T + 150 * 1000
-    result = await adapter(venue).fetch(since, None, 1)
+    result = await adapter(venue).fetch(since, None, lambda: 1)
     assert venue.ids_since(since) <= set(ids(result))
     assert result.paging_state is None
     assert venue.offsets().count(0) == 2  # read from 0 again after the disorder
@@ -246,11 +264,11 @@ async def test_disorder_after_a_skip_restarts_from_zero() -> None:
 async def test_same_timestamp_burst_straddling_pages(order: Order) -> None:
     burst = [T + 5000] * 9
     venue = FakeZll([T + 1000, T + 2000, T + 3000, *burst, T + 6000, T + 7000], order)
-    result = await adapter(venue).fetch(T + 5000, None, 1)
+    result = await adapter(venue).fetch(T + 5000, None, lambda: 1)
     assert venue.ids_since(T + 5000) <= set(ids(result))
     # and with the burst just older than since_ns, nothing newer is missed either
     venue.requests.clear()
-    result = await adapter(venue).fetch(T + 5001, None, 1)
+    result = await adapter(venue).fetch(T + 5001, None, lambda: 1)
     assert venue.ids_since(T + 5001) <= set(ids(result))
 
 
@@ -264,7 +282,7 @@ async def test_same_timestamp_burst_straddling_pages(order: Order) -> None:
 )
 async def test_ambiguous_order_reads_to_the_end(stored: list[int]) -> None:
     venue = FakeZll(stored, "stored")
-    result = await adapter(venue).fetch(T + 2000, None, 1)
+    result = await adapter(venue).fetch(T + 2000, None, lambda: 1)
     assert len(ids(result)) == len(stored)
     assert result.paging_state is None
     assert venue.offsets() == list(range(0, len(stored) + 1, 5))
@@ -273,7 +291,7 @@ async def test_ambiguous_order_reads_to_the_end(stored: list[int]) -> None:
 @pytest.mark.parametrize("count", [0, 5, 10])
 async def test_empty_page_stops(count: int) -> None:
     venue = FakeZll(times(count), "desc")
-    result = await adapter(venue).fetch(0, None, 1)
+    result = await adapter(venue).fetch(0, None, lambda: 1)
     assert len(ids(result)) == count
     assert venue.offsets() == list(range(0, count + 1, 5))
 
@@ -281,7 +299,7 @@ async def test_empty_page_stops(count: int) -> None:
 async def test_page_cap_is_a_decode_error() -> None:
     venue = FakeZll([T] * 100, "stored")
     with pytest.raises(VenueError) as caught:
-        await adapter(venue, max_pages=4).fetch(0, None, 1)
+        await adapter(venue, max_pages=4).fetch(0, None, lambda: 1)
     assert caught.value.reason == "decode" and len(venue.requests) == 4
 
 
@@ -289,17 +307,20 @@ async def test_page_cap_is_a_decode_error() -> None:
 async def test_random_orders_and_arrivals_never_lose_a_fill(seed: int) -> None:
     rng = random.Random(seed)
     order: Order = rng.choice(["asc", "desc"])
-    limit = rng.choice([1, 2, 3, 5, 8])
+    limit = rng.choice([1, 2, 3, 5, 8, 20])
     clock = 1000
 
     def now() -> int:
         return T + clock * 1000
 
-    venue = FakeZll([T + rng.randrange(clock) * 1000 for _ in range(rng.randrange(0, 60))], order)
+    venue = FakeZll([T + rng.randrange(clock) * 1000 for _ in range(rng.randrange(0, 300))], order)
     made = adapter(venue, page_limit=limit)
+    arrivals = 0
 
     def arrive(v: FakeZll) -> None:
+        nonlocal arrivals
         for _ in range(rng.randrange(0, 4)):
+            arrivals += 1
             # a new fill now, or a late one within the last 50 time units (well inside the lookback)
             v.add(now() if rng.random() < 0.6 else now() - rng.randrange(50) * 1000)
 
@@ -310,13 +331,19 @@ async def test_random_orders_and_arrivals_never_lose_a_fill(seed: int) -> None:
         since = now() - 100 * 1000
         present = venue.ids_since(since)
         venue.requests.clear()
+        arrivals = 0
         venue.before = {n: arrive for n in range(1, 40) if rng.random() < 0.4}
-        result = await made.fetch(since, state, 1)
+        result = await made.fetch(since, state, lambda: 1)
         got = set(ids(result))
         assert present <= got, (seed, order, limit)
         assert {i for i in owed if i in venue.ids_since(since)} <= got  # arrivals of the last poll
         owed = venue.ids_since(since) - got
         state = result.paging_state
+        if limit > 3:
+            # while fewer fills arrive between two requests than a page holds (the repeats show the
+            # shift), never a read of the whole list: the new part, the shifts, a search, spare pages
+            search = 2 * (len(venue.fills) // limit + 1).bit_length()
+            assert len(venue.requests) <= (len(present) + arrivals) // limit + search + 4, (seed, order, limit)
 
 
 @pytest.mark.parametrize("seed", range(60))
@@ -326,7 +353,7 @@ async def test_gallop_finds_every_boundary(seed: int) -> None:
     # duplicate times on purpose: bursts of equal timestamps around the boundary
     venue = FakeZll(sorted(T + rng.randrange(count // 2 + 1) * 1000 for _ in range(count)), "asc")
     since = T + rng.randrange(-2, count // 2 + 3) * 1000
-    result = await adapter(venue).fetch(since, None, 1)
+    result = await adapter(venue).fetch(since, None, lambda: 1)
     assert venue.ids_since(since) <= set(ids(result))
     new_pages = -(-len(venue.ids_since(since)) // 5) + 1
     assert len(venue.requests) <= new_pages + 2 * max(1, count // 5).bit_length() + 2
@@ -340,13 +367,13 @@ async def test_gallop_finds_every_boundary(seed: int) -> None:
 
 async def test_request_params_and_api_key_header() -> None:
     venue = FakeZll(times(3), "desc")
-    await adapter(venue, subaccount_index=4).fetch(0, None, 1)
+    await adapter(venue, subaccount_index=4).fetch(0, None, lambda: 1)
     (request,) = venue.requests
     assert request.url.path == "/api/v1/fills"
     assert dict(request.url.params) == {"subaccount_index": "4", "limit": "5", "offset": "0"}
     assert request.headers["X-API-KEY"] == API_KEY
     venue.requests.clear()
-    await adapter(venue, portfolio_index=0).fetch(0, None, 1)
+    await adapter(venue, portfolio_index=0).fetch(0, None, lambda: 1)
     assert dict(venue.requests[0].url.params) == {
         "subaccount_index": "0",
         "portfolio_index": "0",
@@ -361,7 +388,7 @@ async def test_create_adapter_counts_requests() -> None:
     http = httpx.AsyncClient(base_url=BASE_URL, transport=httpx.MockTransport(venue))
     made = zll.create_adapter(source(), Secret(API_KEY), http, lambda: counted.append(1))
     assert made.venue == "zll"
-    result = await made.fetch(0, None, 1)
+    result = await made.fetch(0, None, lambda: 1)
     assert len(result.fills) == 7 and len(counted) == 2
     assert venue.requests[0].headers["X-API-KEY"] == API_KEY
 
@@ -383,7 +410,7 @@ async def test_errors(status: int, code: str, reason: str) -> None:
     venue = FakeZll(times(3), "desc")
     venue.respond_with = problem(status, code)
     with pytest.raises(VenueError) as caught:
-        await adapter(venue).fetch(0, None, 1)
+        await adapter(venue).fetch(0, None, lambda: 1)
     assert caught.value.reason == reason
     assert str(caught.value) == f"HTTP {status}: {code}: echo "
     assert API_KEY not in str(caught.value)
@@ -399,7 +426,7 @@ async def test_malformed_page_is_a_decode_error(body: bytes) -> None:
     venue = FakeZll([], "desc")
     venue.respond_with = httpx.Response(200, content=body)
     with pytest.raises(VenueError) as caught:
-        await adapter(venue).fetch(0, None, 1)
+        await adapter(venue).fetch(0, None, lambda: 1)
     assert caught.value.reason == "decode"
 
 
@@ -411,7 +438,7 @@ async def test_transport_errors(exc: Exception) -> None:
     http = httpx.AsyncClient(base_url=BASE_URL, transport=httpx.MockTransport(respond))
     made = zll.create_adapter(source(), Secret(API_KEY), http, lambda: None)
     with pytest.raises(VenueError) as caught:
-        await made.fetch(0, None, 1)
+        await made.fetch(0, None, lambda: 1)
     assert caught.value.reason == ("timeout" if isinstance(exc, httpx.TimeoutException) else "connect")
 
 
@@ -420,7 +447,7 @@ async def test_one_bad_fill_is_invalid_and_the_rest_published() -> None:
     venue.fills[2]["side"] = "SIDEWAYS"
     venue.fills[4]["quantity"] = "-1"
     del venue.fills[5]["time"]
-    result = await adapter(venue).fetch(0, None, 1)
+    result = await adapter(venue).fetch(0, None, lambda: 1)
     assert len(result.fills) == 4
     assert sorted(i.key for i in result.invalid) == sorted(venue.fills[n]["id"] for n in (2, 4, 5))
     assert venue.offsets() == [0, 5]

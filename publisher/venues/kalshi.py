@@ -443,7 +443,7 @@ class KalshiAdapter(VenueAdapter):
             params["subaccount"] = self._source.subaccount
         return params
 
-    async def fetch(self, since_ns: int, paging_state: Any, observed_at_ns: int) -> FetchResult:
+    async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Callable[[], int]) -> FetchResult:
         """Every fill since `since_ns`, all pages; `paging_state` is unused (always None)."""
         collector = FillCollector()
         seen_cursors: set[str] = set()
@@ -457,6 +457,7 @@ class KalshiAdapter(VenueAdapter):
                 page = _page_decoder.decode(body)
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                 raise VenueError("decode", f"undecodable fills page: {exc}") from None
+            observed_at_ns = clock_ns()
             for raw in page.fills:
                 collector.add(decode_fill(raw, source=self._source.name, observed_at_ns=observed_at_ns))
             cursor = page.cursor

@@ -23,6 +23,14 @@ order is safe to read as long as we know when to stop, and the order is read fro
   end. If a fill out of order shows up after a skip (resume offset or gallop), the poll starts over
   from offset 0 and reads everything, since the skipped part can no longer be trusted.
 
+A shift shows as repeats (fills already read this poll) at the start of the next page, and a late
+fill slotted in among them can sit before them with a time between two fills already read; so
+across a page boundary the order is only checked when the page has no repeats (each page on its
+own is a consistent snapshot and is always checked). Fills inserted into the part already read are
+not seen by this poll but by the next one, which re-reads the whole `since_ns` window. If more
+fills arrive between two requests than a page holds, the order may be misjudged as mixed: the poll
+then reads to the end, slower but complete.
+
 Every walk stops at a short (< limit) or empty page: that is the end of the list. Times equal to
 `since_ns` count as new, so same-timestamp bursts straddling a page boundary are read in full. A
 safety cap on pages per poll turns a misbehaving venue into a `decode` error instead of a hang.
@@ -287,10 +295,10 @@ def _resume_offset(paging_state: Any) -> int:
 class _Poll:
     """One poll's walk over the offset-paged list."""
 
-    def __init__(self, adapter: ZllAdapter, since_ns: int, observed_at_ns: int):
+    def __init__(self, adapter: ZllAdapter, since_ns: int, clock_ns: Callable[[], int]):
         self._adapter = adapter
         self._since = since_ns
-        self._observed = observed_at_ns
+        self._clock_ns = clock_ns
         self._limit = adapter.source.page_limit
         self._pages = 0
         self.collector = FillCollector()
@@ -306,7 +314,8 @@ class _Poll:
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise VenueError("decode", f"undecodable fills page: {exc}") from None
         source = self._adapter.source.name
-        items = [_decode_item(raw, source=source, observed_at_ns=self._observed) for raw in raws]
+        observed_at_ns = self._clock_ns()
+        items = [_decode_item(raw, source=source, observed_at_ns=observed_at_ns) for raw in raws]
         for item in items:
             item.repeat = not self.collector.add(item.outcome)
         return items
@@ -442,9 +451,9 @@ class ZllAdapter(VenueAdapter):
         params["offset"] = offset
         return params
 
-    async def fetch(self, since_ns: int, paging_state: Any, observed_at_ns: int) -> FetchResult:
+    async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Callable[[], int]) -> FetchResult:
         """Every fill since `since_ns` (and some older); `paging_state` carries the resume offset."""
-        return await _Poll(self, since_ns, observed_at_ns).run(_resume_offset(paging_state))
+        return await _Poll(self, since_ns, clock_ns).run(_resume_offset(paging_state))
 
 
 def create_adapter(
