@@ -49,6 +49,7 @@ class Publisher:
     def __init__(self, settings: Settings, metrics: Metrics | None = None):
         self.settings = settings
         self.metrics = metrics or Metrics()
+        self.metrics.ready.set_function(lambda: 1.0 if self.ready else 0.0)
         self.sink = TransactionalSink(settings.config.kafka, settings.sasl_password, self.metrics)
         self.pollers: list[Poller] = []
         self.http: HttpServer | None = None

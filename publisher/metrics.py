@@ -58,6 +58,12 @@ class Metrics:
             "fillpub_commit_duration_seconds", "One Kafka transaction", buckets=_COMMIT_BUCKETS, registry=r)
         self.pending_fills = Gauge(
             "fillpub_pending_fills", "Fills fetched and not yet committed", registry=r)
+        # beyond the contract's list: what alerts need to say "N intervals" and "not ready"
+        # without kube-state-metrics
+        self.poll_interval = Gauge(
+            "fillpub_poll_interval_seconds", "Configured poll interval of the source", per_source, registry=r)
+        self.ready = Gauge(
+            "fillpub_ready", "1 while /readyz answers 200, else 0", registry=r)
 
     def source(self, venue: str, source: str) -> SourceMetrics:
         """Bound children for one source; creating them makes every series exist from zero, so
@@ -72,7 +78,8 @@ class Metrics:
 class SourceMetrics:
     """A source's labelled children, resolved once instead of on every observation."""
 
-    __slots__ = ("published", "duplicate", "invalid", "requests", "errors", "last_success", "lag", "poll_duration")
+    __slots__ = ("published", "duplicate", "invalid", "requests", "errors", "last_success", "lag", "poll_duration",
+                 "poll_interval")
 
     def __init__(self, metrics: Metrics, venue: str, source: str):
         labels = {"venue": venue, "source": source}
@@ -84,3 +91,4 @@ class SourceMetrics:
         self.last_success = metrics.last_success.labels(**labels)
         self.lag = metrics.fill_lag.labels(**labels)
         self.poll_duration = metrics.poll_duration.labels(**labels)
+        self.poll_interval = metrics.poll_interval.labels(**labels)

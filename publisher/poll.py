@@ -14,7 +14,7 @@ either) and commits a source's batches in order, so the checkpoint written with 
 covers every earlier batch. Counters of published fills and the lag histogram move only on commit.
 
 Errors never escape the loop: each is counted by reason and followed by exponential backoff with
-full jitter (longer for auth failures, which need a human), so one bad source never stalls others.
+jitter (longer for auth failures, which need a human), so one bad source never stalls others.
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ CHECKPOINT_REFRESH_NS = 60 * _NS
 
 
 class Backoff:
-    """Exponential backoff with full jitter, as in the AWS architecture blog's analysis."""
+    """Exponential backoff with "equal jitter" (AWS architecture blog): the n-th delay in a row is
+    uniform in [c/2, c] with c = min(cap_s, base_s * 2**(n-1)), so retries spread out yet never come
+    sooner than half the ceiling; a venue's Retry-After (`at_least_s`) is a floor on top."""
 
     def __init__(self, base_s: float, cap_s: float, rng: random.Random | None = None):
         self.base_s = base_s
@@ -114,15 +116,18 @@ class Poller:
         metrics: SourceMetrics,
         *,
         wall_clock_ns: Callable[[], int] = time.time_ns,
+        backoff: Backoff | None = None,
+        auth_backoff: Backoff | None = None,
     ):
         self.source = source
         self._adapter = adapter
         self.state = state
         self._sink = sink
         self._metrics = metrics
+        metrics.poll_interval.set(source.poll_interval_s)
         self._now_ns = wall_clock_ns
-        self._backoff = Backoff(base_s=max(0.5, source.poll_interval_s), cap_s=60.0)
-        self._auth_backoff = Backoff(base_s=15.0, cap_s=300.0)
+        self._backoff = backoff or Backoff(base_s=max(0.5, source.poll_interval_s), cap_s=60.0)
+        self._auth_backoff = auth_backoff or Backoff(base_s=15.0, cap_s=300.0)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until `stop` is set. Never raises on venue or adapter errors."""

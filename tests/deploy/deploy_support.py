@@ -40,10 +40,20 @@ CONTRACT_METRICS = {
     "fillpub_pending_fills",
 }
 HISTOGRAMS = {"fillpub_fill_lag_seconds", "fillpub_poll_duration_seconds", "fillpub_commit_duration_seconds"}
-KNOWN_SERIES = (
-    CONTRACT_METRICS
-    | {f"{h}_{s}" for h in HISTOGRAMS for s in ("bucket", "sum", "count")}
-)
+CONTRACT_SERIES = CONTRACT_METRICS | {f"{h}_{s}" for h in HISTOGRAMS for s in ("bucket", "sum", "count")}
+
+
+def exported_series() -> set[str]:
+    """Every series name the publisher's own registry exports (contract metrics and extras)."""
+    from publisher.metrics import Metrics  # noqa: PLC0415
+
+    metrics = Metrics()
+    metrics.source("kalshi", "any")
+    metrics.publish_errors.labels(reason="any")
+    return {sample.name for family in metrics.registry.collect() for sample in family.samples}
+
+
+KNOWN_SERIES = exported_series()
 METRIC_RE = re.compile(r"\bfillpub_[a-z_]+")
 
 
