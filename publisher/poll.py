@@ -191,14 +191,20 @@ class Poller:
                 duplicates += 1
         letters: list[DeadLetter] = []
         for bad in invalid:
+            when = bad.executed_at_ns
+            if when is not None and when < floor:
+                continue  # like a good fill of that age: outside the window, already handled or too late
             if fill_key(bad.key) in window:
                 # the venue garbled a fill it had already served well: that one is published
                 duplicates += 1
                 continue
-            # a bad fill stays in the venue's answers for as long as a good one would; stamping it
-            # with this poll's start keeps its key at least that long
+            # a bad fill with a readable time is remembered as long as a good fill of that time and
+            # ignored after that (above); venues keep serving fills below the floor (Kalshi's min_ts
+            # is whole seconds, ZLL has no time filter), so a key kept only from this poll's start
+            # would expire while the fill is still served, and the dead letter would come again.
+            # Without a readable time, this poll's start is the best stamp there is.
             key = hashlib.blake2b(b"dlq:" + bad.key.encode(), digest_size=16).digest()
-            if window.admit(key, max(poll_start_ns, floor)):
+            if window.admit(key, max(poll_start_ns, floor) if when is None else when):
                 letters.append(DeadLetter(source=state.name, venue=state.venue, error=bad.error, raw=bad.raw))
         if duplicates:
             self._metrics.duplicate.inc(duplicates)

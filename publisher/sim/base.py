@@ -377,6 +377,15 @@ class Simulator(abc.ABC, Generic[F]):
     def _drift(self, wire: dict[str, Any]) -> None:
         """Add unknown fields / drop deprecated ones in place (`schema_drift`)."""
 
+    def wire_json(self, fill: F) -> bytes:
+        """`fill`'s JSON exactly as a page would carry it now: a sticky `bad_fill` corruption
+        applied, no schema drift (tests compare dead letters' `raw` with it)."""
+        wire = self._wire(fill)
+        mode = self.bad_fills.get(fill.fill_id)
+        if mode:
+            self._corrupt(wire, mode)
+        return msgspec.json.encode(wire)
+
     def _render_page(self, page: list[F]) -> list[dict[str, Any] | msgspec.Raw]:
         """Wire fills of one page with the data faults applied.
 

@@ -49,6 +49,10 @@ class InvalidFill:
     key: str
     error: str
     raw: msgspec.Raw
+    #: the venue's execution time when the fill's own time field is readable and valid: the poll
+    #: loop then treats the dead letter like a fill of that time (ignored below the overlap window,
+    #: remembered while inside it), so it is sent once however long the venue keeps serving it
+    executed_at_ns: int | None = None
 
 
 @dataclass(slots=True)

@@ -197,9 +197,12 @@ class _Page(msgspec.Struct):
 
 
 class _Ids(msgspec.Struct):
-    # read from a fill that failed to decode, to key its dead letter by the venue's id
+    # read from a fill that failed to decode or normalise: its dead letter is keyed by the venue's
+    # id and, when readable, dated by the fill's execution time
     fill_id: Any = None
     trade_id: Any = None
+    created_time: Any = None
+    ts: Any = None
 
 
 _page_decoder = msgspec.json.Decoder(_Page)
@@ -397,15 +400,19 @@ def normalise(fill: KalshiFill, *, source: str, observed_at_ns: int) -> FillEven
     )
 
 
-def _invalid_key(raw: msgspec.Raw) -> str:
+def _invalid(raw: msgspec.Raw, error: str) -> InvalidFill:
     try:
         ids = _ids_decoder.decode(raw)
     except msgspec.DecodeError:
-        return raw_key(raw)
-    for candidate in (ids.fill_id, ids.trade_id):
-        if isinstance(candidate, str) and candidate:
-            return candidate
-    return raw_key(raw)
+        return InvalidFill(key=raw_key(raw), error=error, raw=raw)
+    key = next((c for c in (ids.fill_id, ids.trade_id) if isinstance(c, str) and c), None) or raw_key(raw)
+    created = ids.created_time if isinstance(ids.created_time, str) else None
+    ts = ids.ts if isinstance(ids.ts, int) and not isinstance(ids.ts, bool) else None
+    try:
+        executed_at_ns: int | None = _executed_at_ns(KalshiFill(created_time=created, ts=ts))
+    except ValueError:
+        executed_at_ns = None
+    return InvalidFill(key=key, error=error, raw=raw, executed_at_ns=executed_at_ns)
 
 
 def decode_fill(raw: msgspec.Raw, *, source: str, observed_at_ns: int) -> FillEvent | InvalidFill:
@@ -413,9 +420,9 @@ def decode_fill(raw: msgspec.Raw, *, source: str, observed_at_ns: int) -> FillEv
     try:
         return normalise(_fill_decoder.decode(raw), source=source, observed_at_ns=observed_at_ns)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        return InvalidFill(key=_invalid_key(raw), error=f"undecodable fill: {exc}", raw=raw)
+        return _invalid(raw, f"undecodable fill: {exc}")
     except ValueError as exc:
-        return InvalidFill(key=_invalid_key(raw), error=str(exc), raw=raw)
+        return _invalid(raw, str(exc))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -214,14 +214,17 @@ def _decode_item(raw: msgspec.Raw, *, source: str, observed_at_ns: int) -> _Item
         try:
             return _Item(fill.time, normalise(fill, source=source, observed_at_ns=observed_at_ns))
         except ValueError as exc:
-            return _Item(fill.time, InvalidFill(key=fill.id or raw_key(raw), error=str(exc), raw=raw))
+            valid_time = fill.time if fill.time >= 0 else None
+            return _Item(fill.time, InvalidFill(key=fill.id or raw_key(raw), error=str(exc), raw=raw,
+                                                executed_at_ns=valid_time))
     try:
         loose = _loose_decoder.decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError):
         loose = _Loose()
     key = loose.id if isinstance(loose.id, str) and loose.id else raw_key(raw)
     when = loose.time if isinstance(loose.time, int) and not isinstance(loose.time, bool) else None
-    return _Item(when, InvalidFill(key=key, error=error, raw=raw))
+    valid_time = when if when is not None and when >= 0 else None
+    return _Item(when, InvalidFill(key=key, error=error, raw=raw, executed_at_ns=valid_time))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,45 @@ import yaml
 from publisher.sim.base import Simulator
 from publisher.sim.kalshi import KalshiSimulator, generate_key_pair
 from publisher.sim.zll import ZllSimulator
+from tests.harness.delivery import LogRecord, committed, fill_id_header, read_log
 
 NS = 1_000_000_000
+
+
+async def wait_until(
+    condition: Callable[[], bool | Awaitable[bool]],
+    what: str,
+    timeout_s: float = 30.0,
+    *,
+    interval_s: float = 0.1,
+    context: Callable[[], str] | None = None,
+) -> None:
+    """Poll `condition` (sync or async) until it holds; AssertionError naming `what` after `timeout_s`.
+
+    `context` adds diagnostics (e.g. the publisher's log tail) to the failure message.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            extra = f"\n{context()}" if context is not None else ""
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}{extra}")
+        await asyncio.sleep(interval_s)
+
+
+def secret_needles(secrets: Iterable[str]) -> list[str]:
+    """What must never appear in output: each secret whole, and each line of a multi-line one
+    (a PEM body line leaked alone is still a leak); PEM armour lines are public and left out."""
+    needles: set[str] = set()
+    for secret in secrets:
+        needles.add(secret.strip())
+        needles.update(line.strip() for line in secret.splitlines()
+                       if line.strip() and not line.startswith("-----"))
+    return sorted(needles, key=len, reverse=True)
 
 
 def free_port() -> int:
@@ -98,6 +136,12 @@ class PublisherProcess:
             await asyncio.sleep(0.1)
         raise AssertionError(f"publisher not ready after {timeout_s}s:\n{self.logs()[-3000:]}")
 
+    async def metrics_text(self) -> str:
+        """The current /metrics exposition."""
+        response = await self.get("/metrics")
+        assert response is not None and response.status_code == 200
+        return response.text
+
     async def metric(self, name: str, **labels: str) -> float:
         """Sum of the samples of `name` matching `labels` in the current exposition."""
         response = await self.get("/metrics")
@@ -138,6 +182,17 @@ class PublisherProcess:
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.logs()[-chars:]
+
+    def log_lines(self, *needles: str) -> list[str]:
+        """Log lines containing every one of `needles`."""
+        return [line for line in self.logs().splitlines() if all(n in line for n in needles)]
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
 
 @dataclass
@@ -213,6 +268,30 @@ class Stack:
 
     def publisher(self, **kafka: Any) -> PublisherProcess:
         return PublisherProcess(self.write_config(**kafka), self.tmp / "publisher.log", self.http_port)
+
+    def secrets(self) -> list[str]:
+        """Every source's secret as the publisher reads it (file text, surrounding whitespace stripped)."""
+        out = []
+        for spec in self.sources:
+            for key in ("private_key_file", "api_key_file"):
+                if key in spec.settings:
+                    out.append(Path(spec.settings[key]).read_text().strip())
+        return out
+
+    async def records(self, *names: str) -> list[LogRecord]:
+        """Committed records of the named topics (`kalshi`, `zll`, `dlq`, `checkpoint`)."""
+        return committed(await read_log(self.bootstrap, [self.topics[n] for n in names]))
+
+    async def wait_for_fills(self, expected_ids: Iterable[str], timeout_s: float = 30.0) -> list[LogRecord]:
+        """Committed fills records, read again until every expected id is among them (or time runs out:
+        the caller's exactly-once check then reports what is missing)."""
+        wanted = set(expected_ids)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            records = await self.records("kalshi", "zll")
+            if wanted <= {fill_id_header(r) for r in records} or time.monotonic() > deadline:
+                return records
+            await asyncio.sleep(0.3)
 
     def expected(self, since_ns: int) -> dict[str, tuple[SourceSpec, Any]]:
         """fill id -> (source, canonical fill) for every visible fill executed at or after `since_ns`."""
