@@ -61,7 +61,7 @@ async def stack(broker: Any, topic_prefix: str, tmp_path: Path) -> Any:
     await s.close()
 
 
-def create_topics(broker: Any, stack: Stack, *, checkpoint: bool = True) -> None:
+def make_topics(broker: Any, stack: Stack, *, checkpoint: bool = True) -> None:
     for name, topic in stack.topics.items():
         if name != "checkpoint":
             broker.create_topic(topic, partitions=4)
@@ -112,7 +112,7 @@ async def test_faults_on_one_source_others_keep_publishing_faulty_one_recovers(b
     faulty = await stack.kalshi(faulty_name, **{**FAST, "timeout_s": 1.0})
     sims = [faulty, await stack.kalshi("kalshi-b", **FAST),
             await stack.zll("zll-a", order="newest", **FAST), await stack.zll("zll-b", order="oldest", **FAST)]
-    create_topics(broker, stack)
+    make_topics(broker, stack)
     for sim in sims:
         sim.add_fills(20, late_s=5)
     start_ns = time.time_ns()
@@ -244,7 +244,7 @@ async def test_malformed_fills_dead_lettered_once_rest_of_page_published(broker:
     sims = {"kalshi-m": await stack.kalshi("kalshi-m", **settings),
             "zll-new": await stack.zll("zll-new", order="newest", **settings),
             "zll-old": await stack.zll("zll-old", order="oldest", **settings)}
-    create_topics(broker, stack)
+    make_topics(broker, stack)
     start_ns = time.time_ns()
     proc = stack.publisher().start()
     await proc.wait_ready()
@@ -304,3 +304,151 @@ async def test_malformed_fills_dead_lettered_once_rest_of_page_published(broker:
                                         "content-type": b"application/json"}
     assert invalid == {s: 6 for s in sims}
     assert errors == 0
+
+
+# -- scenario 9 ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("checkpoint_topic", "create_topics"), [
+    ("missing", False),  # deleted, or never created, and the publisher may not create topics
+    ("missing", True),  # the publisher creates it (empty) before reading it
+    ("empty", True),
+])
+async def test_no_checkpoint_at_start_publishes_the_lookback_window_only(
+    broker: Any, stack: Stack, checkpoint_topic: str, create_topics: bool
+) -> None:
+    lookback = 20
+    settings = {**FAST, "lookback_s": lookback}
+    sims = [await stack.kalshi("kalshi-s", **settings), await stack.zll("zll-s", order="oldest", **settings)]
+    make_topics(broker, stack, checkpoint=checkpoint_topic == "empty")
+    stack.kafka_extra["create_topics"] = create_topics
+    old, recent = [], []
+    for sim in sims:
+        old += sim.add_fills(3, late_s=lookback + 40) + sim.add_fills(3, late_s=lookback + 15)
+        recent += sim.add_fills(10, late_s=lookback - 12) + sim.add_fills(10, late_s=1)
+    proc = stack.publisher().start()
+    await proc.wait_ready()
+    live = [f for sim in sims for f in sim.add_fills(5)]
+    wanted = {f.fill_id for f in recent + live}
+    await stack.wait_for_fills(wanted)
+    polls = await sample(proc, "fillpub_poll_duration_seconds_count", ["kalshi-s", "zll-s"])
+
+    async def more_polls() -> bool:
+        now = await sample(proc, "fillpub_poll_duration_seconds_count", ["kalshi-s", "zll-s"])
+        return all(now[s] >= polls[s] + 10 for s in now)
+
+    await wait_until(more_polls, "10 more polls of each source", context=proc.log_tail)
+    records = await stack.records("kalshi", "zll")
+    code, _ = await proc.terminate()
+    assert code == 0, proc.log_tail()
+
+    assert_exactly_once(records, wanted)  # nothing older than lookback_s: it would be unexpected
+    assert not {f.fill_id for f in old} & {fill_id_header(r) for r in records}
+    topic = stack.topics["checkpoint"]
+    for name in ("kalshi-s", "zll-s"):
+        warning = proc.log_lines("WARNING", f"source {name}: no checkpoint in {topic}")
+        assert len(warning) == 1 and f"last {lookback}s" in warning[0], proc.log_tail()
+    assert bool(proc.log_lines("WARNING", f"checkpoint topic {topic} does not exist")) == (
+        checkpoint_topic == "missing" and not create_topics), proc.logs()
+    assert not proc.log_lines("ERROR"), proc.log_tail()
+
+    # the first commits wrote checkpoints: a restart resumes from them, without the warning
+    restarted = stack.publisher().start()
+    await restarted.wait_ready()
+    code, _ = await restarted.terminate()
+    assert code == 0
+    assert len(restarted.log_lines("no checkpoint in")) == 2  # the same log file: only the first start's
+
+
+# -- scenario 2 ------------------------------------------------------------------------------------
+
+
+async def test_rejected_credentials_logged_counted_retried_slowly(broker: Any, stack: Stack) -> None:
+    kalshi = await stack.kalshi("kalshi-x", **FAST)
+    kalshi.faults.set("auth", 1.0)  # the venue answers 401 to a correctly signed request
+    await stack.zll("zll-x", **FAST)
+    Path(stack.sources[-1].settings["api_key_file"]).write_text("d3Jvbmcta2V5LW5vdC10aGUtb25lLWdpdmVu\n")
+    await stack.zll("zll-ok", **FAST)
+    make_topics(broker, stack)
+    proc = stack.publisher().start()
+    await proc.wait_ready()
+    rejected = ["kalshi-x", "zll-x"]
+
+    async def both_rejected() -> bool:
+        counts = await sample(proc, "fillpub_poll_errors_total", rejected, reason="auth")
+        return all(v >= 1 for v in counts.values())
+
+    await wait_until(both_rejected, "an auth error on both sources", context=proc.log_tail)
+    requests = await sample(proc, "fillpub_poll_requests_total", [*rejected, "zll-ok"])
+
+    # the next attempt is not immediate: several poll intervals pass without one
+    async def healthy_source_polled_on() -> bool:
+        return await proc.metric("fillpub_poll_requests_total", source="zll-ok") >= requests["zll-ok"] + 8
+
+    await wait_until(healthy_source_polled_on, "8 more polls of the healthy source", context=proc.log_tail)
+    assert await sample(proc, "fillpub_poll_requests_total", rejected) == {s: requests[s] for s in rejected}
+    assert proc.alive
+    health = await proc.get("/healthz")
+    assert health is not None and health.status_code == 200
+    errors = {s: {r: await proc.metric("fillpub_poll_errors_total", source=s, reason=r) for r in ("auth", "http_4xx")}
+              for s in rejected}
+    code, took = await proc.terminate()
+    assert code == 0, proc.log_tail()
+    assert took < 10  # a source waiting out its long auth backoff does not hold up shutdown
+
+    assert errors == {s: {"auth": 1, "http_4xx": 0} for s in rejected}
+    for name in rejected:
+        [line] = proc.log_lines(f"source {name}: venue rejected our credentials")
+        assert " ERROR " in line and "HTTP 401" in line, line
+        delay = float(re.search(r"retrying in ([0-9]+)s", line).group(1))  # type: ignore[union-attr]
+        assert 7 <= delay <= 15
+    logs = proc.logs()
+    for needle in secret_needles(stack.secrets()):
+        assert needle not in logs
+    assert "***" not in logs  # nothing even tried to log a secret (the redactor never had to act)
+
+
+async def test_auth_failure_recovers_when_the_venue_accepts_us_again(
+    broker: Any, topic_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Unit-level (in-process Poller, short auth backoff), over real HTTP and the real broker."""
+    private_pem, public_pem = generate_key_pair()
+    key_id = str(uuid.uuid4())
+    kafka = KafkaConfig(bootstrap_servers=broker.bootstrap_servers, topic_template=topic_prefix + "fills.{venue}",
+                        dlq_topic=topic_prefix + "dlq", checkpoint_topic=topic_prefix + "checkpoints",
+                        transactional_id_prefix=topic_prefix + "publisher", check_crcs=False, create_topics=False)
+    metrics = Metrics()
+    sink = TransactionalSink(kafka, None, metrics)
+    await sink.start()
+    sink_task = asyncio.create_task(sink.run())
+    async with KalshiSimulator(public_key=public_pem, key_id=key_id, shape="mixed", seed=9) as sim, \
+            httpx.AsyncClient(base_url=sim.url, timeout=5) as http:
+        sim.faults.set("auth", 1.0)
+        fills = sim.add_fills(30, late_s=2)
+        source = KalshiSource(name="kalshi-r", base_url=sim.url, api_key_id=key_id, private_key_env="UNUSED",
+                              poll_interval_s=0.1, lookback_s=30, timeout_s=5)
+        source_metrics = metrics.source("kalshi", "kalshi-r")
+        adapter = kalshi_venue.create_adapter(source, Secret(private_pem.decode()), http, source_metrics.requests.inc)
+        poller = Poller(source, adapter, SourceState(source, None, time.time_ns()), sink, source_metrics,
+                        auth_backoff=Backoff(base_s=0.05, cap_s=0.4))
+        stop = asyncio.Event()
+        task = asyncio.create_task(poller.run(stop))
+
+        def value(name: str, **labels: str) -> float:
+            sample_value = metrics.registry.get_sample_value(name, {"venue": "kalshi", "source": "kalshi-r", **labels})
+            return sample_value or 0.0
+
+        await wait_until(lambda: value("fillpub_poll_errors_total", reason="auth") >= 4, "4 auth errors")
+        assert value("fillpub_fills_published_total") == 0
+        sim.faults.clear("auth")  # e.g. the operator fixed the key's permissions
+        await wait_until(lambda: value("fillpub_fills_published_total") == len(fills), "the backlog published")
+        stop.set()
+        await task
+    assert await sink.close(sink_task, 5)
+
+    records = committed(await read_log(broker.bootstrap_servers, [topic_prefix + "fills.kalshi"]))
+    assert_exactly_once(records, [f.fill_id for f in fills])
+    lines = [r.getMessage() for r in caplog.records if r.name == "publisher.poll"]
+    assert len([m for m in lines if m.startswith("source kalshi-r: venue rejected our credentials")]) >= 4
+    for needle in secret_needles([private_pem.decode()]):
+        assert needle not in caplog.text
