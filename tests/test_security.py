@@ -302,6 +302,20 @@ def test_missing_tls_file_is_a_config_error_naming_the_field(
     assert "No such file or directory" in info.value.problem
 
 
+@pytest.mark.xfail(reason="known gap: config only checks that TLS files are readable; a CA file that holds no "
+                          "certificate passes, then the sink retries forever on ssl.SSLError (an OSError) as "
+                          "'kafka not reachable' instead of exiting 2 naming kafka.ssl_cafile", strict=False)
+def test_ca_file_without_a_certificate_is_a_config_error(tmp_path: Path, stack_config: dict[str, Any]) -> None:
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("this is not a certificate\n")
+    stack_config["kafka"].update(security_protocol="SSL", ssl_cafile=str(not_pem))
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(stack_config))
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, {})
+    assert info.value.field == "kafka.ssl_cafile"
+
+
 def test_missing_ca_file_stops_run_with_exit_2_and_one_line(tmp_path: Path, stack_config: dict[str, Any]) -> None:
     stack_config["kafka"].update(security_protocol="SSL", ssl_cafile=str(tmp_path / "no-ca.pem"))
     path = tmp_path / "config.yaml"
