@@ -38,9 +38,12 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_FENCED = 3
-#: SIGTERM budget split: pollers get a moment to finish a poll, the sink the rest to commit
+#: SIGTERM: the contract gives 10 s to exit. Pollers get a moment to finish a poll, the sink the
+#: rest of the budget to commit and stop its producer; the remainder covers process exit.
 POLL_GRACE_S = 1.5
-DRAIN_TIMEOUT_S = 7.0
+SHUTDOWN_BUDGET_S = 8.5
+#: how long a cancelled start-up may take to clean up
+STARTUP_CANCEL_S = 3.0
 
 
 class Publisher:
@@ -66,26 +69,42 @@ class Publisher:
         log.info("fill-publisher %s serving /metrics /healthz /readyz on %s", __version__, self.http.url)
         clients: list[httpx.AsyncClient] = []
         try:
-            try:
-                await self.sink.start(stop)
-            except asyncio.CancelledError:
-                if stop.is_set():
-                    return EXIT_OK
-                raise
-            checkpoints = await self._restore(stop)
+            # start-up (producer, topics, checkpoints) retries for as long as Kafka is away, and
+            # any step of it may hang on a stalled connection: SIGTERM must end it regardless
+            startup = asyncio.create_task(self._start_up(stop), name="start-up")
+            stopped = asyncio.create_task(stop.wait(), name="stop")
+            await asyncio.wait({startup, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not startup.done():
+                startup.cancel()
+                await asyncio.wait({startup}, timeout=STARTUP_CANCEL_S)
+                log.info("stopped before start-up completed; nothing was fetched")
+                return EXIT_OK
+            checkpoints = startup.result()
             if checkpoints is None:
                 return EXIT_OK
             self._build_pollers(checkpoints, clients)
             self._restored = True
             log.info("ready: %d sources polling", len(self.pollers))
             return await self._run(stop)
-        except ProducerFencedError:
+        except ProducerFencedError as exc:
+            log.critical("exiting with status %d: %s", EXIT_FENCED, exc)
             return EXIT_FENCED
         finally:
-            await self.sink.close(None, 0)
+            await self.sink.close(None, 1.0)
             for client in clients:
                 await client.aclose()
             await self.http.close()
+
+    async def _start_up(self, stop: asyncio.Event) -> dict[str, Checkpoint] | None:
+        """Producer first (fences a zombie, aborts its in-doubt transaction), then checkpoints."""
+        try:
+            await self.sink.start(stop)
+        except asyncio.CancelledError:
+            if stop.is_set():
+                return None
+            raise
+        return await self._restore(stop)
 
     async def _restore(self, stop: asyncio.Event) -> dict[str, Checkpoint] | None:
         """Create topics and read checkpoints, retrying until it works (None: stopped first)."""
@@ -145,28 +164,40 @@ class Publisher:
         poll_tasks = [asyncio.create_task(p.run(stop), name=f"poll:{p.source.name}") for p in self.pollers]
         stop_task = asyncio.create_task(stop.wait())
         await asyncio.wait({sink_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        stopping_since = time.monotonic()
         sink_error = sink_task.exception() if sink_task.done() else None
         fenced = isinstance(sink_error, ProducerFencedError)
         if sink_error is not None and not fenced:
             log.error("sink stopped unexpectedly", exc_info=sink_error)
         stop.set()
+        stop_task.cancel()
+        if fenced:
+            # a zombie must not publish: no grace, nothing more handed to Kafka
+            for task in poll_tasks:
+                task.cancel()
+            await asyncio.gather(*poll_tasks, return_exceptions=True)
+            await self.sink.close(None, 1.0)
+            log.critical("exiting with status %d: %s; %d fetched fills left to the instance that owns the "
+                         "transactional id", EXIT_FENCED, sink_error, self.sink.pending_fills)
+            return EXIT_FENCED
         # stop polling: a poll still waiting on the venue after the grace period is abandoned,
-        # which loses nothing (it queued nothing yet)
+        # which loses nothing (it queued nothing yet); a poller held back by the capacity gate
+        # (Kafka away) is abandoned the same way
         _, late = await asyncio.wait(poll_tasks, timeout=POLL_GRACE_S) if poll_tasks else (set(), set())
         for task in late:
             task.cancel()
         await asyncio.gather(*poll_tasks, return_exceptions=True)
-        stop_task.cancel()
-        if fenced:
-            await self.sink.close(None, 0)
-            return EXIT_FENCED
-        drained = await self.sink.close(sink_task, DRAIN_TIMEOUT_S)
+        pending = self.sink.pending_fills
+        budget = max(1.0, SHUTDOWN_BUDGET_S - (time.monotonic() - stopping_since))
+        drained = await self.sink.close(sink_task, budget)
         if sink_error is not None:
             return EXIT_FAILED
         if drained:
-            log.info("stopped: everything fetched was committed")
+            log.info("stopped: everything fetched was committed (%d fills were in flight at the signal)", pending)
         else:
-            log.warning("stopped before the queued fills could be committed; they will be fetched again on restart")
+            log.warning("stopped with %d fetched fills not committed (Kafka unavailable); their sources' "
+                        "checkpoints did not move, so the next start fetches them again",
+                        self.sink.pending_fills)
         return EXIT_OK
 
 

@@ -1,23 +1,33 @@
 """Connection settings for every aiokafka client the service builds, and topic creation.
 
 One place turns the `kafka:` config section (security protocol, SASL, TLS files, CRC checks) into
-aiokafka keyword arguments, so the producer, the checkpoint reader and the consumer helper can
-never disagree on how to reach the cluster.
+aiokafka keyword arguments, so the producer, the checkpoint reader, topic creation and the
+consumer helper can never disagree on how to reach the cluster. Topic creation
+(:func:`create_topics`) works on real Kafka and on librdkafka's mock broker alike.
 """
 
 from __future__ import annotations
 
 import logging
+import asyncio
+from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import IncompatibleBrokerVersion, KafkaError, for_code
 from aiokafka.helpers import create_ssl_context
+from aiokafka.protocol.admin import CreateTopicsRequest
+from aiokafka.protocol.metadata import MetadataRequest
 
 from publisher.config import KafkaConfig
 from publisher.secret import Secret
 
 log = logging.getLogger(__name__)
+
+_NO_ERROR = 0
+_LEADER_NOT_AVAILABLE = 5
+_TOPIC_ALREADY_EXISTS = 36
+_NOT_CONTROLLER = 41
 
 #: checkpoints carry the dedupe window, which can reach megabytes for very busy sources
 CHECKPOINT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -50,46 +60,144 @@ def consumer_options(kafka: KafkaConfig, sasl_password: Secret | None) -> dict[s
     return options
 
 
+@dataclass(frozen=True)
+class TopicSpec:
+    """What a topic should look like where the broker lets us say."""
+
+    name: str
+    partitions: int
+    replication_factor: int = 1
+    configs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class EnsureResult:
+    """Which topics were created, already existed, or were only auto-created (no configs)."""
+
+    created: list[str] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
+    auto_created: list[str] = field(default_factory=list)
+
+
+async def create_topics(options: dict[str, Any], specs: list[TopicSpec]) -> EnsureResult:
+    """Create `specs` on any Kafka-protocol broker (real Kafka or librdkafka's mock).
+
+    `options` are :func:`client_options`. The recipe:
+
+    1. CreateTopics is sent with aiokafka's own client to the controller when Metadata names one,
+       else to any broker (KRaft brokers forward it; a ZooKeeper-era non-controller answers
+       NOT_CONTROLLER and the next broker is tried). aiokafka's admin client is not used: it
+       fails outright on a Metadata controller id that names no broker, and it returns
+       per-topic errors (policy violations, bad replication factors) without raising;
+    2. TOPIC_ALREADY_EXISTS is success (several instances start at once); any other per-topic
+       error raises;
+    0. topics that Metadata already shows are only listed in `existing`;
+    3. a broker without CreateTopics (the mock) gets the topics auto-created through a Metadata
+       request with `allow_auto_topic_creation`, listed in `auto_created`: their partition
+       counts and configs (`cleanup.policy=compact`) were not applied.
+    """
+    timeout_ms = int(options.get("request_timeout_ms", 30000))
+    client = AIOKafkaClient(**options)
+    await client.bootstrap()
+    try:
+        return await _create(client, specs, timeout_ms)
+    finally:
+        await client.close()
+
+
+async def _create(client: AIOKafkaClient, specs: list[TopicSpec], timeout_ms: int) -> EnsureResult:
+    result = EnsureResult()
+    # topics that exist already are left alone: no CreateTopics (which a cluster may forbid) at all
+    resp = await client.send(client.get_random_node(),
+                             MetadataRequest([s.name for s in specs], allow_auto_topic_creation=False))
+    present = {t for code, t, *_ in resp.topics if code in (_NO_ERROR, _LEADER_NOT_AVAILABLE)}
+    result.existing = [s.name for s in specs if s.name in present]
+    specs = [s for s in specs if s.name not in present]
+    if not specs:
+        return result
+    request = CreateTopicsRequest(
+        [(s.name, s.partitions, s.replication_factor, [], list(s.configs.items())) for s in specs],
+        timeout_ms, False,
+    )
+    controller = client.cluster.controller
+    nodes = [b.nodeId for b in client.cluster.brokers()]
+    if controller is not None and controller.nodeId in nodes:
+        nodes.remove(controller.nodeId)
+        nodes.insert(0, controller.nodeId)
+    for node in nodes:
+        try:
+            resp = await client.send(node, request)
+        except IncompatibleBrokerVersion:
+            # no CreateTopics on this broker (librdkafka's mock): fall back to auto-creation
+            result.auto_created = await _auto_create(client, [s.name for s in specs])
+            return result
+        errors = {topic: code for topic, code, *_ in resp.topic_errors}
+        if any(code == _NOT_CONTROLLER for code in errors.values()):
+            continue
+        for topic, code in errors.items():
+            if code == _NO_ERROR:
+                result.created.append(topic)
+            elif code == _TOPIC_ALREADY_EXISTS:
+                result.existing.append(topic)
+            else:
+                raise for_code(code)(f"creating topic {topic!r}")
+        return result
+    raise KafkaError("no broker accepted CreateTopics (NOT_CONTROLLER everywhere)")
+
+
+async def _auto_create(client: AIOKafkaClient, topics: list[str]) -> list[str]:
+    """Ask for metadata with auto-creation on until every topic has leaders."""
+    for _ in range(100):
+        resp = await client.send(client.get_random_node(),
+                                 MetadataRequest(topics, allow_auto_topic_creation=True))
+        pending = [t for code, t, *_ in resp.topics if code == _LEADER_NOT_AVAILABLE]
+        failed = {t: code for code, t, *_ in resp.topics
+                  if code not in (_NO_ERROR, _LEADER_NOT_AVAILABLE)}
+        if failed:
+            topic, code = next(iter(failed.items()))
+            raise for_code(code)(f"auto-creating topic {topic!r}")
+        if not pending:
+            return topics
+        await asyncio.sleep(0.05)
+    raise KafkaError(f"topics {topics} got no leaders")
+
+
 async def ensure_topics(kafka: KafkaConfig, sasl_password: Secret | None, fills_topics: list[str]) -> None:
     """Create the fills, DLQ and (compacted) checkpoint topics when they do not exist.
 
     Failure is logged, not fatal: clusters that forbid topic creation by clients are common, and
     the topics may have been created by an operator (the compose stack and the chart's docs do).
     """
-    admin_options = client_options(kafka, sasl_password)
-    admin_options.pop("client_id", None)
-    admin = AIOKafkaAdminClient(client_id=f"{kafka.client_id}-admin", **admin_options)
+    options = client_options(kafka, sasl_password)
+    options["client_id"] = f"{kafka.client_id}-admin"
     try:
-        await admin.start()
-        existing = set(await admin.list_topics())
-        wanted = [*fills_topics, kafka.dlq_topic, kafka.checkpoint_topic]
-        if all(name in existing for name in wanted):
-            return
         replication = kafka.replication_factor
         if replication is None:
-            # aiokafka cannot ask for the broker default (-1); Kafka's usual default is 3
-            brokers = (await admin.describe_cluster())["brokers"]
-            replication = min(3, len(brokers))
-        topics = [NewTopic(name, kafka.topic_partitions, replication) for name in [*fills_topics, kafka.dlq_topic]]
-        topics.append(
-            NewTopic(
-                kafka.checkpoint_topic,
-                1,
-                replication,
-                topic_configs={
-                    "cleanup.policy": "compact",
-                    "max.message.bytes": str(CHECKPOINT_MAX_MESSAGE_BYTES),
-                },
-            )
-        )
-        missing = [t for t in topics if t.name not in existing]
-        if missing:
-            await admin.create_topics(missing)
-            log.info("created topics %s", ", ".join(t.name for t in missing))
-    except TopicAlreadyExistsError:
-        pass
+            # CreateTopics as aiokafka speaks it cannot ask for the broker default (-1); Kafka's
+            # usual default is 3, and a smaller cluster cannot hold more replicas than brokers
+            replication = min(3, await _broker_count(options))
+        specs = [TopicSpec(name, kafka.topic_partitions, replication) for name in [*fills_topics, kafka.dlq_topic]]
+        specs.append(TopicSpec(kafka.checkpoint_topic, 1, replication, {
+            "cleanup.policy": "compact",
+            "max.message.bytes": str(CHECKPOINT_MAX_MESSAGE_BYTES),
+        }))
+        result = await create_topics(options, specs)
     except Exception as exc:  # noqa: BLE001 - creation is best effort, see docstring
         log.warning("could not create topics (%s: %s); relying on existing or auto-created topics",
                     type(exc).__name__, exc)
+        return
+    if result.created:
+        log.info("created topics %s", ", ".join(result.created))
+    if result.auto_created:
+        log.warning("the broker does not support CreateTopics: topics %s were auto-created with the broker's "
+                    "defaults (checkpoint topic NOT compacted); create them yourself on a real cluster",
+                    ", ".join(result.auto_created))
+
+
+async def _broker_count(options: dict[str, Any]) -> int:
+    client = AIOKafkaClient(**options)
+    await client.bootstrap()
+    try:
+        return max(1, len(client.cluster.brokers()))
     finally:
-        await admin.close()
+        await client.close()

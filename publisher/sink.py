@@ -9,6 +9,12 @@ Failure handling, in the order it matters:
 - a batch handed to the sink is never dropped: a failed transaction is aborted (or the producer is
   rebuilt, which aborts it on the broker) and the same batches are retried with backoff until they
   commit or the process ends; a crash loses nothing because the checkpoint did not move either;
+- every transaction has a deadline (`transaction_timeout_s`): aiokafka's idempotent producer
+  retries forever while the broker is away (its batches never expire), so a hung transaction is
+  given up and the producer rebuilt; so is a producer whose id/epoch/sequence state broke
+  (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch) or whose sender task died;
+- /readyz follows :attr:`TransactionalSink.healthy`: false after a failed attempt, and while a
+  transaction hangs, until the next commit succeeds;
 - memory is bounded: :meth:`wait_for_capacity` holds pollers back while `max_pending_fills` fetched
   fills are waiting, so an outage pauses polling instead of buffering without limit;
 - fencing (another instance took our transactional id) is final: :class:`ProducerFencedError` is
@@ -20,6 +26,7 @@ The sink knows Kafka and the contract's record layout (topic, key, headers), not
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -31,8 +38,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     InvalidProducerEpoch,
     KafkaError,
+    OutOfOrderSequenceNumber,
     ProducerFenced,
     TransactionalIdAuthorizationFailed,
+    UnknownProducerId,
 )
 
 from publisher.config import KafkaConfig, fills_topic
@@ -45,7 +54,20 @@ log = logging.getLogger(__name__)
 
 _SCHEMA_VERSION_HEADER = str(SCHEMA_VERSION).encode()
 _JSON = b"application/json"
-_FATAL = (ProducerFenced, InvalidProducerEpoch, TransactionalIdAuthorizationFailed)
+#: final: another instance owns our transactional id (aiokafka turns the broker's
+#: INVALID_PRODUCER_EPOCH on transactional requests into ProducerFenced), or we may not use it
+_FATAL = (ProducerFenced, TransactionalIdAuthorizationFailed)
+#: the producer's id/epoch/sequence state is unusable (an abort cannot fix it): build a new one.
+#: OutOfOrderSequenceNumber also kills aiokafka's sender task; a bare InvalidProducerEpoch is the
+#: coordinator having bumped our epoch (KIP-588: abortable), not fencing
+_REBUILD = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, asyncio.TimeoutError)
+#: the broker-side transaction timeout exceeds our own deadline by this much, so the coordinator
+#: never aborts (and epoch-bumps) a transaction we are still driving: that would read as fencing
+_BROKER_TXN_TIMEOUT_MARGIN_S = 30.0
+#: a transaction in flight longer than this makes the sink unhealthy (/readyz 503) before it fails
+_STALE_TXN_S = 10.0
+#: of a shutdown's time budget, what stopping the producer may take at the end
+_STOP_RESERVE_S = 1.5
 
 
 class ProducerFencedError(RuntimeError):
@@ -100,8 +122,20 @@ class TransactionalSink:
         self._pending = 0
         self._producer: AIOKafkaProducer | None = None
         self._closing = False
-        #: True while the producer is initialised and the last transaction attempt succeeded
-        self.healthy = False
+        #: producers replaced after a failure, for tests and logs
+        self.rebuilds = 0
+        self._healthy = False
+        #: monotonic start of the transaction in flight, None between transactions
+        self._txn_started: float | None = None
+        self._stale_txn_s = min(_STALE_TXN_S, kafka.request_timeout_s)
+
+    @property
+    def healthy(self) -> bool:
+        """The producer is initialised, the last transaction attempt succeeded and the one in
+        flight (if any) is not hanging: /readyz turns 503 soon after Kafka goes away even while
+        a transaction still waits for its deadline."""
+        started = self._txn_started
+        return self._healthy and (started is None or time.monotonic() - started < self._stale_txn_s)
 
     # ------------------------------------------------------------------ pollers' side
 
@@ -138,7 +172,7 @@ class TransactionalSink:
             transactional_id=kafka.transactional_id_prefix,
             enable_idempotence=True,
             acks="all",
-            transaction_timeout_ms=int(kafka.transaction_timeout_s * 1000),
+            transaction_timeout_ms=int((kafka.transaction_timeout_s + _BROKER_TXN_TIMEOUT_MARGIN_S) * 1000),
             max_request_size=CHECKPOINT_MAX_MESSAGE_BYTES + 65536,
             # fills of one poll arrive together: batch them without waiting for stragglers
             linger_ms=0,
@@ -150,14 +184,17 @@ class TransactionalSink:
 
         Initialising (InitProducerId) fences any older producer with our transactional id and
         aborts its in-doubt transaction, which is why it must happen before checkpoints are read.
+        Raises :class:`ProducerFencedError` when the id is not ours to use, and CancelledError
+        when `stop` is set first (callers may also simply cancel the call).
         """
         attempt = 0
         while True:
             try:
                 await self._start_producer()
+                self._healthy = True
                 return
             except _FATAL as exc:
-                raise ProducerFencedError(str(exc)) from exc
+                raise self._fatal(exc) from exc
             except (KafkaError, OSError, asyncio.TimeoutError) as exc:
                 attempt += 1
                 self._metrics.publish_errors.labels(reason=_reason(exc)).inc()
@@ -177,24 +214,65 @@ class TransactionalSink:
         try:
             await asyncio.wait_for(producer.start(), self._kafka.request_timeout_s)
         except BaseException:
-            await self._stop_quietly(producer)
+            await self._discard(producer, 0.5)  # it never worked: nothing to flush
             raise
         self._producer = producer
-        self.healthy = True
         log.info("transactional producer ready (transactional id %s)", self._kafka.transactional_id_prefix)
 
-    async def _stop_quietly(self, producer: AIOKafkaProducer) -> None:
+    async def _discard(self, producer: AIOKafkaProducer, timeout_s: float = 2.0) -> None:
+        """Stop `producer` within about `timeout_s`, even when it is wedged.
+
+        `AIOKafkaProducer.stop()` first flushes, which never ends for an idempotent producer whose
+        broker is gone (aiokafka never expires its batches). After `timeout_s` the producer is torn
+        down without flushing, so an abandoned producer leaves no sender task or connection behind
+        (they would pile up, one per rebuild, during a long outage). Nothing of value is dropped:
+        what it still held belonged to a transaction that is being abandoned anyway.
+        """
         try:
-            await asyncio.wait_for(producer.stop(), 5)
+            await asyncio.wait_for(producer.stop(), timeout_s)
+            return
         except Exception as exc:  # noqa: BLE001 - it is being discarded anyway
-            log.debug("discarding producer: %s", exc)
+            log.debug("producer did not stop cleanly (%s); tearing it down", type(exc).__name__)
+        # aiokafka 0.14 internals, each optional: fail what the accumulator holds (releases the
+        # flush that stop() left waiting), cancel the sender, close the connections
+        sender = getattr(producer, "_sender", None)
+        task = getattr(sender, "sender_task", None)
+        accumulator = getattr(producer, "_message_accumulator", None)
+        with contextlib.suppress(Exception):
+            if accumulator is not None:
+                accumulator.fail_all(KafkaError("producer discarded"))
+        if task is not None and not task.done():
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(producer.client.close(), 1.0)
+        if task is not None and not task.done():
+            await asyncio.wait({task}, timeout=1.0)
 
     async def _rebuild_producer(self) -> None:
-        """Drop the producer and make a new one (which aborts our open transaction on the broker)."""
+        """Drop the producer and make a new one.
+
+        The new producer's InitProducerId makes the coordinator abort our open transaction (real
+        Kafka; the mock broker leaves it open forever, see docs/failure-behaviour-kafka.md).
+        """
         old, self._producer = self._producer, None
         if old is not None:
-            await self._stop_quietly(old)
+            await self._discard(old, 0.5)  # it failed: a short grace, then torn down
+        self.rebuilds += 1
         await self._start_producer()
+        log.warning("rebuilt the transactional producer (%d rebuilds so far)", self.rebuilds)
+
+    def _fatal(self, exc: BaseException) -> ProducerFencedError:
+        """Count and log a final error; the caller raises the result."""
+        self._healthy = False
+        self._metrics.publish_errors.labels(reason=_reason(exc)).inc()
+        tid = self._kafka.transactional_id_prefix
+        if isinstance(exc, TransactionalIdAuthorizationFailed):
+            message = f"not authorised to use transactional id {tid!r} ({type(exc).__name__})"
+        else:
+            message = (f"producer fenced: another instance uses transactional id {tid!r} "
+                       f"({type(exc).__name__}); this one stops publishing")
+        log.critical(message)
+        return ProducerFencedError(message)
 
     def _backoff(self, attempt: int) -> float:
         # full jitter keeps many restarting instances from hammering the cluster in step
@@ -225,53 +303,75 @@ class TransactionalSink:
         return taken
 
     async def _commit_until_done(self, batches: list[SourceBatch]) -> None:
+        """Commit `batches` in one transaction, retrying (never dropping them) until it works.
+
+        Every failure but a final one (:data:`_FATAL`) is counted, followed by an abort or a
+        producer rebuild (:meth:`_recover`) and a backoff. That includes errors aiokafka raises
+        from its own state machine (AssertionError on an illegal transition after a cancelled
+        commit, "Unexpected error during batch delivery" when its sender task died): a fresh
+        producer is the cure for all of them.
+        """
         attempt = 0
         while True:
             try:
-                if self._producer is None:
-                    await self._start_producer()
-                started = time.perf_counter()
-                await asyncio.wait_for(self._transaction(batches), self._kafka.transaction_timeout_s)
+                try:
+                    if self._producer is None:
+                        await self._start_producer()
+                    started = time.perf_counter()
+                    self._txn_started = time.monotonic()
+                    try:
+                        await asyncio.wait_for(self._transaction(batches), self._kafka.transaction_timeout_s)
+                    finally:
+                        self._txn_started = None
+                except _FATAL:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - see docstring: recover, retry
+                    self._healthy = False
+                    attempt += 1
+                    self._metrics.publish_errors.labels(reason=_reason(exc)).inc()
+                    delay = self._backoff(attempt)
+                    log.warning("transaction of %d batches (%d fills) failed (%s: %s); retrying in %.2fs",
+                                len(batches), sum(b.size for b in batches), type(exc).__name__, exc, delay)
+                    await self._recover(exc)
+                    await asyncio.sleep(delay)
+                    continue
             except _FATAL as exc:
-                self.healthy = False
-                self._metrics.publish_errors.labels(reason=_reason(exc)).inc()
-                log.critical("producer fenced: another instance uses transactional id %r; stopping (%s)",
-                             self._kafka.transactional_id_prefix, type(exc).__name__)
-                raise ProducerFencedError(str(exc)) from exc
-            except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-                self.healthy = False
-                attempt += 1
-                self._metrics.publish_errors.labels(reason=_reason(exc)).inc()
-                delay = self._backoff(attempt)
-                log.warning("transaction of %d batches failed (%s: %s); retrying in %.2fs",
-                            len(batches), type(exc).__name__, exc, delay)
-                await self._recover()
-                await asyncio.sleep(delay)
-                continue
+                raise self._fatal(exc) from exc
             committed_ns = time.time_ns()
             self._metrics.commit_duration.observe(time.perf_counter() - started)
-            self.healthy = True
+            self._healthy = True
+            if attempt:
+                log.info("transaction committed after %d failed attempts", attempt)
             self._add_pending(-sum(b.size for b in batches))
             for batch in batches:
                 batch.on_commit(committed_ns)
             return
 
-    async def _recover(self) -> None:
-        """Leave the failed transaction behind: abort it, or rebuild the producer if that fails."""
+    async def _recover(self, exc: BaseException) -> None:
+        """Leave the failed transaction behind: abort it, or rebuild the producer.
+
+        Rebuild at once when the producer's own state is broken (:data:`_REBUILD`; a timed-out
+        transaction counts, since aiokafka's idempotent producer never expires its batches and
+        an abort would queue behind them), else try an abort first. A final error (fencing)
+        raised by the abort or the rebuild propagates.
+        """
         producer = self._producer
         if producer is None:
             return
-        try:
-            await asyncio.wait_for(producer.abort_transaction(), self._kafka.request_timeout_s)
-            return
-        except Exception as exc:  # noqa: BLE001 - any failure here means: start over
-            log.info("abort failed (%s); rebuilding the producer", type(exc).__name__)
+        if not isinstance(exc, _REBUILD):
+            try:
+                await asyncio.wait_for(producer.abort_transaction(), self._kafka.request_timeout_s)
+                return
+            except _FATAL:
+                raise
+            except Exception as abort_exc:  # noqa: BLE001 - any failure here means: start over
+                log.info("abort failed (%s); rebuilding the producer", type(abort_exc).__name__)
         try:
             await self._rebuild_producer()
         except _FATAL:
             raise
-        except Exception as exc:  # noqa: BLE001 - the next attempt retries the start
-            log.warning("producer rebuild failed (%s: %s)", type(exc).__name__, exc)
+        except Exception as start_exc:  # noqa: BLE001 - the next attempt retries the start
+            log.warning("producer rebuild failed (%s: %s); retrying", type(start_exc).__name__, start_exc)
             self._producer = None
 
     async def _transaction(self, batches: list[SourceBatch]) -> None:
@@ -308,22 +408,25 @@ class TransactionalSink:
     # ------------------------------------------------------------------ shutdown
 
     async def close(self, runner: asyncio.Task[None] | None, timeout_s: float) -> bool:
-        """Commit what is queued (within `timeout_s`), then stop the producer.
+        """Commit what is queued, then stop the producer; returns within about `timeout_s`.
 
-        Returns True when everything submitted was committed.
+        The commit loop gets `timeout_s` minus a reserve for stopping the producer; when Kafka is
+        away it is cancelled then (the uncommitted batches' checkpoints did not move, so the next
+        start fetches those fills again). Returns True when everything submitted was committed.
         """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         self._closing = True
         self._work.set()
-        drained = True
         if runner is not None and not runner.done():
-            done, _ = await asyncio.wait({runner}, timeout=timeout_s)
+            done, _ = await asyncio.wait({runner}, timeout=max(0.0, timeout_s - _STOP_RESERVE_S))
             if not done:
-                drained = False
                 runner.cancel()
-                await asyncio.gather(runner, return_exceptions=True)
-        drained = drained and not self._queue
-        if self._producer is not None:
-            await self._stop_quietly(self._producer)
-            self._producer = None
-        self.healthy = False
+                # cancellation may run clean-up awaits (a half-started producer): bounded too
+                await asyncio.wait({runner}, timeout=max(0.1, min(1.0, deadline - loop.time() - 0.5)))
+        drained = self._pending == 0
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await self._discard(producer, max(0.2, deadline - loop.time()))
+        self._healthy = False
         return drained
