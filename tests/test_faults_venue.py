@@ -187,7 +187,8 @@ async def test_faults_on_one_source_others_keep_publishing_faulty_one_recovers(b
     await wait_until(lambda: sum(1 for sim in (faulty, sims[2]) for f in sim.fills if f.fill_id not in known) >= 10,
                      "fills arriving during the drift")
     drifted = [f.fill_id for sim in (faulty, sims[2]) for f in sim.fills if f.fill_id not in known]
-    await stack.wait_for_fills(drifted)
+    seen_drifted = {fill_id_header(r) for r in await stack.wait_for_fills(drifted)}
+    assert set(drifted) <= seen_drifted  # published while every page the venues served was drifted
     for sim in (faulty, sims[2]):
         sim.faults.clear("schema_drift")
 
@@ -205,7 +206,6 @@ async def test_faults_on_one_source_others_keep_publishing_faulty_one_recovers(b
     for record in records:
         spec, fill = expected[fill_id_header(record)]  # type: ignore[index]
         check_fill(record, spec.name, fill.expected_event())
-    assert set(drifted) <= {fill_id_header(r) for r in records}
 
     # each failure counted once, under its reason; the other sources never failed
     fired = faulty.faults.fired
@@ -350,7 +350,7 @@ async def test_no_checkpoint_at_start_publishes_the_lookback_window_only(
         assert len(warning) == 1 and f"last {lookback}s" in warning[0], proc.log_tail()
     assert bool(proc.log_lines("WARNING", f"checkpoint topic {topic} does not exist")) == (
         checkpoint_topic == "missing" and not create_topics), proc.logs()
-    assert not proc.log_lines("ERROR"), proc.log_tail()
+    assert not proc.log_lines(" ERROR publisher."), proc.log_tail()
 
     # the first commits wrote checkpoints: a restart resumes from them, without the warning
     restarted = stack.publisher().start()
