@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import string
 import types
 from collections.abc import Iterator, Mapping
@@ -250,6 +251,7 @@ def _resolve(config: Config, environ: Mapping[str, str]) -> Settings:
     if kafka.security_protocol in _TLS_PROTOCOLS:
         for field in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
             _check_readable(f"kafka.{field}", getattr(kafka, field))
+        _check_tls_files(kafka)
     return Settings(config=config, source_secrets=types.MappingProxyType(secrets), sasl_password=sasl_password)
 
 
@@ -567,3 +569,22 @@ def _check_readable(field: str, path: str | None) -> None:
             pass
     except OSError as exc:
         raise ConfigError(field, f"cannot read {path!r}: {exc.strerror or type(exc).__name__}") from None
+
+
+def _check_tls_files(kafka: KafkaConfig) -> None:
+    """Load the TLS files the way the Kafka client will, so a file that is readable but holds no
+    certificate or key is a config error now rather than an endless "kafka not reachable" later."""
+    context = ssl.create_default_context()
+    if kafka.ssl_cafile is not None:
+        try:
+            context.load_verify_locations(cafile=kafka.ssl_cafile)
+        except (ssl.SSLError, ValueError) as exc:
+            raise ConfigError("kafka.ssl_cafile", f"no usable CA certificate in {kafka.ssl_cafile!r} "
+                                                  f"({type(exc).__name__})") from None
+    if kafka.ssl_certfile is not None:
+        try:
+            context.load_cert_chain(kafka.ssl_certfile, kafka.ssl_keyfile)
+        except (ssl.SSLError, ValueError) as exc:
+            # the library's text can quote neither key nor file content; the class name is enough
+            raise ConfigError("kafka.ssl_certfile", f"client certificate and key do not load "
+                                                    f"({type(exc).__name__})") from None

@@ -28,6 +28,7 @@ from publisher.config import (
     venue_of,
 )
 from publisher.secret import Secret
+from tests.harness.tls import Pki
 
 ZLL_KEY = "zll-key-SUPERSECRET-42"
 
@@ -104,8 +105,9 @@ def zll(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def test_full_config_every_key(tmp_path: Path, cfg: dict[str, Any]) -> None:
     (tmp_path / "pw").write_text("sasl-pw\n")
-    for name in ("ca.pem", "cert.pem", "key.pem"):
-        (tmp_path / name).write_text("not read by load_settings beyond opening it")
+    pki = Pki(tmp_path)
+    for name, path in (("ca.pem", pki.cafile), ("cert.pem", pki.client_cert), ("key.pem", pki.client_key)):
+        Path(path).rename(tmp_path / name)
     cfg["kafka"] = {
         "bootstrap_servers": "kafka-0:9092",
         "topic_template": "prod.fills.{venue}",
@@ -503,13 +505,14 @@ def test_missing_ca_file(tmp_path: Path, cfg: dict[str, Any]) -> None:
 
 
 def test_client_cert_and_key_go_together(tmp_path: Path, cfg: dict[str, Any]) -> None:
-    (tmp_path / "cert.pem").write_text("cert")
+    pki = Pki(tmp_path)
+    Path(pki.client_cert).rename(tmp_path / "cert.pem")
     cfg["kafka"].update(security_protocol="SSL", ssl_certfile=str(tmp_path / "cert.pem"))
     assert config_error(tmp_path, cfg).field == "kafka.ssl_keyfile"
     cfg["kafka"]["ssl_keyfile"] = str(tmp_path / "key.pem")
     error = config_error(tmp_path, cfg)
     assert (error.field, "No such file" in error.problem) == ("kafka.ssl_keyfile", True)
-    (tmp_path / "key.pem").write_text("key")
+    Path(pki.client_key).rename(tmp_path / "key.pem")
     assert load(tmp_path, cfg).config.kafka.ssl_keyfile == str(tmp_path / "key.pem")
 
 

@@ -17,8 +17,6 @@ survives what a port scanner sends.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 import os
 import socket
 import ssl
@@ -30,10 +28,6 @@ from typing import Any
 import pytest
 import yaml
 from aiokafka import AIOKafkaProducer
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from publisher.config import ConfigError, KafkaConfig, load_settings
 from publisher.endpoints import make_handler
@@ -44,6 +38,7 @@ from publisher.secret import Secret
 from publisher.sink import TransactionalSink
 from tests.harness.delivery import read_log
 from tests.harness.stack import PublisherProcess, Stack, secret_needles, wait_until
+from tests.harness.tls import Pki
 
 FAST = {"poll_interval_s": 0.2, "lookback_s": 30, "page_limit": 20, "max_requests_per_s": 200, "timeout_s": 5}
 SASL_PASSWORD = "sasl-Pa55word-that-must-never-show-7f3e9c"
@@ -138,48 +133,6 @@ async def test_no_secret_in_output_when_sasl_authentication_fails(broker: Any, s
 
 
 # -- 2. TLS and SASL settings reach aiokafka ----------------------------------------------------
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _issue(subject: str, issuer_key: Any, issuer: x509.Name, *, ca: bool = False,
-           san: list[x509.GeneralName] | None = None) -> tuple[Any, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
-    builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(issuer)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if san:
-        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    return key, builder.sign(issuer_key or key, hashes.SHA256())
-
-
-class Pki:
-    """A CA, a server certificate for localhost and a client certificate, written as PEM files."""
-
-    def __init__(self, tmp: Path, name: str = "test-ca"):
-        ca_key, ca_cert = _issue(name, None, _name(name), ca=True)
-        self.ca_name = name
-        self.cafile = self._write(tmp / f"{name}.pem", ca_cert)
-        server_key, server_cert = _issue("localhost", ca_key, ca_cert.subject, san=[
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-        self.server_cert = self._write(tmp / f"{name}-server.pem", server_cert)
-        self.server_key = self._write(tmp / f"{name}-server.key", server_key)
-        client_key, client_cert = _issue("fill-publisher-client", ca_key, ca_cert.subject)
-        self.client_cert = self._write(tmp / f"{name}-client.pem", client_cert)
-        self.client_key = self._write(tmp / f"{name}-client.key", client_key)
-
-    @staticmethod
-    def _write(path: Path, item: Any) -> str:
-        if isinstance(item, x509.Certificate):
-            path.write_bytes(item.public_bytes(serialization.Encoding.PEM))
-        else:
-            path.write_bytes(item.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                serialization.NoEncryption()))
-        return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -302,9 +255,6 @@ def test_missing_tls_file_is_a_config_error_naming_the_field(
     assert "No such file or directory" in info.value.problem
 
 
-@pytest.mark.xfail(reason="known gap: config only checks that TLS files are readable; a CA file that holds no "
-                          "certificate passes, then the sink retries forever on ssl.SSLError (an OSError) as "
-                          "'kafka not reachable' instead of exiting 2 naming kafka.ssl_cafile", strict=False)
 def test_ca_file_without_a_certificate_is_a_config_error(tmp_path: Path, stack_config: dict[str, Any]) -> None:
     not_pem = tmp_path / "ca.pem"
     not_pem.write_text("this is not a certificate\n")
