@@ -109,7 +109,7 @@ class TransactionalSink:
         sasl_password: Secret | None,
         metrics: Metrics,
         *,
-        max_backoff_s: float = 30.0,
+        max_backoff_s: float = 10.0,
     ):
         self._kafka = kafka
         self._sasl_password = sasl_password
