@@ -121,6 +121,8 @@ class Poller:
     ):
         self.source = source
         self._adapter = adapter
+        # re-read fills this source already published need not be normalised again
+        adapter.known = self._published
         self.state = state
         self._sink = sink
         self._metrics = metrics
@@ -171,17 +173,23 @@ class Poller:
             return pause
         self._backoff.reset()
         self._auth_backoff.reset()
-        self._accept(result.fills, result.invalid, result.paging_state, poll_start_ns)
+        self._accept(result.fills, result.invalid, result.paging_state, poll_start_ns, result.known)
         metrics.poll_duration.observe(time.perf_counter() - started)
         metrics.last_success.set(time.time())
         return None
 
-    def _accept(self, fills: list[FillEvent], invalid: list[InvalidFill], paging_state: Any, poll_start_ns: int) -> None:
+    def _published(self, fill_id: str) -> bool:
+        """Whether the venue fill id is in the dedupe window (see `VenueAdapter.known`)."""
+        return fill_key(fill_id) in self.state.window
+
+    def _accept(self, fills: list[FillEvent], invalid: list[InvalidFill], paging_state: Any, poll_start_ns: int,
+                known: int = 0) -> None:
+        """Dedupe and hand over one poll's result; `known` fills were dropped unread by the adapter."""
         state = self.state
         window = state.window
         floor = window.floor_ns
         fresh: list[FillEvent] = []
-        duplicates = 0
+        duplicates = known
         for fill in fills:
             if fill.executed_at_ns < floor:
                 continue  # older than the overlap window: outside what this source tracks

@@ -64,6 +64,8 @@ class FetchResult:
     #: opaque paging hint stored in the checkpoint and handed back on the next poll (e.g. ZLL's
     #: resume offset); None when the venue needs none
     paging_state: Any = None
+    #: fills skipped unread because :attr:`VenueAdapter.known` said they were already published
+    known: int = 0
 
 
 _DECIMAL = re.compile(r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)$")
@@ -108,6 +110,22 @@ class FillCollector:
             self.result.invalid.append(item)
         return True
 
+    def add_known(self, key: str) -> bool:
+        """Count a fill the poll loop already published, unread; False for a repeat (not counted)."""
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        self.result.known += 1
+        return True
+
+    def skip_known(self, key: str | None, known: Callable[[str], bool] | None) -> bool | None:
+        """For a fill with venue id `key`: None when it must be decoded, else it is skipped
+        unread, being a repeat within this poll (False) or one that `known` (the poll loop's
+        dedupe) says was published (True, counted as :meth:`add_known` does)."""
+        if key is None or known is None or not (key in self._seen or known(key)):
+            return None
+        return self.add_known(key)
+
 
 class VenueAdapter(abc.ABC):
     """One configured account ("source") on one venue.
@@ -118,6 +136,11 @@ class VenueAdapter(abc.ABC):
     """
 
     venue: ClassVar[str]
+    #: set by the poll loop: True for a venue fill id (the dedupe key of a fill or dead letter)
+    #: already published. Re-reading the overlap window returns mostly such fills, and an
+    #: adapter may skip normalising them, counting them in :attr:`FetchResult.known` instead: the
+    #: poll loop would only drop them as duplicates.
+    known: Callable[[str], bool] | None = None
 
     @abc.abstractmethod
     async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Callable[[], int]) -> FetchResult:

@@ -405,7 +405,7 @@ def _invalid(raw: msgspec.Raw, error: str) -> InvalidFill:
         ids = _ids_decoder.decode(raw)
     except msgspec.DecodeError:
         return InvalidFill(key=raw_key(raw), error=error, raw=raw)
-    key = next((c for c in (ids.fill_id, ids.trade_id) if isinstance(c, str) and c), None) or raw_key(raw)
+    key = _id_of(ids) or raw_key(raw)
     created = ids.created_time if isinstance(ids.created_time, str) else None
     ts = ids.ts if isinstance(ids.ts, int) and not isinstance(ids.ts, bool) else None
     try:
@@ -413,6 +413,20 @@ def _invalid(raw: msgspec.Raw, error: str) -> InvalidFill:
     except ValueError:
         executed_at_ns = None
     return InvalidFill(key=key, error=error, raw=raw, executed_at_ns=executed_at_ns)
+
+
+def _id_of(ids: _Ids) -> str | None:
+    """A fill's dedupe key: its fill_id, else its trade_id (as :func:`normalise` picks them)."""
+    return next((c for c in (ids.fill_id, ids.trade_id) if isinstance(c, str) and c), None)
+
+
+def _known_key(raw: msgspec.Raw) -> str | None:
+    """The dedupe key the fill would get, decoded or not, read without decoding the rest; None
+    when unreadable (the fill is then decoded in full)."""
+    try:
+        return _id_of(_ids_decoder.decode(raw))
+    except msgspec.DecodeError:
+        return None
 
 
 def decode_fill(raw: msgspec.Raw, *, source: str, observed_at_ns: int) -> FillEvent | InvalidFill:
@@ -465,7 +479,10 @@ class KalshiAdapter(VenueAdapter):
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                 raise VenueError("decode", f"undecodable fills page: {exc}") from None
             observed_at_ns = clock_ns()
+            known = self.known
             for raw in page.fills:
+                if known is not None and collector.skip_known(_known_key(raw), known) is not None:
+                    continue
                 collector.add(decode_fill(raw, source=self._source.name, observed_at_ns=observed_at_ns))
             cursor = page.cursor
             if not cursor:

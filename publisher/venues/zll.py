@@ -200,9 +200,22 @@ class _Item:
     """One fill of a page: the normalised event or dead letter, and its time when readable."""
 
     time: int | None
-    outcome: FillEvent | InvalidFill
+    #: None for a fill skipped unread (already published, see `VenueAdapter.known`)
+    outcome: FillEvent | InvalidFill | None
     #: already read earlier in this poll: fills inserted meanwhile shifted it onto this page
     repeat: bool = False
+
+
+def _loose_fields(raw: msgspec.Raw) -> tuple[str | None, int | None]:
+    """(dedupe key, time) as far as they can be read, exactly as :func:`_decode_item` reads them
+    from a fill that fails to decode (and equal to a decodable fill's `id` and `time`)."""
+    try:
+        loose = _loose_decoder.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None, None
+    key = loose.id if isinstance(loose.id, str) and loose.id else None
+    when = loose.time if isinstance(loose.time, int) and not isinstance(loose.time, bool) else None
+    return key, when
 
 
 def _decode_item(raw: msgspec.Raw, *, source: str, observed_at_ns: int) -> _Item:
@@ -217,12 +230,8 @@ def _decode_item(raw: msgspec.Raw, *, source: str, observed_at_ns: int) -> _Item
             valid_time = fill.time if fill.time >= 0 else None
             return _Item(fill.time, InvalidFill(key=fill.id or raw_key(raw), error=str(exc), raw=raw,
                                                 executed_at_ns=valid_time))
-    try:
-        loose = _loose_decoder.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        loose = _Loose()
-    key = loose.id if isinstance(loose.id, str) and loose.id else raw_key(raw)
-    when = loose.time if isinstance(loose.time, int) and not isinstance(loose.time, bool) else None
+    key, when = _loose_fields(raw)
+    key = key or raw_key(raw)
     valid_time = when if when is not None and when >= 0 else None
     return _Item(when, InvalidFill(key=key, error=error, raw=raw, executed_at_ns=valid_time))
 
@@ -318,9 +327,19 @@ class _Poll:
             raise VenueError("decode", f"undecodable fills page: {exc}") from None
         source = self._adapter.source.name
         observed_at_ns = self._clock_ns()
-        items = [_decode_item(raw, source=source, observed_at_ns=observed_at_ns) for raw in raws]
-        for item in items:
-            item.repeat = not self.collector.add(item.outcome)
+        collector = self.collector
+        known = self._adapter.known
+        items = []
+        for raw in raws:
+            if known is not None:
+                key, when = _loose_fields(raw)
+                counted = collector.skip_known(key, known)
+                if counted is not None:  # a published fill (or a repeat): its time is all we need
+                    items.append(_Item(when, None, repeat=not counted))
+                    continue
+            item = _decode_item(raw, source=source, observed_at_ns=observed_at_ns)
+            item.repeat = not collector.add(item.outcome)  # type: ignore[arg-type]
+            items.append(item)
         return items
 
     def _old(self, t: int) -> bool:
