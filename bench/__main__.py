@@ -288,6 +288,8 @@ def bench_latency(env: Env, interval: float, duration: float, lookback: float) -
     time.sleep(duration)
     t1, cpu1 = time.time_ns(), cpu_s(pub.pid)
     prof.stop()
+    n_txn = metric(port, "fillpub_commit_duration_seconds_count")
+    commit_ms = metric(port, "fillpub_commit_duration_seconds_sum") / max(1, n_txn) * 1000
     for root in [*info["kalshi_root"], *info["zll"]]:
         http("DELETE", root + "/_sim/generator")
     time.sleep(interval + 3)
@@ -311,7 +313,8 @@ def bench_latency(env: Env, interval: float, duration: float, lookback: float) -
             f"{pct(e2e, 50):.0f} / {p99:.0f} / {max(e2e, default=float('nan')):.0f} ms ({len(e2e):,} fills)",
             f"p99 <= {budget:.0f} ms", "PASS" if p99 <= budget else "GAP")
     env.row(f"  pipeline share (fetch done -> committed) @ {interval}s: p50 / p99",
-            f"{pct(share, 50):.1f} / {pct(share, 99):.1f} ms ({len(share)} batches)",
+            f"{pct(share, 50):.1f} / {pct(share, 99):.1f} ms ({len(share)} batches; "
+            f"mean Kafka transaction {commit_ms:.1f} ms over {n_txn:.0f})",
             "p99 <= 20 ms", "PASS" if pct(share, 99) <= 20 else "GAP")
     env.row(f"  publisher CPU @ {interval}s", f"{(cpu1 - cpu0) / ((t1 - t0) / 1e9):.0%} of one core")
 
@@ -346,13 +349,16 @@ def bench_scale(env: Env, n_sources: int, duration: float) -> None:
     polls = sum(1 for starts in stats["starts"].values() for t in starts if t0 <= t < t1)
     gaps = [b - a for starts in stats["starts"].values() for a, b in zip(starts, starts[1:]) if t0 <= a and b < t1]
     cpu = (cpu1 - cpu0) / (t1 - t0)
-    env.row(f"scale: {n_sources} sources @ 1 s: publisher CPU", f"{cpu:.0%} of one core", "< 100%",
-            "PASS" if cpu < 1 else "GAP")
+    mean_gap = sum(gaps) / max(1, len(gaps))
+    kept = mean_gap <= 1.1  # polls that overrun make the next one due at once: no "delay", but no schedule
+    env.row(f"scale: {n_sources} sources @ 1 s: publisher CPU", f"{cpu:.0%} of one core", "< 100% (not saturated)",
+            "PASS" if cpu < 0.95 else "GAP")
     env.row("  RSS (max)", f"{max(rss):.0f} MiB")
     env.row("  poll start delay p50 / p99 / max", f"{pct(delays, 50):.1f} / {pct(delays, 99):.1f} / {max(delays, default=0):.0f} ms",
-            "p99 < 100 ms", "PASS" if pct(delays, 99) < 100 else "GAP")
-    env.row("  polls per source per s / mean gap", f"{polls / n_sources / (t1 - t0):.2f} / {sum(gaps) / max(1, len(gaps)):.3f} s"
-            f"; poll errors {errors:.0f}")
+            "p99 < 100 ms", "PASS" if pct(delays, 99) < 100 and kept else "GAP")
+    env.row("  polls per source per s / mean gap between poll starts",
+            f"{polls / n_sources / (t1 - t0):.2f} / {mean_gap:.3f} s; poll errors {errors:.0f}",
+            "1 / 1.0 s", "PASS" if kept else "GAP")
 
 
 def bench_memory(env: Env, quick: bool) -> None:
