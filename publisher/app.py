@@ -143,11 +143,15 @@ class Publisher:
     def _build_pollers(self, checkpoints: dict[str, Checkpoint], clients: list[httpx.AsyncClient]) -> None:
         settings = self.settings
         now_ns = time.time_ns()
+        # one TLS context (httpx's default: certifi CAs, verification on) for every client: each
+        # client building its own costs ~0.8 MiB, 800 MiB for a thousand sources
+        tls = httpx.create_ssl_context()
         for source in settings.config.sources:
             venue = VENUES[source.venue_name]
             client = httpx.AsyncClient(
                 base_url=source.base_url,
                 timeout=source.timeout_s,
+                verify=tls,
                 limits=httpx.Limits(max_connections=4, max_keepalive_connections=2),
                 headers={"user-agent": f"fill-publisher/{__version__}"},
             )
