@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.errors import (
     InvalidProducerEpoch,
@@ -54,6 +55,7 @@ from publisher.secret import Secret
 log = logging.getLogger(__name__)
 
 _SCHEMA_VERSION_HEADER = str(SCHEMA_VERSION).encode()
+_PARTITIONER = DefaultPartitioner()
 _JSON = b"application/json"
 #: final: another instance owns our transactional id (aiokafka turns the broker's
 #: INVALID_PRODUCER_EPOCH on transactional requests into ProducerFenced), or we may not use it
@@ -106,9 +108,9 @@ class _PartitionBatches:
 
     `producer.send()` costs ~40 us a record (metadata lookups, pure-Python murmur2, a future
     each); appending to a `create_batch()` builder and handing full batches to `send_batch()`
-    costs a few. The partition is the producer's own choice for the key (`_partition`, exactly
-    what `send()` calls), looked up once per key and transaction, so keys land where `send()`
-    put them, and records keep their order within a partition. Dead letters and checkpoints
+    costs a few. The partition is the default partitioner's choice for the key (the producer is
+    built with it), looked up once per key and transaction, so keys land where `send()` put them,
+    and records keep their order within a partition. Dead letters and checkpoints
     still go through `send()` (few, and it checks their size).
     """
 
@@ -133,9 +135,9 @@ class _PartitionBatches:
         producer = self._producer
         slot = self._partition_of.get((topic, key))
         if slot is None:
-            await producer.client._wait_on_metadata(topic)  # noqa: SLF001 - as send() does
-            partition = producer._partition(topic, None, key, value, key, value)  # noqa: SLF001
-            slot = self._partition_of[(topic, key)] = (topic, partition)
+            # what send() does for a keyed record: murmur2 of the key over the topic's partitions
+            partitions = sorted(await producer.partitions_for(topic))
+            slot = self._partition_of[(topic, key)] = (topic, _PARTITIONER(key, partitions, partitions))
             if self.append(topic, key, value, headers):
                 return  # another key of the same partition opened its batch already
         full = self._open.pop(slot, None)

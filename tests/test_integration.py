@@ -136,6 +136,12 @@ async def test_every_fill_exactly_once_across_sigterm_restart(broker: Any, stack
     assert took < 10
 
     report = assert_exactly_once(records, expected)
+    # every fill of one instrument of one source is in one partition (the contract's ordering)
+    partitions: dict[bytes, set[int]] = {}
+    for record in records:
+        partitions.setdefault(record.key, set()).add(record.partition)  # type: ignore[arg-type]
+    assert all(len(p) == 1 for p in partitions.values())
+    assert len({p for ps in partitions.values() for p in ps}) > 1  # and keys do spread
     assert report.expected > 600
     assert duplicates > 0  # the overlap re-read really happened and was filtered
     assert published > 0
