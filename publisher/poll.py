@@ -134,7 +134,9 @@ class Poller:
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until `stop` is set. Never raises on venue or adapter errors."""
         interval = self.source.poll_interval_s
-        due = time.monotonic()
+        # spread the first polls of many sources over (up to) one interval: started together, a
+        # thousand sources would poll in lockstep and every round would start with a queue
+        due = time.monotonic() + random.uniform(0.0, min(interval, 1.0))
         while not stop.is_set():
             delay = due - time.monotonic()
             if delay > 0 and await _wait(stop, delay):
