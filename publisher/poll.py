@@ -20,7 +20,6 @@ jitter (longer for auth failures, which need a human), so one bad source never s
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import random
 import time
@@ -79,8 +78,6 @@ class SourceState:
             self.window = SeenWindow.from_packed(self.floor_ns, checkpoint.seen)
             self.paging_state = checkpoint.paging_state
         self.last_checkpoint_ns = now_ns
-        #: watermark of the newest committed batch
-        self.committed_watermark_ns = self.watermark_ns
 
     @property
     def floor_ns(self) -> int:
@@ -213,8 +210,7 @@ class Poller:
             # is whole seconds, ZLL has no time filter), so a key kept only from this poll's start
             # would expire while the fill is still served, and the dead letter would come again.
             # Without a readable time, this poll's start is the best stamp there is.
-            key = hashlib.blake2b(b"dlq:" + bad.key.encode(), digest_size=16).digest()
-            if window.admit(key, max(poll_start_ns, floor) if when is None else when):
+            if window.admit(fill_key("dlq:" + bad.key), max(poll_start_ns, floor) if when is None else when):
                 letters.append(DeadLetter(source=state.name, venue=state.venue, error=bad.error, raw=bad.raw))
         if duplicates:
             self._metrics.duplicate.inc(duplicates)
@@ -228,18 +224,17 @@ class Poller:
         if not (fresh or letters or paging_changed or stale):
             return
         state.last_checkpoint_ns = poll_start_ns
-        watermark = state.watermark_ns
         batch = SourceBatch(
             source=state.name,
             venue=state.venue,
             fills=fresh,
             dead_letters=letters,
             checkpoint=state.checkpoint(poll_start_ns),
-            on_commit=lambda committed_ns: self._committed(fresh, len(letters), watermark, committed_ns),
+            on_commit=lambda committed_ns: self._committed(fresh, len(letters), committed_ns),
         )
         self._sink.submit(batch)
 
-    def _committed(self, fills: list[FillEvent], dead: int, watermark_ns: int, committed_ns: int) -> None:
+    def _committed(self, fills: list[FillEvent], dead: int, committed_ns: int) -> None:
         metrics = self._metrics
         if fills:
             metrics.published.inc(len(fills))
@@ -248,7 +243,6 @@ class Poller:
                 observe((committed_ns - fill.executed_at_ns) / _NS)
         if dead:
             metrics.invalid.inc(dead)
-        self.state.committed_watermark_ns = max(self.state.committed_watermark_ns, watermark_ns)
 
 
 async def _wait(stop: asyncio.Event, timeout: float) -> bool:
