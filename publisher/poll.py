@@ -118,8 +118,9 @@ class Poller:
     ):
         self.source = source
         self._adapter = adapter
-        # re-read fills this source already published need not be normalised again
-        adapter.known = self._published
+        # re-read fills this source already published need not be normalised again (the state's
+        # window is made once, with the state: binding its method saves a call per re-read fill)
+        adapter.known = state.window.has_id
         self.state = state
         self._sink = sink
         self._metrics = metrics
@@ -176,10 +177,6 @@ class Poller:
         metrics.poll_duration.observe(time.perf_counter() - started)
         metrics.last_success.set(time.time())
         return None
-
-    def _published(self, fill_id: str) -> bool:
-        """Whether the venue fill id is in the dedupe window (see `VenueAdapter.known`)."""
-        return fill_key(fill_id) in self.state.window
 
     def _accept(self, fills: list[FillEvent], invalid: list[InvalidFill], paging_state: Any, poll_start_ns: int,
                 known: int = 0) -> None:

@@ -7,15 +7,22 @@ fill counted once as a duplicate (`FetchResult.known`), a repeat within one poll
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
 from typing import Any
 
+import msgspec
+import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from publisher.venues import zll
+from publisher.venues.base import FetchResult, FillCollector
 from tests.test_kalshi_adapter import SINCE_NS, Venue, paged, private_key  # noqa: F401 - fixture
 from tests.test_kalshi_adapter import adapter as kalshi_adapter
 from tests.test_kalshi_adapter import fill as kalshi_fill
 from tests.test_zll_adapter import FakeZll, T
 from tests.test_zll_adapter import adapter as zll_adapter
+from tests.test_zll_adapter import fill as zll_fill
 
 
 def _now() -> int:
@@ -51,3 +58,83 @@ async def test_zll_skips_known_fills_but_keeps_their_times_for_paging() -> None:
     assert result.paging_state == plain.paging_state
     assert len(venue.requests) == 2 * requests  # the same walk: skipped fills still steer paging
 
+
+
+# --------------------------------------------------------------------------------------------------
+# The decoding strategies agree
+#
+# A page is read keys-first (some fills known), typed in one go (all new) or fill by fill (a fill
+# of the wrong shape). Which way is taken is a matter of cost only: each must give exactly what
+# the fill-by-fill reference reading gives, dead letters' bytes, keys and times included.
+
+def _mixed_entries(rng: random.Random, make: Callable[[int], dict[str, Any]], bad: list[Callable[[int], Any]]) -> list[Any]:
+    entries: list[Any] = []
+    for n in range(rng.randint(0, 12)):
+        roll = rng.random()
+        if roll < 0.15 and entries:
+            entries.append(rng.choice(entries))  # a repeat within the page
+        elif roll < 0.3:
+            entries.append(rng.choice(bad)(n))
+        else:
+            entries.append(make(n))
+    return entries
+
+
+def _outcome(result: FetchResult) -> tuple[Any, ...]:
+    return (result.fills, [(i.key, i.error, bytes(i.raw), i.executed_at_ns) for i in result.invalid], result.known)
+
+
+def _known_sets(rng: random.Random, keys: list[str]) -> list[set[str] | None]:
+    return [None, set(), set(keys), {k for k in keys if rng.random() < 0.5}]
+
+
+KALSHI_BAD: list[Callable[[int], Any]] = [
+    lambda n: {**kalshi_fill(100 + n), "yes_price_dollars": "1.5"},  # decodes, fails normalising
+    lambda n: {**kalshi_fill(200 + n), "count": "many"},  # wrong type: fails the typed page
+    lambda n: {"fill_id": f"f-{300 + n}", "created_time": "2025-11-01T12:26:40Z"},  # no order id
+    lambda n: {"count": 1},  # no id at all: keyed by digest
+    lambda n: 7,  # not an object
+]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_kalshi_page_strategies_agree(seed: int, private_key: rsa.RSAPrivateKey) -> None:
+    rng = random.Random(seed)
+    entries = _mixed_entries(rng, kalshi_fill, KALSHI_BAD)
+    body = msgspec.json.encode({"fills": entries, "cursor": "next"})
+    keys = [e["fill_id"] for e in entries if isinstance(e, dict) and e.get("fill_id")]
+    for known in _known_sets(rng, keys):
+        fast, reference = (kalshi_adapter(Venue(paged({})), private_key) for _ in range(2))
+        fast.known = reference.known = None if known is None else known.__contains__
+        results = []
+        for adapter, read in ((fast, fast._read_page), (reference, reference._read_raw)):
+            collector = FillCollector()
+            assert read(body, collector, 5) == "next"
+            results.append(_outcome(collector.result))
+        assert results[0] == results[1]
+
+
+ZLL_BAD: list[Callable[[int], Any]] = [
+    lambda n: {**zll_fill(100 + n, T + n), "price": "-1"},  # decodes, fails normalising
+    lambda n: {**zll_fill(200 + n, T + n), "side": "UP"},  # wrong literal: fails the typed page
+    lambda n: {"id": f"z-{300 + n}", "time": T + n},  # missing fields
+    lambda n: {"time": True},  # no id, a time that is not one
+    lambda n: "x",  # not an object
+]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_zll_page_strategies_agree(seed: int) -> None:
+    rng = random.Random(seed)
+    entries = _mixed_entries(rng, lambda n: zll_fill(n, T + rng.randint(0, 5)), ZLL_BAD)
+    body = msgspec.json.encode(entries)
+    keys = [e["id"] for e in entries if isinstance(e, dict) and e.get("id")]
+    for known in _known_sets(rng, keys):
+        results = []
+        for fast in (True, False):
+            adapter = zll_adapter(FakeZll([], "desc"))
+            adapter.known = None if known is None else known.__contains__
+            poll = zll._Poll(adapter, T, _now)
+            items = poll.read(body, 5) if fast else poll._read_raw(body, 5)
+            results.append(([(i.time, i.repeat) for i in items], _outcome(poll.collector.result)))
+        assert results[0] == results[1]

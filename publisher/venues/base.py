@@ -10,9 +10,10 @@ checkpoint carries to the next poll and across restarts.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+import functools
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal
@@ -68,7 +69,7 @@ class FetchResult:
     known: int = 0
 
 
-_DECIMAL = re.compile(r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)$")
+_DECIMAL = re.compile(r"^([+-]?)(?:([0-9]+)(?:\.([0-9]*))?|\.([0-9]+))$")
 
 
 def parse_decimal(field: str, text: str) -> Decimal:
@@ -77,9 +78,27 @@ def parse_decimal(field: str, text: str) -> Decimal:
     Only plain notation is accepted: `Decimal()` alone would also take NaN, Infinity and exponents,
     none of which is a price, size or fee.
     """
-    if not _DECIMAL.match(text):
+    return decimal_text(field, text)[0]
+
+
+@functools.lru_cache(maxsize=16_384)
+def decimal_text(field: str, text: str) -> tuple[Decimal, str]:
+    """A venue's decimal string as an exact :class:`Decimal` and in the event's plain form.
+
+    The plain form is what :func:`~publisher.event.plain` gives for the value (no exponent, no
+    redundant zeros, `-0` is `0`), computed on the digits directly: rendering a Decimal costs
+    several times more. Memoised because venues repeat the same prices and sizes across fills;
+    bounded, so ever-new values only cost the uncached path. Errors are not cached (rare).
+    :class:`ValueError` naming `field` when `text` is not a plain-notation decimal.
+    """
+    match = _DECIMAL.match(text)
+    if match is None:
         raise ValueError(f"{field} is not a decimal number: {text[:40]!r}")
-    return Decimal(text)
+    sign, whole, fraction, bare_fraction = match.groups()
+    whole = (whole or "").lstrip("0") or "0"
+    fraction = (fraction or bare_fraction or "").rstrip("0")
+    digits = f"{whole}.{fraction}" if fraction else whole
+    return Decimal(text), "-" + digits if sign == "-" and digits != "0" else digits
 
 
 def raw_key(raw: bytes) -> str:
@@ -110,21 +129,39 @@ class FillCollector:
             self.result.invalid.append(item)
         return True
 
-    def add_known(self, key: str) -> bool:
-        """Count a fill the poll loop already published, unread; False for a repeat (not counted)."""
+    def skip_known(self, key: str | None, known: Callable[[str], bool] | None) -> bool | None:
+        """For a fill with venue id `key`: None when it must be decoded, else it is skipped
+        unread, being a repeat within this poll (False) or one that `known` (the poll loop's
+        dedupe) says was published (True, and counted in :attr:`FetchResult.known`)."""
+        if key is None or known is None:
+            return None
         if key in self._seen:
             return False
+        if not known(key):
+            return None
         self._seen.add(key)
         self.result.known += 1
         return True
 
-    def skip_known(self, key: str | None, known: Callable[[str], bool] | None) -> bool | None:
-        """For a fill with venue id `key`: None when it must be decoded, else it is skipped
-        unread, being a repeat within this poll (False) or one that `known` (the poll loop's
-        dedupe) says was published (True, counted as :meth:`add_known` does)."""
-        if key is None or known is None or not (key in self._seen or known(key)):
-            return None
-        return self.add_known(key)
+    def skip_known_page(self, keys: list[str | None], known: Callable[[str], bool]) -> list[bool | None]:
+        """:meth:`skip_known` for every fill of a page, in order (one call instead of one per fill:
+        a re-read page is mostly fills to skip)."""
+        seen = self._seen
+        verdicts: list[bool | None] = []
+        counted = 0
+        for key in keys:
+            if key is None:
+                verdicts.append(None)
+            elif key in seen:
+                verdicts.append(False)
+            elif known(key):
+                seen.add(key)
+                counted += 1
+                verdicts.append(True)
+            else:
+                verdicts.append(None)
+        self.result.known += counted
+        return verdicts
 
 
 class VenueAdapter(abc.ABC):

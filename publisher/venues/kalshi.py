@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import calendar
 import datetime as dt
+import functools
 import re
 import time
 from collections.abc import Callable, Generator
@@ -36,7 +37,7 @@ from publisher.venues.base import (
     SourceConfig,
     VenueAdapter,
     VenueError,
-    parse_decimal,
+    decimal_text,
     raw_key,
 )
 from publisher.venues.http import VenueClient, describe_json_error
@@ -190,6 +191,13 @@ class KalshiFill(msgspec.Struct, kw_only=True):
     exchange_index: int | None = None
 
 
+class _TypedPage(msgspec.Struct):
+    # the fast path: the whole page in one decode; any fill of a wrong type fails it, and the
+    # page is then read as _Page
+    fills: list[KalshiFill]
+    cursor: str | None = None
+
+
 class _Page(msgspec.Struct):
     # fills stay raw so that one undecodable fill cannot fail the whole page
     fills: list[msgspec.Raw]
@@ -205,6 +213,21 @@ class _Ids(msgspec.Struct):
     ts: Any = None
 
 
+class _Key(msgspec.Struct):
+    # only what the dedupe key is made of: the cheapest read of a page of fills that were
+    # published already (the overlap re-read returns mostly those); an id that is not a string
+    # fails the page, which is then read fill by fill
+    fill_id: str | None = None
+    trade_id: str | None = None
+
+
+class _KeyPage(msgspec.Struct):
+    fills: list[_Key]
+    cursor: str | None = None
+
+
+_key_page_decoder = msgspec.json.Decoder(_KeyPage)
+_typed_page_decoder = msgspec.json.Decoder(_TypedPage)
 _page_decoder = msgspec.json.Decoder(_Page)
 _fill_decoder = msgspec.json.Decoder(KalshiFill)
 _ids_decoder = msgspec.json.Decoder(_Ids)
@@ -219,9 +242,28 @@ class _Invalid(ValueError):
 
 
 _RFC3339 = re.compile(
-    r"^([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})"
-    r"(?:\.([0-9]+))?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+    r"^([0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]+))?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
 )
+_LOCAL_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}\Z")
+
+
+@functools.lru_cache(maxsize=4096)
+def _utc_seconds(local: str, offset: str) -> int:
+    """Epoch seconds of `YYYY-MM-DDTHH:MM:SS` at UTC offset `Z` or `+HH:MM`; memoised because the
+    fills of one poll share a handful of seconds."""
+    if not _LOCAL_TIME.match(local):
+        raise ValueError("not an RFC 3339 date and time")
+    year, month, day = int(local[0:4]), int(local[5:7]), int(local[8:10])
+    hour, minute, second = int(local[11:13]), int(local[14:16]), int(local[17:19])
+    dt.datetime(year, month, day, hour, minute, second)  # validates the calendar fields
+    seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+    if offset not in ("Z", "z"):
+        hours, minutes = int(offset[1:3]), int(offset[4:6])
+        if hours > 23 or minutes > 59:
+            raise ValueError(f"bad UTC offset {offset!r}")
+        # local time = UTC + offset, so UTC = local - offset
+        seconds -= (1 if offset[0] == "+" else -1) * (hours * 3600 + minutes * 60)
+    return seconds
 
 
 def parse_rfc3339_ns(text: str) -> int:
@@ -230,25 +272,19 @@ def parse_rfc3339_ns(text: str) -> int:
     `datetime` keeps only microseconds, so the fraction is parsed separately. Digits beyond the
     ninth are truncated (nanoseconds are the event's resolution). Raises :class:`ValueError`.
     """
-    match = _RFC3339.match(text)
-    if match is None:
-        raise ValueError(f"not an RFC 3339 timestamp: {text[:40]!r}")
-    year, month, day, hour, minute, second = (int(match.group(i)) for i in range(1, 7))
-    dt.datetime(year, month, day, hour, minute, second)  # validates the calendar fields
-    seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
-    fraction = (match.group(7) or "")[:9].ljust(9, "0")
-    offset = match.group(8)
-    if offset not in ("Z", "z"):
-        hours, minutes = int(offset[1:3]), int(offset[4:6])
-        if hours > 23 or minutes > 59:
-            raise ValueError(f"bad UTC offset in {text[:40]!r}")
-        # local time = UTC + offset, so UTC = local - offset
-        seconds -= (1 if offset[0] == "+" else -1) * (hours * 3600 + minutes * 60)
-    return seconds * 1_000_000_000 + int(fraction)
-
-
-def _present(value: str | None) -> str | None:
-    return value if value else None
+    try:
+        fraction = text[20:-1]
+        if text[19:20] == "." and text[-1:] == "Z" and fraction.isdigit() and fraction.isascii():
+            # Kalshi's own shape, `...THH:MM:SS.ffffffZ`, without the regular expression's cost
+            return _utc_seconds(text[:19], "Z") * 1_000_000_000 + int(fraction[:9].ljust(9, "0"))
+        match = _RFC3339.match(text)
+        if match is None:
+            raise ValueError("not an RFC 3339 timestamp")
+        local, fraction, offset = match.groups()
+        seconds = _utc_seconds(local, offset)
+    except ValueError as exc:
+        raise ValueError(f"{exc}: {text[:40]!r}") from None
+    return seconds * 1_000_000_000 + (int(fraction[:9].ljust(9, "0")) if fraction else 0)
 
 
 _OutcomeSide = Literal["yes", "no"]
@@ -263,23 +299,25 @@ _LEGACY_OUTCOME: dict[tuple[str, str], _OutcomeSide] = {
 _BOOK_OUTCOME: dict[str, _OutcomeSide] = {"bid": "yes", "ask": "no"}
 
 
-def _outcome(fill: KalshiFill) -> _OutcomeSide:
-    """The outcome side from every field that implies it; they must all agree."""
+@functools.lru_cache(maxsize=1024)
+def _outcome(outcome_side: str | None, book_side: str | None, side: str | None, action: str | None) -> _OutcomeSide:
+    """The outcome side from every field that implies it; they must all agree. Memoised: a
+    source's fills show a few combinations only."""
     votes: dict[str, _OutcomeSide] = {}
-    if fill.outcome_side is not None:
-        if fill.outcome_side not in ("yes", "no"):
-            raise _Invalid(f"unknown outcome_side {fill.outcome_side[:20]!r}")
-        votes["outcome_side"] = fill.outcome_side  # type: ignore[assignment]
-    if fill.book_side is not None:
-        if fill.book_side not in _BOOK_OUTCOME:
-            raise _Invalid(f"unknown book_side {fill.book_side[:20]!r}")
-        votes["book_side"] = _BOOK_OUTCOME[fill.book_side]
-    if fill.side is not None or fill.action is not None:
-        legacy = _LEGACY_OUTCOME.get((fill.side or "", fill.action or ""))
+    if outcome_side is not None:
+        if outcome_side not in ("yes", "no"):
+            raise _Invalid(f"unknown outcome_side {outcome_side[:20]!r}")
+        votes["outcome_side"] = outcome_side  # type: ignore[assignment]
+    if book_side is not None:
+        if book_side not in _BOOK_OUTCOME:
+            raise _Invalid(f"unknown book_side {book_side[:20]!r}")
+        votes["book_side"] = _BOOK_OUTCOME[book_side]
+    if side is not None or action is not None:
+        legacy = _LEGACY_OUTCOME.get((side or "", action or ""))
         if legacy is not None:
             votes["side/action"] = legacy
         elif not votes:
-            raise _Invalid(f"cannot derive a side from side={fill.side!r} action={fill.action!r}")
+            raise _Invalid(f"cannot derive a side from side={side!r} action={action!r}")
         # a lone or unknown legacy field next to outcome_side/book_side is ignored: they are deprecated
     if not votes:
         raise _Invalid("no outcome_side, book_side or side/action")
@@ -289,16 +327,13 @@ def _outcome(fill: KalshiFill) -> _OutcomeSide:
     return next(iter(votes.values()))
 
 
-def _price_of(fill: KalshiFill, leg: Literal["yes", "no"]) -> tuple[Decimal, int] | None:
+def _price_of(leg: str, dollars: str | None, fixed: str | None, cents: int | None) -> tuple[Decimal, int] | None:
     """One leg's price in dollars from the most precise representation the fill carries, with
     that representation's rank (0 = `*_dollars`, 1 = `*_fixed`, 2 = integer cents)."""
-    dollars: str | None = getattr(fill, f"{leg}_price_dollars")
-    fixed: str | None = getattr(fill, f"{leg}_price_fixed")
-    cents: int | None = getattr(fill, f"{leg}_price")
     if dollars is not None:
-        return parse_decimal(f"{leg}_price_dollars", dollars), 0
+        return decimal_text(f"{leg}_price_dollars", dollars)[0], 0
     if fixed is not None:
-        return parse_decimal(f"{leg}_price_fixed", fixed), 1
+        return decimal_text(f"{leg}_price_fixed", fixed)[0], 1
     if cents is not None:
         return Decimal(cents).scaleb(-2), 2  # exact, independent of the decimal context
     return None
@@ -310,10 +345,15 @@ def _check_price(name: str, price: Decimal) -> Decimal:
     return price
 
 
-def _prices(fill: KalshiFill) -> tuple[Decimal, Decimal]:
-    """(YES price, NO price) in dollars; one is derived from the other (they sum to 1) when absent."""
-    yes = _price_of(fill, "yes")
-    no = _price_of(fill, "no")
+@functools.lru_cache(maxsize=16_384)
+def _prices(
+    yes_dollars: str | None, no_dollars: str | None, yes_fixed: str | None, no_fixed: str | None,
+    yes_cents: int | None, no_cents: int | None,
+) -> tuple[str, str]:
+    """(YES price, NO price) in dollars, plain; one is derived from the other (they sum to 1) when
+    absent. Memoised on the fill's price fields: prices repeat across fills."""
+    yes = _price_of("yes", yes_dollars, yes_fixed, yes_cents)
+    no = _price_of("no", no_dollars, no_fixed, no_cents)
     if yes is None and no is None:
         raise _Invalid("no price (yes_price_dollars, yes_price_fixed, yes_price or a no price)")
     if yes is not None:
@@ -322,35 +362,36 @@ def _prices(fill: KalshiFill) -> tuple[Decimal, Decimal]:
         _check_price("no price", no[0])
     if yes is None:
         assert no is not None
-        return Decimal(1) - no[0], no[0]
+        return plain(Decimal(1) - no[0]), plain(no[0])
     if no is None or no[1] > yes[1]:
         # a NO price coarser than the YES price (cents beside sub-penny dollars) would be rounded
-        return yes[0], Decimal(1) - yes[0]
-    return yes[0], no[0]
+        return plain(yes[0]), plain(Decimal(1) - yes[0])
+    return plain(yes[0]), plain(no[0])
 
 
-def _quantity(fill: KalshiFill) -> Decimal:
-    if fill.count_fp is not None:
-        quantity = parse_decimal("count_fp", fill.count_fp)
-    elif fill.count is not None:
-        quantity = Decimal(fill.count)
+@functools.lru_cache(maxsize=4096)
+def _quantity(count_fp: str | None, count: int | None) -> str:
+    if count_fp is not None:
+        quantity = decimal_text("count_fp", count_fp)[0]
+    elif count is not None:
+        quantity = Decimal(count)
     else:
         raise _Invalid("no count_fp or count")
     if quantity <= 0:
         raise _Invalid(f"quantity {plain(quantity)} is not positive")
-    return quantity
+    return plain(quantity)
 
 
-def _executed_at_ns(fill: KalshiFill) -> int:
-    if fill.created_time:
+def _executed_at_ns(created_time: str | None, ts: int | None) -> int:
+    if created_time:
         try:
-            return parse_rfc3339_ns(fill.created_time)
+            return parse_rfc3339_ns(created_time)
         except ValueError as exc:
             raise _Invalid(f"created_time: {exc}") from None
-    if fill.ts is not None:
-        if fill.ts < 0:
-            raise _Invalid(f"negative ts {fill.ts}")
-        return fill.ts * 1_000_000_000
+    if ts is not None:
+        if ts < 0:
+            raise _Invalid(f"negative ts {ts}")
+        return ts * 1_000_000_000
     raise _Invalid("no created_time or ts")
 
 
@@ -359,19 +400,22 @@ def normalise(fill: KalshiFill, *, source: str, observed_at_ns: int) -> FillEven
 
     Raises :class:`ValueError` (with a secret-free, field-naming message) when the fill is unusable.
     """
-    fill_id = _present(fill.fill_id) or _present(fill.trade_id)
-    if fill_id is None:
+    # empty strings count as absent
+    fill_id = fill.fill_id or fill.trade_id
+    if not fill_id:
         raise _Invalid("no fill_id or trade_id")
-    order_id = _present(fill.order_id)
-    if order_id is None:
+    order_id = fill.order_id
+    if not order_id:
         raise _Invalid("no order_id")
-    instrument = _present(fill.market_ticker) or _present(fill.ticker)
-    if instrument is None:
+    instrument = fill.market_ticker or fill.ticker
+    if not instrument:
         raise _Invalid("no market_ticker or ticker")
-    outcome = _outcome(fill)
-    yes_price, no_price = _prices(fill)
-    quantity = _quantity(fill)
-    fee = parse_decimal("fee_cost", fill.fee_cost) if fill.fee_cost is not None else None
+    outcome = _outcome(fill.outcome_side, fill.book_side, fill.side, fill.action)
+    yes_price, no_price = _prices(fill.yes_price_dollars, fill.no_price_dollars, fill.yes_price_fixed,
+                                  fill.no_price_fixed, fill.yes_price, fill.no_price)
+    quantity = _quantity(fill.count_fp, fill.count)
+    fee = None if fill.fee_cost is None else decimal_text("fee_cost", fill.fee_cost)[1]
+    is_taker = fill.is_taker
     return FillEvent(
         venue="kalshi",
         source=source,
@@ -379,12 +423,12 @@ def normalise(fill: KalshiFill, *, source: str, observed_at_ns: int) -> FillEven
         order_id=order_id,
         instrument=instrument,
         side="buy" if outcome == "yes" else "sell",
-        price=plain(yes_price),
-        quantity=plain(quantity),
-        fee=plain(fee) if fee is not None else None,
+        price=yes_price,
+        quantity=quantity,
+        fee=fee,
         fee_currency="USD",
-        liquidity=None if fill.is_taker is None else ("taker" if fill.is_taker else "maker"),
-        executed_at_ns=_executed_at_ns(fill),
+        liquidity=None if is_taker is None else ("taker" if is_taker else "maker"),
+        executed_at_ns=_executed_at_ns(fill.created_time, fill.ts),
         observed_at_ns=observed_at_ns,
         venue_fields=VenueFields(
             trade_id=fill.trade_id,
@@ -395,7 +439,7 @@ def normalise(fill: KalshiFill, *, source: str, observed_at_ns: int) -> FillEven
             subaccount_number=fill.subaccount_number,
             exchange_index=fill.exchange_index,
             client_order_id=fill.client_order_id,
-            no_price=plain(no_price),
+            no_price=no_price,
         ),
     )
 
@@ -409,7 +453,7 @@ def _invalid(raw: msgspec.Raw, error: str) -> InvalidFill:
     created = ids.created_time if isinstance(ids.created_time, str) else None
     ts = ids.ts if isinstance(ids.ts, int) and not isinstance(ids.ts, bool) else None
     try:
-        executed_at_ns: int | None = _executed_at_ns(KalshiFill(created_time=created, ts=ts))
+        executed_at_ns: int | None = _executed_at_ns(created, ts)
     except ValueError:
         executed_at_ns = None
     return InvalidFill(key=key, error=error, raw=raw, executed_at_ns=executed_at_ns)
@@ -474,17 +518,7 @@ class KalshiAdapter(VenueAdapter):
             if cursor:
                 params["cursor"] = cursor
             body = await self._client.get(FILLS_PATH, params=params)
-            try:
-                page = _page_decoder.decode(body)
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                raise VenueError("decode", f"undecodable fills page: {exc}") from None
-            observed_at_ns = clock_ns()
-            known = self.known
-            for raw in page.fills:
-                if known is not None and collector.skip_known(_known_key(raw), known) is not None:
-                    continue
-                collector.add(decode_fill(raw, source=self._source.name, observed_at_ns=observed_at_ns))
-            cursor = page.cursor
+            cursor = self._read_page(body, collector, clock_ns())
             if not cursor:
                 return collector.result
             if cursor in seen_cursors:
@@ -492,11 +526,66 @@ class KalshiAdapter(VenueAdapter):
             seen_cursors.add(cursor)
         raise VenueError("decode", f"more than {self._max_pages} pages in one poll; the venue keeps paging")
 
+    def _read_page(self, body: bytes, collector: FillCollector, observed_at_ns: int) -> str | None:
+        """Decode one page into `collector` and return its cursor.
+
+        A fill :attr:`known` to be published is counted, not normalised. Which decoding is
+        cheapest depends on the page: fills' keys first, then only the new fills, when some are
+        known; the whole page typed in one go when all are new; fill by fill, when a fill is
+        malformed.
+        """
+        source = self._source.name
+        known = self.known
+        if known is not None:
+            try:
+                keys = _key_page_decoder.decode(body)
+            except msgspec.ValidationError:
+                return self._read_raw(body, collector, observed_at_ns)  # a fill is not even an object
+            except msgspec.DecodeError as exc:
+                raise VenueError("decode", f"undecodable fills page: {exc}") from None
+            verdicts = collector.skip_known_page([key.fill_id or key.trade_id or None for key in keys.fills], known)
+            fresh = [i for i, verdict in enumerate(verdicts) if verdict is None]
+            if len(fresh) < len(keys.fills):
+                if fresh:
+                    raws = _page_decoder.decode(body).fills
+                    for i in fresh:
+                        collector.add(decode_fill(raws[i], source=source, observed_at_ns=observed_at_ns))
+                return keys.cursor
+        try:
+            page = _typed_page_decoder.decode(body)
+        except msgspec.ValidationError:
+            return self._read_raw(body, collector, observed_at_ns)  # a fill of the wrong shape
+        except msgspec.DecodeError as exc:
+            raise VenueError("decode", f"undecodable fills page: {exc}") from None
+        raws: list[msgspec.Raw] | None = None
+        for i, fill in enumerate(page.fills):
+            try:
+                collector.add(normalise(fill, source=source, observed_at_ns=observed_at_ns))
+            except ValueError as exc:
+                # the dead letter carries the venue's bytes: re-read the page raw (rare)
+                raws = raws or _page_decoder.decode(body).fills
+                collector.add(_invalid(raws[i], str(exc)))
+        return page.cursor
+
+    def _read_raw(self, body: bytes, collector: FillCollector, observed_at_ns: int) -> str | None:
+        """:meth:`_read_page` for a page with a malformed fill: each fill decoded on its own."""
+        try:
+            page = _page_decoder.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise VenueError("decode", f"undecodable fills page: {exc}") from None
+        source = self._source.name
+        known = self.known
+        for raw in page.fills:
+            if known is not None and collector.skip_known(_known_key(raw), known) is not None:
+                continue
+            collector.add(decode_fill(raw, source=source, observed_at_ns=observed_at_ns))
+        return page.cursor
+
 
 def create_adapter(
-    source: KalshiSource, secret: Secret, http: httpx.AsyncClient, on_request: Callable[[], None]
+    source: KalshiSource, secret: Secret, transport: httpx.AsyncBaseTransport, on_request: Callable[[], None]
 ) -> VenueAdapter:
-    """Build the adapter; `http` has `base_url=source.base_url` and the source's timeout."""
+    """Build the adapter over `transport` (the source's connection pool)."""
     auth = KalshiAuth(source.api_key_id, load_private_key(secret.reveal()))
-    client = VenueClient.for_source(http, source, auth=auth, describe_error=describe_error, on_request=on_request)
+    client = VenueClient.for_source(transport, source, auth=auth, describe_error=describe_error, on_request=on_request)
     return KalshiAdapter(source, client)

@@ -38,6 +38,7 @@ safety cap on pages per poll turns a misbehaving venue into a `decode` error ins
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -45,7 +46,7 @@ from typing import Annotated, Any, Literal
 import httpx
 import msgspec
 
-from publisher.event import FillEvent, VenueFields, plain
+from publisher.event import FillEvent, VenueFields
 from publisher.secret import Secret
 from publisher.venues.base import (
     FetchResult,
@@ -54,7 +55,7 @@ from publisher.venues.base import (
     SourceConfig,
     VenueAdapter,
     VenueError,
-    parse_decimal,
+    decimal_text,
     raw_key,
 )
 from publisher.venues.http import VenueClient, describe_json_error
@@ -154,23 +155,46 @@ class _Loose(msgspec.Struct):
     time: Any = None
 
 
+_typed_page_decoder = msgspec.json.Decoder(list[ZllFill])
 _page_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 _fill_decoder = msgspec.json.Decoder(ZllFill)
 _loose_decoder = msgspec.json.Decoder(_Loose)
 
 
+class _Key(msgspec.Struct):
+    # the dedupe key and the time: all a fill already published is read for; a field of the
+    # wrong type fails the page, which is then read fill by fill
+    id: str | None = None
+    time: int | None = None
+
+
+_key_page_decoder = msgspec.json.Decoder(list[_Key])
+
+
+@functools.lru_cache(maxsize=16_384)
+def _price(text: str) -> str:
+    value, rendered = decimal_text("price", text)
+    if value < 0:
+        raise ValueError(f"negative price {rendered}")
+    return rendered
+
+
+@functools.lru_cache(maxsize=4096)
+def _quantity(text: str) -> str:
+    value, rendered = decimal_text("quantity", text)
+    if value <= 0:
+        raise ValueError(f"quantity {rendered} is not positive")
+    return rendered
+
+
 def normalise(fill: ZllFill, *, source: str, observed_at_ns: int) -> FillEvent:
     """Turn one ZLL fill into a :class:`FillEvent`; :class:`ValueError` when it is unusable."""
-    for name in ("id", "market", "request_id"):
-        if not getattr(fill, name):
-            raise ValueError(f"empty {name}")
-    price = parse_decimal("price", fill.price)
-    quantity = parse_decimal("quantity", fill.quantity)
-    fee = parse_decimal("fee", fill.fee)  # negative is a rebate
-    if price < 0:
-        raise ValueError(f"negative price {plain(price)}")
-    if quantity <= 0:
-        raise ValueError(f"quantity {plain(quantity)} is not positive")
+    if not (fill.id and fill.market and fill.request_id):
+        empty = next(name for name in ("id", "market", "request_id") if not getattr(fill, name))
+        raise ValueError(f"empty {empty}")
+    price = _price(fill.price)
+    quantity = _quantity(fill.quantity)
+    fee = decimal_text("fee", fill.fee)[1]  # negative is a rebate
     if fill.time < 0:
         raise ValueError(f"negative time {fill.time}")
     return FillEvent(
@@ -180,9 +204,9 @@ def normalise(fill: ZllFill, *, source: str, observed_at_ns: int) -> FillEvent:
         order_id=fill.request_id,
         instrument=fill.market,
         side="buy" if fill.side == "LONG" else "sell",
-        price=plain(price),
-        quantity=plain(quantity),
-        fee=plain(fee),
+        price=price,
+        quantity=quantity,
+        fee=fee,
         fee_currency="USDC",
         liquidity="taker" if fill.liquidity == "TAKER" else "maker",
         executed_at_ns=fill.time,
@@ -218,18 +242,24 @@ def _loose_fields(raw: msgspec.Raw) -> tuple[str | None, int | None]:
     return key, when
 
 
+def _normalised_item(fill: ZllFill, raw: Callable[[], msgspec.Raw], *, source: str, observed_at_ns: int) -> _Item:
+    """The item of a decoded fill; `raw()` gives its bytes should it go to the DLQ."""
+    try:
+        return _Item(fill.time, normalise(fill, source=source, observed_at_ns=observed_at_ns))
+    except ValueError as exc:
+        body = raw()
+        valid_time = fill.time if fill.time >= 0 else None
+        return _Item(fill.time, InvalidFill(key=fill.id or raw_key(body), error=str(exc), raw=body,
+                                            executed_at_ns=valid_time))
+
+
 def _decode_item(raw: msgspec.Raw, *, source: str, observed_at_ns: int) -> _Item:
     try:
         fill = _fill_decoder.decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         error = f"undecodable fill: {exc}"
     else:
-        try:
-            return _Item(fill.time, normalise(fill, source=source, observed_at_ns=observed_at_ns))
-        except ValueError as exc:
-            valid_time = fill.time if fill.time >= 0 else None
-            return _Item(fill.time, InvalidFill(key=fill.id or raw_key(raw), error=str(exc), raw=raw,
-                                                executed_at_ns=valid_time))
+        return _normalised_item(fill, lambda: raw, source=source, observed_at_ns=observed_at_ns)
     key, when = _loose_fields(raw)
     key = key or raw_key(raw)
     valid_time = when if when is not None and when >= 0 else None
@@ -321,12 +351,69 @@ class _Poll:
         if self._pages > self._adapter.max_pages:
             raise VenueError("decode", f"more than {self._adapter.max_pages} pages in one poll; the venue keeps paging")
         body = await self._adapter.client.get(FILLS_PATH, params=self._adapter.params(offset))
+        return self.read(body, self._clock_ns())
+
+    def read(self, body: bytes, observed_at_ns: int) -> list[_Item]:
+        """Decode one page into the collector, in whichever way is cheapest for it (see
+        :meth:`KalshiAdapter._read_page <publisher.venues.kalshi.KalshiAdapter._read_page>`);
+        the result never depends on the way taken."""
+        known = self._adapter.known
+        if known is not None:
+            try:
+                keys = _key_page_decoder.decode(body)
+            except msgspec.ValidationError:
+                return self._read_raw(body, observed_at_ns)  # an id or time of the wrong type
+            except msgspec.DecodeError as exc:
+                raise VenueError("decode", f"undecodable fills page: {exc}") from None
+            # fills already published need only their time (for the order): decode just the rest
+            verdicts = self.collector.skip_known_page([key.id or None for key in keys], known)
+            items: list[_Item | None] = [
+                None if verdict is None else _Item(key.time, None, repeat=not verdict)
+                for key, verdict in zip(keys, verdicts, strict=True)
+            ]
+            if any(items):
+                if not all(items):
+                    raws = _page_decoder.decode(body)
+                    source = self._adapter.source.name
+                    for i, item in enumerate(items):
+                        if item is None:
+                            items[i] = self._collect(_decode_item(raws[i], source=source, observed_at_ns=observed_at_ns))
+                return items  # type: ignore[return-value]  # every slot is filled now
+        return self._read_typed(body, observed_at_ns)
+
+    def _collect(self, item: _Item) -> _Item:
+        item.repeat = not self.collector.add(item.outcome)  # type: ignore[arg-type]
+        return item
+
+    def _read_typed(self, body: bytes, observed_at_ns: int) -> list[_Item]:
+        """:meth:`page` for a page of new fills: decoded in one go, straight into types."""
+        try:
+            fills = _typed_page_decoder.decode(body)
+        except msgspec.ValidationError:
+            return self._read_raw(body, observed_at_ns)  # a malformed fill: fill by fill
+        except msgspec.DecodeError as exc:
+            raise VenueError("decode", f"undecodable fills page: {exc}") from None
+        source = self._adapter.source.name
+        raws: list[msgspec.Raw] = []
+
+        def raw_of(i: int) -> Callable[[], msgspec.Raw]:
+            def raw() -> msgspec.Raw:
+                # the dead letter carries the venue's bytes: re-read the page raw (rare)
+                if not raws:
+                    raws.extend(_page_decoder.decode(body))
+                return raws[i]
+            return raw
+
+        return [self._collect(_normalised_item(fill, raw_of(i), source=source, observed_at_ns=observed_at_ns))
+                for i, fill in enumerate(fills)]
+
+    def _read_raw(self, body: bytes, observed_at_ns: int) -> list[_Item]:
+        """:meth:`page` for a page with a malformed fill: each fill decoded on its own."""
         try:
             raws = _page_decoder.decode(body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise VenueError("decode", f"undecodable fills page: {exc}") from None
         source = self._adapter.source.name
-        observed_at_ns = self._clock_ns()
         collector = self.collector
         known = self._adapter.known
         items = []
@@ -337,9 +424,7 @@ class _Poll:
                 if counted is not None:  # a published fill (or a repeat): its time is all we need
                     items.append(_Item(when, None, repeat=not counted))
                     continue
-            item = _decode_item(raw, source=source, observed_at_ns=observed_at_ns)
-            item.repeat = not collector.add(item.outcome)  # type: ignore[arg-type]
-            items.append(item)
+            items.append(self._collect(_decode_item(raw, source=source, observed_at_ns=observed_at_ns)))
         return items
 
     def _old(self, t: int) -> bool:
@@ -479,9 +564,9 @@ class ZllAdapter(VenueAdapter):
 
 
 def create_adapter(
-    source: ZllSource, secret: Secret, http: httpx.AsyncClient, on_request: Callable[[], None]
+    source: ZllSource, secret: Secret, transport: httpx.AsyncBaseTransport, on_request: Callable[[], None]
 ) -> VenueAdapter:
-    """Build the adapter; `http` has `base_url=source.base_url` and the source's timeout."""
+    """Build the adapter over `transport` (the source's connection pool)."""
     auth = ZllAuth(secret)
-    client = VenueClient.for_source(http, source, auth=auth, describe_error=describe_error, on_request=on_request)
+    client = VenueClient.for_source(transport, source, auth=auth, describe_error=describe_error, on_request=on_request)
     return ZllAdapter(source, client)
