@@ -32,6 +32,7 @@ from publisher.metrics import Metrics
 from publisher.poll import Backoff, Poller, SourceState
 from publisher.sink import ProducerFencedError, TransactionalSink
 from publisher.venues import VENUES
+from publisher.venues.http import source_transport
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class Publisher:
         self.http = HttpServer(make_handler(self.metrics, lambda: self.ready), config.http.host, config.http.port)
         await self.http.start()
         log.info("fill-publisher %s serving /metrics /healthz /readyz on %s", __version__, self.http.url)
-        clients: list[httpx.AsyncClient] = []
+        transports: list[httpx.AsyncHTTPTransport] = []
         try:
             # start-up (producer, topics, checkpoints) retries for as long as Kafka is away, and
             # any step of it may hang on a stalled connection: SIGTERM must end it regardless
@@ -83,7 +84,7 @@ class Publisher:
             checkpoints = startup.result()
             if checkpoints is None:
                 return EXIT_OK
-            self._build_pollers(checkpoints, clients)
+            self._build_pollers(checkpoints, transports)
             self._restored = True
             log.info("ready: %d sources polling", len(self.pollers))
             return await self._run(stop)
@@ -92,8 +93,8 @@ class Publisher:
             return EXIT_FENCED
         finally:
             await self.sink.close(None, 1.0)
-            for client in clients:
-                await client.aclose()
+            for transport in transports:
+                await transport.aclose()
             await self.http.close()
 
     async def _start_up(self, stop: asyncio.Event) -> dict[str, Checkpoint] | None:
@@ -140,25 +141,19 @@ class Publisher:
             return found
         return None
 
-    def _build_pollers(self, checkpoints: dict[str, Checkpoint], clients: list[httpx.AsyncClient]) -> None:
+    def _build_pollers(self, checkpoints: dict[str, Checkpoint], transports: list[httpx.AsyncHTTPTransport]) -> None:
         settings = self.settings
         now_ns = time.time_ns()
-        # one TLS context (httpx's default: certifi CAs, verification on) for every client: each
-        # client building its own costs ~0.8 MiB, 800 MiB for a thousand sources
+        # one TLS context (httpx's default: certifi CAs, verification on) for every source: each
+        # building its own costs ~0.8 MiB, 800 MiB for a thousand sources
         tls = httpx.create_ssl_context()
         for source in settings.config.sources:
             venue = VENUES[source.venue_name]
-            client = httpx.AsyncClient(
-                base_url=source.base_url,
-                timeout=source.timeout_s,
-                verify=tls,
-                limits=httpx.Limits(max_connections=4, max_keepalive_connections=2),
-                headers={"user-agent": f"fill-publisher/{__version__}"},
-            )
-            clients.append(client)
+            transport = source_transport(source.base_url, tls)
+            transports.append(transport)
             source_metrics = self.metrics.source(source.venue_name, source.name)
             adapter = venue.create_adapter(
-                source, settings.source_secrets[source.name], client, source_metrics.requests.inc
+                source, settings.source_secrets[source.name], transport, source_metrics.requests.inc
             )
             state = SourceState(source, checkpoints.get(source.name), now_ns)
             self.pollers.append(Poller(source, adapter, state, self.sink, source_metrics))

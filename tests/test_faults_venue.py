@@ -422,7 +422,7 @@ async def test_auth_failure_recovers_when_the_venue_accepts_us_again(
     await sink.start()
     sink_task = asyncio.create_task(sink.run())
     async with KalshiSimulator(public_key=public_pem, key_id=key_id, shape="mixed", seed=9) as sim, \
-            httpx.AsyncClient(base_url=sim.url, timeout=5) as http:
+            httpx.AsyncHTTPTransport() as http:
         sim.faults.set("auth", 1.0)
         fills = sim.add_fills(30, late_s=2)
         source = KalshiSource(name="kalshi-r", base_url=sim.url, api_key_id=key_id, private_key_env="UNUSED",

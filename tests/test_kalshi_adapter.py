@@ -88,9 +88,9 @@ class Venue:
 def adapter(
     venue: Venue, key: rsa.RSAPrivateKey, counter: list[int] | None = None, max_pages: int = 100, **overrides: Any
 ) -> kalshi.KalshiAdapter:
-    http = httpx.AsyncClient(base_url=BASE_URL, transport=httpx.MockTransport(venue))
     client = VenueClient(
-        http,
+        httpx.MockTransport(venue),
+        BASE_URL,
         auth=kalshi.KalshiAuth("key-id-1", key, clock_ms=lambda: NOW_MS),
         limiter=RateLimiter(1000),
         describe_error=kalshi.describe_error,
@@ -137,7 +137,7 @@ async def test_request_headers_and_signed_path_exclude_query(private_key: rsa.RS
 async def test_create_adapter_signs_with_current_milliseconds(private_key: rsa.RSAPrivateKey, pem: str) -> None:
     venue = Venue(paged({None: {"fills": [fill(1)]}}))
     counted: list[int] = []
-    http = httpx.AsyncClient(base_url=BASE_URL, transport=httpx.MockTransport(venue))
+    http = httpx.MockTransport(venue)
     made = kalshi.create_adapter(source(), Secret(pem), http, lambda: counted.append(1))
     assert made.venue == "kalshi"
     result = await made.fetch(SINCE_NS, None, lambda: 1)
@@ -351,7 +351,7 @@ def test_check_secret_rejects_without_quoting_the_secret(private_key: rsa.RSAPri
 
 
 def test_create_adapter_rejects_a_bad_key() -> None:
-    http = httpx.AsyncClient(base_url=BASE_URL)
+    http = httpx.MockTransport(lambda request: httpx.Response(200))
     with pytest.raises(ValueError, match="not a valid PEM"):
         kalshi.create_adapter(source(), Secret("garbage"), http, lambda: None)
 

@@ -6,13 +6,14 @@ import random
 from collections.abc import Callable
 from typing import Any, Literal
 
+import httpcore
 import httpx
 import pytest
 
 from publisher.secret import Secret
 from publisher.venues import zll
 from publisher.venues.base import FetchResult, VenueError
-from publisher.venues.http import RateLimiter, VenueClient
+from publisher.venues.http import RateLimiter, VenueClient, source_transport
 
 BASE_URL = "https://zll.test"
 API_KEY = "c2VjcmV0LWFwaS1rZXktdmFsdWU="
@@ -95,9 +96,9 @@ def source(**overrides: Any) -> zll.ZllSource:
 
 
 def adapter(venue: FakeZll, max_pages: int = 10_000, **overrides: Any) -> zll.ZllAdapter:
-    http = httpx.AsyncClient(base_url=BASE_URL, transport=httpx.MockTransport(venue))
     client = VenueClient(
-        http,
+        httpx.MockTransport(venue),
+        BASE_URL,
         auth=zll.ZllAuth(Secret(API_KEY)),
         limiter=RateLimiter(100_000),
         describe_error=zll.describe_error,
@@ -385,7 +386,7 @@ async def test_request_params_and_api_key_header() -> None:
 async def test_create_adapter_counts_requests() -> None:
     venue = FakeZll(times(7), "asc")
     counted: list[int] = []
-    http = httpx.AsyncClient(base_url=BASE_URL, transport=httpx.MockTransport(venue))
+    http = httpx.MockTransport(venue)
     made = zll.create_adapter(source(), Secret(API_KEY), http, lambda: counted.append(1))
     assert made.venue == "zll"
     result = await made.fetch(0, None, lambda: 1)
@@ -435,7 +436,7 @@ async def test_transport_errors(exc: Exception) -> None:
     def respond(request: httpx.Request) -> httpx.Response:
         raise exc
 
-    http = httpx.AsyncClient(base_url=BASE_URL, transport=httpx.MockTransport(respond))
+    http = httpx.MockTransport(respond)
     made = zll.create_adapter(source(), Secret(API_KEY), http, lambda: None)
     with pytest.raises(VenueError) as caught:
         await made.fetch(0, None, lambda: 1)
@@ -460,3 +461,12 @@ def test_check_secret() -> None:
             zll.check_secret(Secret(bad))
         assert bad not in str(caught.value) or not bad
     assert "c2Vj" not in repr(zll.ZllAuth(Secret(API_KEY)))
+
+
+def test_source_transport_takes_the_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    tls = httpx.create_ssl_context()
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "bypassed.example")
+    assert isinstance(source_transport("https://api.example/x", tls)._pool, httpcore.AsyncHTTPProxy)
+    assert isinstance(source_transport("https://bypassed.example/x", tls)._pool, httpcore.AsyncConnectionPool)
+    assert not isinstance(source_transport("http://plain.example/x", tls)._pool, httpcore.AsyncHTTPProxy)

@@ -3,18 +3,28 @@
 Adapters call :meth:`VenueClient.get` and get the body bytes of a 2xx response, or a
 :class:`~publisher.venues.base.VenueError` whose `reason` is one of the contract's error reasons.
 Authentication is an :class:`httpx.Auth` the adapter passes to the client, as httpx intends.
+
+:class:`VenueClient` is a small client straight over an :class:`httpx.AsyncBaseTransport` (the
+connection pool in production, :class:`httpx.MockTransport` in unit tests). It does not go through
+:class:`httpx.AsyncClient`: a poller needs none of its redirects, cookies, URL merging and hooks,
+and they cost ~400 us of CPU per request here, as much as the transport itself; with a thousand
+sources polling every second that is 40% of a core.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
 import msgspec
 
+from publisher import __version__
 from publisher.venues.base import SourceConfig, VenueError
 
 #: turns an error response into a short, secret-free description (venue error code and message)
@@ -102,52 +112,76 @@ def _retry_after(headers: httpx.Headers) -> float | None:
         return None  # an HTTP date: rare for APIs, and exponential backoff still applies
 
 
-class VenueClient:
-    """A small client over :class:`httpx.AsyncClient` for one source.
+def source_transport(base_url: str, tls: ssl.SSLContext) -> httpx.AsyncHTTPTransport:
+    """The connection pool of one source: a few connections (a source polls one page at a time),
+    `tls` for verification, and the proxy the environment names for the URL (`HTTPS_PROXY`,
+    `NO_PROXY`, ...), as :class:`httpx.AsyncClient` would pick it."""
+    url = urllib.parse.urlsplit(base_url)
+    proxy = urllib.request.getproxies().get(url.scheme)
+    if proxy and url.hostname and urllib.request.proxy_bypass(url.hostname):
+        proxy = None
+    return httpx.AsyncHTTPTransport(
+        verify=tls, proxy=proxy or None, limits=httpx.Limits(max_connections=4, max_keepalive_connections=2)
+    )
 
-    `on_request` is called once per HTTP request sent (the poll loop counts them in metrics).
+
+class VenueClient:
+    """A small client over an :class:`httpx.AsyncBaseTransport` for one source.
+
+    Requests go to `base_url` joined with a path (a leading slash is ignored, so a base URL's own
+    path is kept, as with httpx's `base_url`), with `timeout_s` for each phase (connect, read,
+    write, pool). `on_request` is called once per HTTP request sent (the poll loop counts them).
     """
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
+        base_url: str,
         *,
         auth: httpx.Auth,
         limiter: RateLimiter,
         describe_error: ErrorDescriber,
         on_request: Callable[[], None] = lambda: None,
+        timeout_s: float = 10.0,
     ):
-        self._http = http
+        self._transport = transport
+        self._base_url = base_url.rstrip("/") + "/"
         self._auth = auth
         self._limiter = limiter
         self._describe = describe_error
         self._on_request = on_request
+        self._extensions = {"timeout": httpx.Timeout(timeout_s).as_dict()}
 
     @classmethod
     def for_source(
         cls,
-        http: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
         source: SourceConfig,
         *,
         auth: httpx.Auth,
         describe_error: ErrorDescriber,
         on_request: Callable[[], None] = lambda: None,
     ) -> VenueClient:
-        """The client of one configured source, paced at its `max_requests_per_s`."""
+        """The client of one configured source: its base URL and timeout, paced at its
+        `max_requests_per_s`."""
         return cls(
-            http,
+            transport,
+            source.base_url,
             auth=auth,
             limiter=RateLimiter(source.max_requests_per_s),
             describe_error=describe_error,
             on_request=on_request,
+            timeout_s=source.timeout_s,
         )
 
-    async def get(self, url: str, params: Mapping[str, Any] | None = None) -> bytes:
-        """GET `url` (absolute, or relative to the client's base URL); body of a 2xx answer."""
+    async def get(self, path: str, params: Mapping[str, Any] | None = None) -> bytes:
+        """GET `path` under the base URL; the body of a 2xx answer, else :class:`VenueError`."""
         await self._limiter.acquire()
         self._on_request()
+        request = httpx.Request("GET", self._base_url + path.lstrip("/"), params=params, headers=_HEADERS,
+                                extensions=self._extensions)
         try:
-            response = await self._http.get(url, params=params, auth=self._auth)
+            response = await self._send(request)
         except httpx.TimeoutException as exc:
             raise VenueError("timeout", f"request timed out ({type(exc).__name__})") from None
         except httpx.TransportError as exc:
@@ -164,3 +198,27 @@ class VenueClient:
         if status >= 500:
             raise VenueError("http_5xx", f"HTTP {status}: {detail}", retry_after_s=_retry_after(response.headers))
         raise VenueError("http_4xx", f"HTTP {status}: {detail}")
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        """Send through the auth flow (as `AsyncClient` does: each request the flow yields is
+        sent, its response handed back) and read the final response whole."""
+        flow = self._auth.auth_flow(request)
+        request = next(flow)
+        while True:
+            response = await self._transport.handle_async_request(request)
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+            try:
+                request = flow.send(response)
+            except StopIteration:
+                return response
+
+
+#: what httpx.AsyncClient sent by default, plus who we are
+_HEADERS = {
+    "accept": "*/*",
+    "accept-encoding": "gzip, deflate",
+    "user-agent": f"fill-publisher/{__version__}",
+}
