@@ -9,7 +9,9 @@ wrapped around it from the outside (no product hooks):
 - pipeline share: `Poller._accept` runs synchronously right after the adapter's fetch returns and
   submits the batch; the wrapper stamps that moment and `TransactionalSink.submit` chains the
   batch's `on_commit`, so share = commit time - fetch done, per batch;
-- with BENCH_LATENCY=1, each committed fill's (fill_id, committed_ns) for the end-to-end join.
+- with BENCH_LATENCY=1, each committed fill's (fill_id, committed_ns) for the end-to-end join;
+- the commit timeline: (commit time, fills committed so far), for throughput measured the way the
+  ceiling is (until the producer's commit, not until a consumer has read everything).
 
 Stats are written as JSON to STATS_OUT on SIGTERM/SIGINT.
 """
@@ -29,7 +31,8 @@ from publisher.app import Publisher
 from publisher.config import load_settings
 from publisher.logs import configure_logging
 
-STATS: dict[str, Any] = {"delays": [], "share": [], "commits": {}, "starts": {}}
+STATS: dict[str, Any] = {"delays": [], "share": [], "commits": {}, "starts": {}, "timeline": []}
+_committed = [0]
 _fetch_done: list[int | None] = [None]
 _due: dict[int, float] = {}
 _LATENCY = os.environ.get("BENCH_LATENCY") == "1"
@@ -65,6 +68,8 @@ def instrument() -> None:
         fills = batch.fills
 
         def on_commit(committed_ns: int) -> None:
+            _committed[0] += len(fills)
+            STATS["timeline"].append((committed_ns, _committed[0]))
             if fetch_done is not None:
                 STATS["share"].append((time.time(), (committed_ns - fetch_done) / 1e6, len(fills)))
             if _LATENCY:
