@@ -3,7 +3,7 @@
 `python -m bench.simserver SPEC_JSON` starts the simulators, seeds each one's backlog in ascending
 time order (cheap inserts), pre-renders it (so the venue side does not slow the first poll), starts
 background generators, prints one JSON line describing the URLs and credentials, and serves until
-SIGTERM. Spec keys: `key_dir`, `kalshi` / `zll` (number of simulators), `subaccounts` (per
+SIGTERM. Spec keys: `key_dir`, `kalshi` / `zll` (number of simulators), `kalshi_keys` (API keys), `subaccounts` (per
 simulator), `backlog` (fills per simulator), `span_s` (backlog spread over the last span_s
 seconds), `rate_per_s` (generator rate per simulator, 0: none), `seed`.
 """
@@ -24,15 +24,19 @@ from publisher.sim.kalshi import KalshiSimulator, generate_key_pair
 from publisher.sim.zll import ZllSimulator
 
 
-def credentials(key_dir: Path) -> dict[str, str]:
-    """One Kalshi key pair and one ZLL API key shared by every simulator and source."""
+def credentials(key_dir: Path, kalshi_keys: int = 1) -> dict[str, Any]:
+    """Kalshi key pairs (as a firm has: one key serves up to 64 subaccounts) and one ZLL API key,
+    shared by every simulator."""
     key_dir.mkdir(parents=True, exist_ok=True)
-    private_pem, public_pem = generate_key_pair()
-    (key_dir / "kalshi.pem").write_bytes(private_pem)
-    (key_dir / "kalshi.pub").write_bytes(public_pem)
+    ids, files = [], []
+    for n in range(kalshi_keys):
+        private_pem, public_pem = generate_key_pair()
+        (key_dir / f"kalshi-{n}.pem").write_bytes(private_pem)
+        (key_dir / f"kalshi-{n}.pub").write_bytes(public_pem)
+        ids.append(str(uuid.uuid4()))
+        files.append(str(key_dir / f"kalshi-{n}.pem"))
     (key_dir / "zll.key").write_text(uuid.uuid4().hex + "\n")
-    return {"kalshi_key_id": str(uuid.uuid4()), "kalshi_key_file": str(key_dir / "kalshi.pem"),
-            "zll_key_file": str(key_dir / "zll.key")}
+    return {"kalshi_key_ids": ids, "kalshi_key_files": files, "zll_key_file": str(key_dir / "zll.key")}
 
 
 def seed_backlog(sim: Simulator[Any], field: str, n: int, span_s: float, subaccounts: int) -> None:
@@ -45,15 +49,18 @@ def seed_backlog(sim: Simulator[Any], field: str, n: int, span_s: float, subacco
 
 
 async def main(spec: dict[str, Any]) -> None:
-    creds = credentials(Path(spec["key_dir"]))
-    public_pem = Path(spec["key_dir"], "kalshi.pub").read_bytes()
+    creds = credentials(Path(spec["key_dir"]), int(spec.get("kalshi_keys", 1)))
+    public_pems = [Path(f).with_suffix(".pub").read_bytes() for f in creds["kalshi_key_files"]]
     api_key = Path(creds["zll_key_file"]).read_text().strip()
     subs = int(spec.get("subaccounts", 1))
     seed = int(spec.get("seed", 1))
     sims: dict[str, list[Simulator[Any]]] = {"kalshi": [], "zll": []}
     for i in range(int(spec.get("kalshi", 0))):
-        sims["kalshi"].append(KalshiSimulator(public_key=public_pem, key_id=creds["kalshi_key_id"],
-                                              shape=spec.get("shape", "current"), seed=seed + i))
+        sim = KalshiSimulator(public_key=public_pems[0], key_id=creds["kalshi_key_ids"][0],
+                              shape=spec.get("shape", "current"), seed=seed + i)
+        for key_id, public_pem in zip(creds["kalshi_key_ids"][1:], public_pems[1:], strict=True):
+            sim.add_key(key_id, public_pem)
+        sims["kalshi"].append(sim)
     for i in range(int(spec.get("zll", 0))):
         sims["zll"].append(ZllSimulator(api_key=api_key, subaccounts=range(subs), seed=seed + 1000 + i))
     for venue, group in sims.items():

@@ -452,3 +452,35 @@ async def test_auth_failure_recovers_when_the_venue_accepts_us_again(
     assert len([m for m in lines if m.startswith("source kalshi-r: venue rejected our credentials")]) >= 4
     for needle in secret_needles([private_pem.decode()]):
         assert needle not in caplog.text
+
+
+# --------------------------------------------------------------------------------------------------
+# A Kalshi that refuses reused signatures
+
+
+async def test_sources_sharing_a_key_keep_polling_when_kalshi_refuses_reused_signatures(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Subaccount sources of one key share signatures (see KalshiSigner). Should Kalshi treat a
+    second use as a replay, the refused request is retried with a fresh signature, reuse stops
+    for the key, and no poll fails: every fill of every subaccount arrives, over real HTTP."""
+    private_pem, public_pem = generate_key_pair()
+    key_id = str(uuid.uuid4())
+    async with KalshiSimulator(public_key=public_pem, key_id=key_id, reject_reused_signatures=True, seed=4) as sim, \
+            httpx.AsyncHTTPTransport() as transport:
+        fills = [*sim.add_fills(5, subaccount=1), *sim.add_fills(5, subaccount=2)]
+        adapters = [
+            kalshi_venue.create_adapter(
+                KalshiSource(name=f"kalshi-s{n}", base_url=sim.url, api_key_id=key_id, private_key_env="UNUSED",
+                             subaccount=n),
+                Secret(private_pem.decode()), transport, lambda: None)
+            for n in (1, 2)
+        ]
+        since = time.time_ns() - 60 * NS
+        seen: set[str] = set()
+        for _ in range(3):
+            results = await asyncio.gather(*(a.fetch(since, None, time.time_ns) for a in adapters))
+            seen |= {f.fill_id for r in results for f in r.fills}
+        assert seen == {f.fill_id for f in fills}
+    warnings = [r.getMessage() for r in caplog.records if "reused request signature" in r.getMessage()]
+    assert warnings == [f"Kalshi refused a reused request signature for key {key_id}; signing every request from now on"]

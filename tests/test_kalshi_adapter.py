@@ -91,7 +91,7 @@ def adapter(
     client = VenueClient(
         httpx.MockTransport(venue),
         BASE_URL,
-        auth=kalshi.KalshiAuth("key-id-1", key, clock_ms=lambda: NOW_MS),
+        auth=kalshi.KalshiAuth(kalshi.KalshiSigner("key-id-1", key, clock_ms=lambda: NOW_MS)),
         limiter=RateLimiter(1000),
         describe_error=kalshi.describe_error,
         on_request=(lambda: counter.append(1)) if counter is not None else (lambda: None),
@@ -357,7 +357,7 @@ def test_create_adapter_rejects_a_bad_key() -> None:
 
 
 def test_auth_repr_hides_the_key(private_key: rsa.RSAPrivateKey) -> None:
-    assert repr(kalshi.KalshiAuth("key-id-1", private_key)) == "KalshiAuth(key_id='key-id-1')"
+    assert repr(kalshi.KalshiAuth(kalshi.KalshiSigner("key-id-1", private_key))) == "KalshiAuth(key_id='key-id-1')"
 
 
 async def test_events_are_plain_fill_events(private_key: rsa.RSAPrivateKey) -> None:
@@ -370,3 +370,86 @@ async def test_events_are_plain_fill_events(private_key: rsa.RSAPrivateKey) -> N
         "0.5",
         1_762_000_000_000_001_000,
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Signature reuse (KalshiSigner)
+
+
+def test_signer_reuses_a_signature_for_a_quarter_second_per_method_and_path(private_key: rsa.RSAPrivateKey) -> None:
+    now = [NOW_MS]
+    signer = kalshi.KalshiSigner("key-id-1", private_key, clock_ms=lambda: now[0])
+    first = signer.signature("GET", FILLS_PATH)
+    assert first[2] is False
+    now[0] += kalshi.SIGNATURE_REUSE_MS - 1
+    assert signer.signature("GET", FILLS_PATH) == (first[0], first[1], True)
+    other = signer.signature("GET", "/trade-api/v2/portfolio/orders")
+    assert other[2] is False and other[0] == now[0]
+    now[0] += 1  # the reused timestamp would now be a quarter second old: sign afresh
+    fresh = signer.signature("GET", FILLS_PATH)
+    assert fresh[2] is False and fresh[0] == now[0]
+    verify(private_key, fresh[1], f"{now[0]}GET{FILLS_PATH}")
+    assert signer.signature("GET", FILLS_PATH, fresh=True)[2] is False
+    signer.stop_reusing()
+    assert signer.signature("GET", FILLS_PATH)[2] is False
+
+
+async def test_sources_of_one_key_share_signatures(pem: str) -> None:
+    venue = Venue(paged({None: {"fills": [fill(1)]}}))
+    adapters = [kalshi.create_adapter(source(name=f"kalshi-{n}", subaccount=n), Secret(pem),
+                                      httpx.MockTransport(venue), lambda: None) for n in (1, 2)]
+    for made in adapters:
+        await made.fetch(SINCE_NS, None, lambda: 1)
+    first, second = venue.requests
+    assert first.url.params["subaccount"] == "1" and second.url.params["subaccount"] == "2"
+    # the query is not signed, so one signature serves both subaccounts
+    assert first.headers["KALSHI-ACCESS-SIGNATURE"] == second.headers["KALSHI-ACCESS-SIGNATURE"]
+
+
+class RefusesReplays:
+    """A Kalshi that refuses any signature it has seen (replay protection)."""
+
+    def __init__(self, key_ok: bool = True):
+        self.key_ok = key_ok
+        self.seen: set[str] = set()
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        signature = request.headers["KALSHI-ACCESS-SIGNATURE"]
+        if not self.key_ok or signature in self.seen:
+            return httpx.Response(401, json={"code": "unauthorized", "message": "bad signature"})
+        self.seen.add(signature)
+        return httpx.Response(200, json={"fills": [fill(1)], "cursor": ""})
+
+
+async def test_a_refused_reused_signature_is_retried_fresh_and_reuse_stops(
+    private_key: rsa.RSAPrivateKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    venue = RefusesReplays()
+    signer = kalshi.KalshiSigner("key-id-1", private_key)  # the real clock: requests within 250 ms
+    client = VenueClient(httpx.MockTransport(venue), BASE_URL, auth=kalshi.KalshiAuth(signer),
+                         limiter=RateLimiter(1000), describe_error=kalshi.describe_error)
+    made = kalshi.KalshiAdapter(source(), client)
+    for _ in range(3):
+        result = await made.fetch(SINCE_NS, None, lambda: 1)
+        assert [f.fill_id for f in result.fills] == ["f-1"]
+    # fresh, reused (refused), fresh again; then every request signed on its own
+    assert len(venue.requests) == 4
+    assert signer.reuse_ms == 0
+    assert [r.message for r in caplog.records] == [
+        "Kalshi refused a reused request signature for key key-id-1; signing every request from now on"]
+
+
+async def test_a_bad_key_is_an_auth_error_and_leaves_reuse_on(private_key: rsa.RSAPrivateKey) -> None:
+    venue = RefusesReplays(key_ok=False)
+    signer = kalshi.KalshiSigner("key-id-1", private_key)
+    client = VenueClient(httpx.MockTransport(venue), BASE_URL, auth=kalshi.KalshiAuth(signer),
+                         limiter=RateLimiter(1000), describe_error=kalshi.describe_error)
+    made = kalshi.KalshiAdapter(source(), client)
+    for _ in range(2):
+        with pytest.raises(VenueError) as caught:
+            await made.fetch(SINCE_NS, None, lambda: 1)
+        assert caught.value.reason == "auth"
+    assert len(venue.requests) == 3  # fresh (401); reused (401), retried fresh (401)
+    assert signer.reuse_ms == kalshi.SIGNATURE_REUSE_MS

@@ -7,6 +7,9 @@ plausible answer and makes the others switchable:
   milliseconds within `timestamp_window_s` of now (a seconds value is ~56 years off, so it fails),
   and `KALSHI-ACCESS-SIGNATURE` must verify with the public key as RSA-PSS (SHA-256, MGF1 SHA-256,
   salt = digest length) over `timestamp + method + path`, the path without the query string.
+  A signature may be sent again while its timestamp is in the window; `reject_reused_signatures`
+  refuses a signature seen before (replay protection, which Kalshi's docs neither state nor rule
+  out).
 - order: newest first (execution time, then fill id, descending).
 - `min_ts`/`max_ts` are whole Unix seconds compared with the execution second: `min_ts` inclusive
   and `max_ts` exclusive by default (`min_ts_inclusive`, `max_ts_inclusive` switch them).
@@ -272,6 +275,7 @@ class KalshiSimulator(Simulator[KalshiFill]):
         max_ts_inclusive: bool = False,
         last_cursor: LastCursor = "empty",
         timestamp_window_s: float = 30.0,
+        reject_reused_signatures: bool = False,
         tickers: Iterable[str] = DEFAULT_TICKERS,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -289,6 +293,8 @@ class KalshiSimulator(Simulator[KalshiFill]):
         self.max_ts_inclusive = max_ts_inclusive
         self.last_cursor: LastCursor = last_cursor
         self.timestamp_window_s = timestamp_window_s
+        self.reject_reused_signatures = reject_reused_signatures
+        self._used_signatures: set[str] = set()
         self.tickers = tuple(tickers)
         self._keys: dict[str, rsa.RSAPublicKey] = {}
         self.add_key(key_id, public_key)
@@ -442,6 +448,10 @@ class KalshiSimulator(Simulator[KalshiFill]):
             public_key.verify(raw_signature, message, _PSS, hashes.SHA256())
         except InvalidSignature:
             return "signature does not verify"
+        if self.reject_reused_signatures:
+            if signature in self._used_signatures:
+                return "KALSHI-ACCESS-SIGNATURE was used before"
+            self._used_signatures.add(signature)
         return None
 
     def _error(self, status: int, code: str, message: str, *, details: str = "") -> Response:
