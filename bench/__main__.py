@@ -148,9 +148,12 @@ def sims(env: Env, name: str, **spec: Any) -> tuple[Child, dict[str, Any]]:
 
 def source_entries(info: dict[str, Any], n_kalshi: int, n_zll: int, subaccounts: int, **settings: Any) -> list[dict[str, Any]]:
     out = []
+    keys = len(info["kalshi_key_ids"])
     for i in range(n_kalshi):
+        # as a firm has it: each key serves up to 64 subaccounts, so many sources need several keys
+        key = min(i // 64, keys - 1)
         out.append({"name": f"kalshi-{i}", "venue": "kalshi", "base_url": info["kalshi"][i % len(info["kalshi"])],
-                    "api_key_id": info["kalshi_key_id"], "private_key_file": info["kalshi_key_file"],
+                    "api_key_id": info["kalshi_key_ids"][key], "private_key_file": info["kalshi_key_files"][key],
                     "subaccount": i % subaccounts if subaccounts > 1 else 0, **settings})
     for i in range(n_zll):
         out.append({"name": f"zll-{i}", "venue": "zll", "base_url": info["zll"][i % len(info["zll"])],
@@ -326,7 +329,7 @@ def bench_latency(env: Env, interval: float, duration: float, lookback: float) -
 def bench_scale(env: Env, n_sources: int, duration: float) -> None:
     print(f"scale: {n_sources} sources at 1 s", flush=True)
     half = n_sources // 2
-    ksim, kinfo = sims(env, "scale-k", kalshi=2, subaccounts=64, rate_per_s=5)
+    ksim, kinfo = sims(env, "scale-k", kalshi=2, subaccounts=64, rate_per_s=5, kalshi_keys=-(-half // 64))
     zsim, zinfo = sims(env, "scale-z", zll=2, subaccounts=half // 2, rate_per_s=5)
     info = {**kinfo, "zll": zinfo["zll"], "zll_key_file": zinfo["zll_key_file"]}
     topics = env.topics("sc.")

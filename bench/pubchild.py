@@ -3,9 +3,8 @@
 Runs :class:`publisher.app.Publisher` exactly as `fill-publisher run` does, with measurement
 wrapped around it from the outside (no product hooks):
 
-- poll start delay: `Poller.poll_once` is wrapped and the loop's schedule is replayed (next due =
-  max(due + interval, end of poll) after a success, end + pause after a failure), so the delay is
-  actual start minus due time, as `Poller.run` defines it;
+- poll start delay: `Poller.poll_once` is wrapped; the delay is its actual start minus the time
+  `Poller.run` made it due (`Poller.due`);
 - pipeline share: `Poller._accept` runs synchronously right after the adapter's fetch returns and
   submits the batch; the wrapper stamps that moment and `TransactionalSink.submit` chains the
   batch's `on_commit`, so share = commit time - fetch done, per batch;
@@ -34,7 +33,6 @@ from publisher.logs import configure_logging
 STATS: dict[str, Any] = {"delays": [], "share": [], "commits": {}, "starts": {}, "timeline": []}
 _committed = [0]
 _fetch_done: list[int | None] = [None]
-_due: dict[int, float] = {}
 _LATENCY = os.environ.get("BENCH_LATENCY") == "1"
 
 
@@ -45,15 +43,10 @@ def instrument() -> None:
 
     async def poll_once(self: poll.Poller) -> float | None:
         start = time.monotonic()
-        due = _due.get(id(self))
-        if due is not None:
-            STATS["delays"].append((time.time(), start - due))
+        if self.due is not None:
+            STATS["delays"].append((time.time(), start - self.due))
         STATS["starts"].setdefault(self.source.name, []).append(time.time())
-        pause = await orig_poll_once(self)
-        end = time.monotonic()
-        base = start if due is None else due
-        _due[id(self)] = max(base + self.source.poll_interval_s, end) if pause is None else end + pause
-        return pause
+        return await orig_poll_once(self)
 
     def _accept(self: poll.Poller, *args: Any, **kwargs: Any) -> None:
         _fetch_done[0] = time.time_ns()

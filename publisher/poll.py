@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import random
 import time
 from collections.abc import Callable
@@ -97,8 +98,8 @@ class SourceState:
         )
 
 
-def _sort_key(fill: FillEvent) -> tuple[int, str]:
-    return (fill.executed_at_ns, fill.fill_id)
+#: the contract's order within a batch: (executed_at_ns, fill_id); attrgetter sorts in C
+_sort_key = operator.attrgetter("executed_at_ns", "fill_id")
 
 
 class Poller:
@@ -128,6 +129,8 @@ class Poller:
         self._now_ns = wall_clock_ns
         self._backoff = backoff or Backoff(base_s=max(0.5, source.poll_interval_s), cap_s=60.0)
         self._auth_backoff = auth_backoff or Backoff(base_s=15.0, cap_s=300.0)
+        #: monotonic time the next (or current) poll is due; a poll starting later is behind schedule
+        self.due: float | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until `stop` is set. Never raises on venue or adapter errors."""
@@ -136,6 +139,7 @@ class Poller:
         # thousand sources would poll in lockstep and every round would start with a queue
         due = time.monotonic() + random.uniform(0.0, min(interval, 1.0))
         while not stop.is_set():
+            self.due = due
             delay = due - time.monotonic()
             if delay > 0 and await _wait(stop, delay):
                 return

@@ -439,18 +439,17 @@ class TransactionalSink:
             source = batch.source.encode()
             topic = fills_topic(kafka, batch.venue)
             venue = batch.venue.encode()
-            prefix = batch.source + ":"
+            # every header but the fill id is the same for the whole batch
+            common = (("venue", venue), ("source", source), ("schema_version", _SCHEMA_VERSION_HEADER),
+                      ("content-type", _JSON))
+            keys: dict[str, bytes] = {}
             append = records.append
             for fill in batch.fills:
-                key = (prefix + fill.instrument).encode()
+                key = keys.get(fill.instrument)
+                if key is None:
+                    key = keys[fill.instrument] = f"{batch.source}:{fill.instrument}".encode()
                 value = encode(fill)
-                headers = [
-                    ("fill_id", fill.fill_id.encode()),
-                    ("venue", venue),
-                    ("source", source),
-                    ("schema_version", _SCHEMA_VERSION_HEADER),
-                    ("content-type", _JSON),
-                ]
+                headers = [("fill_id", fill.fill_id.encode()), *common]
                 if not append(topic, key, value, headers):
                     await records.add(topic, key, value, headers)
             for letter in batch.dead_letters:
