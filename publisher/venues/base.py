@@ -10,17 +10,20 @@ checkpoint carries to the next poll and across restarts.
 from __future__ import annotations
 
 import abc
+import asyncio
 import functools
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgspec
 
 from publisher.event import FillEvent
+
+T = TypeVar("T")
 
 #: Why a poll failed; the `reason` label of `fillpub_poll_errors_total`.
 ErrorReason = Literal["timeout", "connect", "http_429", "http_4xx", "http_5xx", "auth", "decode"]
@@ -106,6 +109,22 @@ def raw_key(raw: bytes) -> str:
     return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
+#: fills handled between two yields to the event loop: a 1,000-fill page handled in one go holds
+#: the loop for 2-3 ms, and the Kafka transaction in flight (three round trips) and the other
+#: sources wait behind every such chunk (pipeline share p99 at 0.2 s polls: 29.8 ms with 1,000-fill
+#: pages, 12.3 ms with 200)
+SLICE = 200
+
+
+async def in_slices(items: Sequence[T]) -> AsyncIterator[tuple[int, Sequence[T]]]:
+    """`(start, items[start:start + SLICE])` for every slice, yielding to the event loop between
+    slices, so one big page does not hold the loop for long."""
+    for start in range(0, len(items), SLICE):
+        if start:
+            await asyncio.sleep(0)
+        yield start, items[start : start + SLICE]
+
+
 class FillCollector:
     """Gathers one poll's fills and invalid fills, keeping only the first of repeats.
 
@@ -143,7 +162,7 @@ class FillCollector:
         self.result.known += 1
         return True
 
-    def skip_known_page(self, keys: list[str | None], known: Callable[[str], bool]) -> list[bool | None]:
+    def skip_known_page(self, keys: Sequence[str | None], known: Callable[[str], bool]) -> list[bool | None]:
         """:meth:`skip_known` for every fill of a page, in order (one call instead of one per fill:
         a re-read page is mostly fills to skip)."""
         seen = self._seen

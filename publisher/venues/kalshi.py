@@ -39,6 +39,7 @@ from publisher.venues.base import (
     VenueAdapter,
     VenueError,
     decimal_text,
+    in_slices,
     raw_key,
 )
 from publisher.venues.http import VenueClient, describe_json_error
@@ -581,7 +582,7 @@ class KalshiAdapter(VenueAdapter):
             if cursor:
                 params["cursor"] = cursor
             body = await self._client.get(FILLS_PATH, params=params)
-            cursor = self._read_page(body, collector, clock_ns())
+            cursor = await self._read_page(body, collector, clock_ns())
             if not cursor:
                 return collector.result
             if cursor in seen_cursors:
@@ -589,13 +590,14 @@ class KalshiAdapter(VenueAdapter):
             seen_cursors.add(cursor)
         raise VenueError("decode", f"more than {self._max_pages} pages in one poll; the venue keeps paging")
 
-    def _read_page(self, body: bytes, collector: FillCollector, observed_at_ns: int) -> str | None:
+    async def _read_page(self, body: bytes, collector: FillCollector, observed_at_ns: int) -> str | None:
         """Decode one page into `collector` and return its cursor.
 
         A fill :attr:`known` to be published is counted, not normalised. Which decoding is
         cheapest depends on the page: fills' keys first, then only the new fills, when some are
         known; the whole page typed in one go when all are new; fill by fill, when a fill is
-        malformed.
+        malformed. Fills are handled in slices (:func:`in_slices`) so a big page does not hold
+        the event loop.
         """
         source = self._source.name
         known = self.known
@@ -606,13 +608,16 @@ class KalshiAdapter(VenueAdapter):
                 return self._read_raw(body, collector, observed_at_ns)  # a fill is not even an object
             except msgspec.DecodeError as exc:
                 raise VenueError("decode", f"undecodable fills page: {exc}") from None
-            verdicts = collector.skip_known_page([key.fill_id or key.trade_id or None for key in keys.fills], known)
+            verdicts: list[bool | None] = []
+            async for _, part in in_slices([key.fill_id or key.trade_id or None for key in keys.fills]):
+                verdicts += collector.skip_known_page(part, known)
             fresh = [i for i, verdict in enumerate(verdicts) if verdict is None]
             if len(fresh) < len(keys.fills):
                 if fresh:
                     raws = _page_decoder.decode(body).fills
-                    for i in fresh:
-                        collector.add(decode_fill(raws[i], source=source, observed_at_ns=observed_at_ns))
+                    async for _, indices in in_slices(fresh):
+                        for i in indices:
+                            collector.add(decode_fill(raws[i], source=source, observed_at_ns=observed_at_ns))
                 return keys.cursor
         try:
             page = _typed_page_decoder.decode(body)
@@ -621,13 +626,14 @@ class KalshiAdapter(VenueAdapter):
         except msgspec.DecodeError as exc:
             raise VenueError("decode", f"undecodable fills page: {exc}") from None
         raws: list[msgspec.Raw] | None = None
-        for i, fill in enumerate(page.fills):
-            try:
-                collector.add(normalise(fill, source=source, observed_at_ns=observed_at_ns))
-            except ValueError as exc:
-                # the dead letter carries the venue's bytes: re-read the page raw (rare)
-                raws = raws or _page_decoder.decode(body).fills
-                collector.add(_invalid(raws[i], str(exc)))
+        async for start, fills in in_slices(page.fills):
+            for i, fill in enumerate(fills, start):
+                try:
+                    collector.add(normalise(fill, source=source, observed_at_ns=observed_at_ns))
+                except ValueError as exc:
+                    # the dead letter carries the venue's bytes: re-read the page raw (rare)
+                    raws = raws or _page_decoder.decode(body).fills
+                    collector.add(_invalid(raws[i], str(exc)))
         return page.cursor
 
     def _read_raw(self, body: bytes, collector: FillCollector, observed_at_ns: int) -> str | None:

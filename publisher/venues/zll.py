@@ -56,6 +56,7 @@ from publisher.venues.base import (
     VenueAdapter,
     VenueError,
     decimal_text,
+    in_slices,
     raw_key,
 )
 from publisher.venues.http import VenueClient, describe_json_error
@@ -351,11 +352,11 @@ class _Poll:
         if self._pages > self._adapter.max_pages:
             raise VenueError("decode", f"more than {self._adapter.max_pages} pages in one poll; the venue keeps paging")
         body = await self._adapter.client.get(FILLS_PATH, params=self._adapter.params(offset))
-        return self.read(body, self._clock_ns())
+        return await self.read(body, self._clock_ns())
 
-    def read(self, body: bytes, observed_at_ns: int) -> list[_Item]:
-        """Decode one page into the collector, in whichever way is cheapest for it (see
-        :meth:`KalshiAdapter._read_page <publisher.venues.kalshi.KalshiAdapter._read_page>`);
+    async def read(self, body: bytes, observed_at_ns: int) -> list[_Item]:
+        """Decode one page into the collector, in whichever way is cheapest for it, in slices
+        (see :meth:`KalshiAdapter._read_page <publisher.venues.kalshi.KalshiAdapter._read_page>`);
         the result never depends on the way taken."""
         known = self._adapter.known
         if known is not None:
@@ -366,26 +367,27 @@ class _Poll:
             except msgspec.DecodeError as exc:
                 raise VenueError("decode", f"undecodable fills page: {exc}") from None
             # fills already published need only their time (for the order): decode just the rest
-            verdicts = self.collector.skip_known_page([key.id or None for key in keys], known)
-            items: list[_Item | None] = [
-                None if verdict is None else _Item(key.time, None, repeat=not verdict)
-                for key, verdict in zip(keys, verdicts, strict=True)
-            ]
+            items: list[_Item | None] = []
+            async for _, part in in_slices(keys):
+                verdicts = self.collector.skip_known_page([key.id or None for key in part], known)
+                items += [None if verdict is None else _Item(key.time, None, repeat=not verdict)
+                          for key, verdict in zip(part, verdicts, strict=True)]
             if any(items):
                 if not all(items):
                     raws = _page_decoder.decode(body)
                     source = self._adapter.source.name
-                    for i, item in enumerate(items):
-                        if item is None:
+                    fresh = [i for i, item in enumerate(items) if item is None]
+                    async for _, indices in in_slices(fresh):
+                        for i in indices:
                             items[i] = self._collect(_decode_item(raws[i], source=source, observed_at_ns=observed_at_ns))
                 return items  # type: ignore[return-value]  # every slot is filled now
-        return self._read_typed(body, observed_at_ns)
+        return await self._read_typed(body, observed_at_ns)
 
     def _collect(self, item: _Item) -> _Item:
         item.repeat = not self.collector.add(item.outcome)  # type: ignore[arg-type]
         return item
 
-    def _read_typed(self, body: bytes, observed_at_ns: int) -> list[_Item]:
+    async def _read_typed(self, body: bytes, observed_at_ns: int) -> list[_Item]:
         """:meth:`page` for a page of new fills: decoded in one go, straight into types."""
         try:
             fills = _typed_page_decoder.decode(body)
@@ -404,8 +406,11 @@ class _Poll:
                 return raws[i]
             return raw
 
-        return [self._collect(_normalised_item(fill, raw_of(i), source=source, observed_at_ns=observed_at_ns))
-                for i, fill in enumerate(fills)]
+        items: list[_Item] = []
+        async for start, part in in_slices(fills):
+            items += [self._collect(_normalised_item(fill, raw_of(i), source=source, observed_at_ns=observed_at_ns))
+                      for i, fill in enumerate(part, start)]
+        return items
 
     def _read_raw(self, body: bytes, observed_at_ns: int) -> list[_Item]:
         """:meth:`page` for a page with a malformed fill: each fill decoded on its own."""
