@@ -263,6 +263,7 @@ def bench_throughput(env: Env, total: int, ceiling: float) -> None:
         time.sleep(0.05)
         samples.append((time.time_ns(), cpu_s(pub.pid)))
     prof.stop()
+    reread = metric(port, "fillpub_fills_duplicate_total")
     pub.stop()
     sim.stop()
     seen = json.loads(out.read_text())
@@ -278,6 +279,7 @@ def bench_throughput(env: Env, total: int, ceiling: float) -> None:
             f"{rate:,.0f} fills/s committed ({elapsed:.1f} s; {seen['count']:,} counted by the consumer)")
     env.row("throughput / ceiling", f"{ratio:.0%}", ">= 50%", "PASS" if ratio >= 0.5 else "GAP")
     env.row("publisher CPU per 1,000 fills", f"{(cpu_end - cpu0) / total * 1000 * 1000:.1f} ms")
+    env.row("  fills re-read (already published) while draining", f"{reread:,.0f} ({reread / total:.1f} per new fill)")
 
 
 def bench_latency(env: Env, interval: float, duration: float, lookback: float) -> None:

@@ -7,6 +7,7 @@ fill counted once as a duplicate (`FetchResult.known`), a repeat within one poll
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable
 from typing import Any
@@ -105,9 +106,10 @@ async def test_kalshi_page_strategies_agree(seed: int, private_key: rsa.RSAPriva
     entries = _mixed_entries(rng, kalshi_fill, KALSHI_BAD)
     body = msgspec.json.encode({"fills": entries, "cursor": "next"})
     keys = [e["fill_id"] for e in entries if isinstance(e, dict) and e.get("fill_id")]
-    for known in _known_sets(rng, keys):
+    for known, mostly_new in itertools.product(_known_sets(rng, keys), (False, True)):
         fast, reference = (kalshi_adapter(Venue(paged({})), private_key) for _ in range(2))
         fast.known = reference.known = None if known is None else known.__contains__
+        fast._mostly_new = mostly_new  # keys first, or typed first
         results = []
         for fast_way in (True, False):
             collector = FillCollector()
@@ -135,11 +137,12 @@ async def test_zll_page_strategies_agree(seed: int, monkeypatch: pytest.MonkeyPa
     entries = _mixed_entries(rng, lambda n: zll_fill(n, T + rng.randint(0, 5)), ZLL_BAD)
     body = msgspec.json.encode(entries)
     keys = [e["id"] for e in entries if isinstance(e, dict) and e.get("id")]
-    for known in _known_sets(rng, keys):
+    for known, mostly_new in itertools.product(_known_sets(rng, keys), (False, True)):
         results = []
         for fast in (True, False):
             adapter = zll_adapter(FakeZll([], "desc"))
             adapter.known = None if known is None else known.__contains__
+            adapter.mostly_new = mostly_new  # keys first, or typed first
             poll = zll._Poll(adapter, T, _now)
             items = await poll.read(body, 5) if fast else poll._read_raw(body, 5)
             results.append(([(i.time, i.repeat) for i in items], _outcome(poll.collector.result)))

@@ -182,6 +182,13 @@ class FillCollector:
         self.result.known += counted
         return verdicts
 
+    async def skip_known_sliced(self, keys: Sequence[str | None], known: Callable[[str], bool]) -> list[bool | None]:
+        """:meth:`skip_known_page` slice by slice (see :func:`in_slices`)."""
+        verdicts: list[bool | None] = []
+        async for _, part in in_slices(keys):
+            verdicts += self.skip_known_page(part, known)
+        return verdicts
+
 
 class VenueAdapter(abc.ABC):
     """One configured account ("source") on one venue.

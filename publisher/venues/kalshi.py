@@ -19,7 +19,7 @@ import functools
 import logging
 import re
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -564,6 +564,8 @@ class KalshiAdapter(VenueAdapter):
         self._source = source
         self._client = client
         self._max_pages = max_pages
+        #: the last page read held mostly new fills: read the next one typed first (see _read_page)
+        self._mostly_new = False
 
     def _params(self, since_ns: int) -> dict[str, Any]:
         # seconds, floored; one second earlier because whether min_ts is inclusive is undocumented
@@ -594,24 +596,23 @@ class KalshiAdapter(VenueAdapter):
         """Decode one page into `collector` and return its cursor.
 
         A fill :attr:`known` to be published is counted, not normalised. Which decoding is
-        cheapest depends on the page: fills' keys first, then only the new fills, when some are
-        known; the whole page typed in one go when all are new; fill by fill, when a fill is
+        cheapest depends on the page: while pages hold mostly fills already published (the
+        overlap re-read), the fills' keys first and then only the new fills; while they hold
+        mostly new fills (a backlog), the whole page typed in one go; fill by fill, when a fill is
         malformed. Fills are handled in slices (:func:`in_slices`) so a big page does not hold
         the event loop.
         """
         source = self._source.name
         known = self.known
-        if known is not None:
+        if known is not None and not self._mostly_new:
             try:
                 keys = _key_page_decoder.decode(body)
             except msgspec.ValidationError:
                 return self._read_raw(body, collector, observed_at_ns)  # a fill is not even an object
             except msgspec.DecodeError as exc:
                 raise VenueError("decode", f"undecodable fills page: {exc}") from None
-            verdicts: list[bool | None] = []
-            async for _, part in in_slices([key.fill_id or key.trade_id or None for key in keys.fills]):
-                verdicts += collector.skip_known_page(part, known)
-            fresh = [i for i, verdict in enumerate(verdicts) if verdict is None]
+            fresh = await _fresh(collector, [key.fill_id or key.trade_id or None for key in keys.fills], known)
+            self._mostly_new = 2 * len(fresh) > len(keys.fills)
             if len(fresh) < len(keys.fills):
                 if fresh:
                     raws = _page_decoder.decode(body).fills
@@ -619,17 +620,23 @@ class KalshiAdapter(VenueAdapter):
                         for i in indices:
                             collector.add(decode_fill(raws[i], source=source, observed_at_ns=observed_at_ns))
                 return keys.cursor
+            known = None  # all new: checked already
         try:
             page = _typed_page_decoder.decode(body)
         except msgspec.ValidationError:
             return self._read_raw(body, collector, observed_at_ns)  # a fill of the wrong shape
         except msgspec.DecodeError as exc:
             raise VenueError("decode", f"undecodable fills page: {exc}") from None
+        fills: Sequence[KalshiFill] = page.fills
+        indices: Sequence[int] = range(len(fills))
+        if known is not None:
+            indices = await _fresh(collector, [fill.fill_id or fill.trade_id or None for fill in fills], known)
+            self._mostly_new = 2 * len(indices) > len(fills)
         raws: list[msgspec.Raw] | None = None
-        async for start, fills in in_slices(page.fills):
-            for i, fill in enumerate(fills, start):
+        async for _, part in in_slices(indices):
+            for i in part:
                 try:
-                    collector.add(normalise(fill, source=source, observed_at_ns=observed_at_ns))
+                    collector.add(normalise(fills[i], source=source, observed_at_ns=observed_at_ns))
                 except ValueError as exc:
                     # the dead letter carries the venue's bytes: re-read the page raw (rare)
                     raws = raws or _page_decoder.decode(body).fills
@@ -649,6 +656,11 @@ class KalshiAdapter(VenueAdapter):
                 continue
             collector.add(decode_fill(raw, source=source, observed_at_ns=observed_at_ns))
         return page.cursor
+
+
+async def _fresh(collector: FillCollector, keys: list[str | None], known: Callable[[str], bool]) -> list[int]:
+    """Indices of the fills :meth:`FillCollector.skip_known_page` does not skip."""
+    return [i for i, verdict in enumerate(await collector.skip_known_sliced(keys, known)) if verdict is None]
 
 
 def create_adapter(

@@ -358,8 +358,9 @@ class _Poll:
         """Decode one page into the collector, in whichever way is cheapest for it, in slices
         (see :meth:`KalshiAdapter._read_page <publisher.venues.kalshi.KalshiAdapter._read_page>`);
         the result never depends on the way taken."""
-        known = self._adapter.known
-        if known is not None:
+        adapter = self._adapter
+        known = adapter.known
+        if known is not None and not adapter.mostly_new:
             try:
                 keys = _key_page_decoder.decode(body)
             except msgspec.ValidationError:
@@ -367,28 +368,35 @@ class _Poll:
             except msgspec.DecodeError as exc:
                 raise VenueError("decode", f"undecodable fills page: {exc}") from None
             # fills already published need only their time (for the order): decode just the rest
-            items: list[_Item | None] = []
-            async for _, part in in_slices(keys):
-                verdicts = self.collector.skip_known_page([key.id or None for key in part], known)
-                items += [None if verdict is None else _Item(key.time, None, repeat=not verdict)
-                          for key, verdict in zip(part, verdicts, strict=True)]
-            if any(items):
-                if not all(items):
+            items = await self._skip_known([(key.id, key.time) for key in keys], known)
+            fresh = [i for i, item in enumerate(items) if item is None]
+            if len(fresh) < len(items):
+                if fresh:
                     raws = _page_decoder.decode(body)
-                    source = self._adapter.source.name
-                    fresh = [i for i, item in enumerate(items) if item is None]
+                    source = adapter.source.name
                     async for _, indices in in_slices(fresh):
                         for i in indices:
                             items[i] = self._collect(_decode_item(raws[i], source=source, observed_at_ns=observed_at_ns))
                 return items  # type: ignore[return-value]  # every slot is filled now
-        return await self._read_typed(body, observed_at_ns)
+            known = None  # all new: checked already
+        return await self._read_typed(body, observed_at_ns, known)
+
+    async def _skip_known(self, keys: list[tuple[str | None, int | None]], known: Callable[[str], bool]) -> list[_Item | None]:
+        """Per fill (id, time): an item for a fill skipped as known or repeated, None for a new
+        one; remembers whether most were new (see `ZllAdapter.mostly_new`)."""
+        verdicts = await self.collector.skip_known_sliced([key or None for key, _ in keys], known)
+        items = [None if verdict is None else _Item(time, None, repeat=not verdict)
+                 for (_, time), verdict in zip(keys, verdicts, strict=True)]
+        self._adapter.mostly_new = 2 * verdicts.count(None) > len(verdicts)
+        return items
 
     def _collect(self, item: _Item) -> _Item:
         item.repeat = not self.collector.add(item.outcome)  # type: ignore[arg-type]
         return item
 
-    async def _read_typed(self, body: bytes, observed_at_ns: int) -> list[_Item]:
-        """:meth:`page` for a page of new fills: decoded in one go, straight into types."""
+    async def _read_typed(self, body: bytes, observed_at_ns: int, known: Callable[[str], bool] | None) -> list[_Item]:
+        """:meth:`page` decoded in one go, straight into types; fills `known` to be published are
+        skipped."""
         try:
             fills = _typed_page_decoder.decode(body)
         except msgspec.ValidationError:
@@ -406,11 +414,14 @@ class _Poll:
                 return raws[i]
             return raw
 
-        items: list[_Item] = []
-        async for start, part in in_slices(fills):
-            items += [self._collect(_normalised_item(fill, raw_of(i), source=source, observed_at_ns=observed_at_ns))
-                      for i, fill in enumerate(part, start)]
-        return items
+        items: list[_Item | None] = (
+            [None] * len(fills) if known is None else await self._skip_known([(f.id, f.time) for f in fills], known)
+        )
+        fresh = [i for i, item in enumerate(items) if item is None]
+        async for _, indices in in_slices(fresh):
+            for i in indices:
+                items[i] = self._collect(_normalised_item(fills[i], raw_of(i), source=source, observed_at_ns=observed_at_ns))
+        return items  # type: ignore[return-value]  # every slot is filled now
 
     def _read_raw(self, body: bytes, observed_at_ns: int) -> list[_Item]:
         """:meth:`page` for a page with a malformed fill: each fill decoded on its own."""
@@ -553,6 +564,8 @@ class ZllAdapter(VenueAdapter):
         self.source = source
         self.client = client
         self.max_pages = max_pages
+        #: the last page read held mostly new fills: read the next one typed first (see _Poll.read)
+        self.mostly_new = False
 
     def params(self, offset: int) -> dict[str, Any]:
         """Query parameters of the page at `offset`."""
