@@ -368,7 +368,7 @@ class _Poll:
             except msgspec.DecodeError as exc:
                 raise VenueError("decode", f"undecodable fills page: {exc}") from None
             # fills already published need only their time (for the order): decode just the rest
-            items = await self._skip_known([(key.id, key.time) for key in keys], known)
+            items = await self._skip_known([key.id for key in keys], [key.time for key in keys], known)
             fresh = [i for i, item in enumerate(items) if item is None]
             if len(fresh) < len(items):
                 if fresh:
@@ -381,12 +381,14 @@ class _Poll:
             known = None  # all new: checked already
         return await self._read_typed(body, observed_at_ns, known)
 
-    async def _skip_known(self, keys: list[tuple[str | None, int | None]], known: Callable[[str], bool]) -> list[_Item | None]:
-        """Per fill (id, time): an item for a fill skipped as known or repeated, None for a new
-        one; remembers whether most were new (see `ZllAdapter.mostly_new`)."""
-        verdicts = await self.collector.skip_known_sliced([key or None for key, _ in keys], known)
-        items = [None if verdict is None else _Item(time, None, repeat=not verdict)
-                 for (_, time), verdict in zip(keys, verdicts, strict=True)]
+    async def _skip_known(self, ids: list[str | None], times: list[int | None],
+                          known: Callable[[str], bool]) -> list[_Item | None]:
+        """Per fill: an item for a fill skipped as known or repeated, None for a new one;
+        remembers whether most were new (see `ZllAdapter.mostly_new`)."""
+        verdicts = await self.collector.skip_known_sliced([fill_id or None for fill_id in ids], known)
+        # positional: keyword arguments double the cost of an _Item, made for every re-read fill
+        items = [None if verdict is None else _Item(time, None, not verdict)
+                 for time, verdict in zip(times, verdicts, strict=True)]
         self._adapter.mostly_new = 2 * verdicts.count(None) > len(verdicts)
         return items
 
@@ -415,7 +417,8 @@ class _Poll:
             return raw
 
         items: list[_Item | None] = (
-            [None] * len(fills) if known is None else await self._skip_known([(f.id, f.time) for f in fills], known)
+            [None] * len(fills) if known is None
+            else await self._skip_known([f.id for f in fills], [f.time for f in fills], known)
         )
         fresh = [i for i, item in enumerate(items) if item is None]
         async for _, indices in in_slices(fresh):
