@@ -45,7 +45,13 @@ def plain(value: Decimal) -> str:
     return text
 
 
-class VenueFields(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=False):
+# gc=False on this module's structs (and the adapters' wire structs): they hold only strings, ints,
+# raw bytes and other such structs, so they can never be part of a reference cycle, and untracked,
+# the hundreds of thousands of them a backlog drain holds add nothing to every garbage collection's
+# walk (throughput bench: 41.9-48.9 -> 38.1-39.1 ms of CPU per 1,000 fills)
+
+
+class VenueFields(msgspec.Struct, kw_only=True, gc=False, omit_defaults=True, forbid_unknown_fields=False):
     """Venue-specific extras; a field is present only when the venue sent it."""
 
     # Kalshi
@@ -64,7 +70,7 @@ class VenueFields(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unkno
     portfolio_index: int | None = None
 
 
-class FillEvent(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=False):
+class FillEvent(msgspec.Struct, kw_only=True, gc=False, frozen=True, forbid_unknown_fields=False):
     """One executed trade of the firm's own order, normalised across venues (schema_version 1)."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
@@ -84,7 +90,7 @@ class FillEvent(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     venue_fields: VenueFields = msgspec.field(default_factory=VenueFields)
 
 
-class DeadLetter(msgspec.Struct, kw_only=True, frozen=True):
+class DeadLetter(msgspec.Struct, kw_only=True, gc=False, frozen=True):
     """A venue fill that could not be normalised, published to the DLQ topic instead of dropped."""
 
     source: str

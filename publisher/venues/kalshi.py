@@ -221,7 +221,7 @@ def describe_error(status: int, body: bytes) -> str:
 # Wire format
 
 
-class KalshiFill(msgspec.Struct, kw_only=True):
+class KalshiFill(msgspec.Struct, kw_only=True, gc=False):
     """A Kalshi fill in any of its shapes (seed Nov 2025, fixed-point 2026, mixtures).
 
     Every field is optional here; which ones must be present is decided in :func:`normalise`.
@@ -255,20 +255,20 @@ class KalshiFill(msgspec.Struct, kw_only=True):
     exchange_index: int | None = None
 
 
-class _TypedPage(msgspec.Struct):
+class _TypedPage(msgspec.Struct, gc=False):
     # the fast path: the whole page in one decode; any fill of a wrong type fails it, and the
     # page is then read as _Page
     fills: list[KalshiFill]
     cursor: str | None = None
 
 
-class _Page(msgspec.Struct):
+class _Page(msgspec.Struct, gc=False):
     # fills stay raw so that one undecodable fill cannot fail the whole page
     fills: list[msgspec.Raw]
     cursor: str | None = None
 
 
-class _Ids(msgspec.Struct):
+class _Ids(msgspec.Struct, gc=False):
     # read from a fill that failed to decode or normalise: its dead letter is keyed by the venue's
     # id and, when readable, dated by the fill's execution time
     fill_id: Any = None
@@ -277,7 +277,7 @@ class _Ids(msgspec.Struct):
     ts: Any = None
 
 
-class _Key(msgspec.Struct):
+class _Key(msgspec.Struct, gc=False):
     # only what the dedupe key is made of: the cheapest read of a page of fills that were
     # published already (the overlap re-read returns mostly those); an id that is not a string
     # fails the page, which is then read fill by fill
@@ -285,7 +285,7 @@ class _Key(msgspec.Struct):
     trade_id: str | None = None
 
 
-class _KeyPage(msgspec.Struct):
+class _KeyPage(msgspec.Struct, gc=False):
     fills: list[_Key]
     cursor: str | None = None
 

@@ -132,7 +132,7 @@ def describe_error(status: int, body: bytes) -> str:
 # Wire format and normalisation
 
 
-class ZllFill(msgspec.Struct, kw_only=True):
+class ZllFill(msgspec.Struct, kw_only=True, gc=False):
     """A ZLL fill exactly as documented (every field required)."""
 
     id: str
@@ -149,7 +149,7 @@ class ZllFill(msgspec.Struct, kw_only=True):
     time: int
 
 
-class _Loose(msgspec.Struct):
+class _Loose(msgspec.Struct, gc=False):
     # what can still be read from a fill that failed to decode: its id for the DLQ key, its time
     # for order detection
     id: Any = None
@@ -162,7 +162,7 @@ _fill_decoder = msgspec.json.Decoder(ZllFill)
 _loose_decoder = msgspec.json.Decoder(_Loose)
 
 
-class _Key(msgspec.Struct):
+class _Key(msgspec.Struct, gc=False):
     # the dedupe key and the time: all a fill already published is read for; a field of the
     # wrong type fails the page, which is then read fill by fill
     id: str | None = None
