@@ -49,6 +49,32 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def machine_busy_s() -> float:
+    """CPU seconds all cores of the machine have spent busy so far (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as handle:
+        fields = [int(v) for v in handle.readline().split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
+
+
+class CpuShares:
+    """Who used the machine's CPU: each named process and all cores together, read at moments
+    chosen by the caller, so a row can say whether the machine, not the process measured, was the limit."""
+
+    def __init__(self, **pids: int | None):
+        self._pids = {name: pid for name, pid in pids.items() if pid is not None}
+
+    def read(self) -> dict[str, float]:
+        """CPU seconds so far: `machine` (all cores) and each named process."""
+        return {"machine": machine_busy_s(), **{name: cpu_s(pid) for name, pid in self._pids.items()}}
+
+    @staticmethod
+    def between(first: dict[str, float], last: dict[str, float], wall_s: float) -> str:
+        """`1.90 of 2 cores busy: publisher 0.95, simulators 0.40, ...` (cores used on average)."""
+        used = {name: (last[name] - first[name]) / max(1e-9, wall_s) for name in first}
+        parts = ", ".join(f"{name} {cores:.2f}" for name, cores in used.items() if name != "machine")
+        return f"{used['machine']:.2f} of {os.cpu_count()} cores busy: {parts}"
+
+
 def rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as handle:
         for line in handle:
@@ -230,9 +256,11 @@ def bench_ceiling(env: Env, n: int) -> float:
         prod = Child("bench.ceiling", json.dumps({"bootstrap": env.broker.bootstrap_servers, "topic": topics["kalshi"],
                                                   "n": n, "txn": 20_000, "mode": mode}), stdin=True)
         assert prod.line(300) == "ready"
-        go_ns = time.time_ns()
+        shares = CpuShares(producer=prod.pid, consumer=cons.pid, broker=env.broker.pid)
+        before = shares.read()
         prod.say("go")
         result = json.loads(prod.line(600))
+        machine = CpuShares.between(before, shares.read(), result["elapsed_s"])
         cons.proc.wait(600)
         seen = json.loads(out.read_text())
         # all records are committed when the producer returns; the consumer confirms delivery
@@ -242,6 +270,7 @@ def bench_ceiling(env: Env, n: int) -> float:
         env.row(f"ceiling: {api}, {n:,} records, value {result['value_bytes']:.0f} B",
                 f"{rate:,.0f} rec/s committed ({seen['count']:,} counted by the consumer); "
                 f"producer CPU {result['cpu_s'] / n * 1e6:.0f} ms/1k records")
+        env.row("  machine CPU while producing", machine)
         best = max(best, rate)
         prod.stop()
     return best
@@ -257,11 +286,12 @@ def bench_throughput(env: Env, total: int, ceiling: float) -> None:
                              max_requests_per_s=100, timeout_s=30)
     pub, port, stats_path = publisher(env, "tp", topics, sources)
     t_ready, cpu0 = time.time_ns(), cpu_s(pub.pid)
+    shares = CpuShares(publisher=pub.pid, simulators=sim.pid, consumer=cons.pid, broker=env.broker.pid)
     prof = Profiler(env, "throughput", pub.pid)
-    samples = [(t_ready, cpu0)]
+    samples = [(t_ready, shares.read())]
     while cons.proc.poll() is None:
         time.sleep(0.05)
-        samples.append((time.time_ns(), cpu_s(pub.pid)))
+        samples.append((time.time_ns(), shares.read()))
     prof.stop()
     reread = metric(port, "fillpub_fills_duplicate_total")
     pub.stop()
@@ -271,7 +301,8 @@ def bench_throughput(env: Env, total: int, ceiling: float) -> None:
     # shares the machine, only confirms delivery
     timeline = json.loads(stats_path.read_text())["timeline"]
     end = next((t for t, count in timeline if count >= total), seen["last_ns"])
-    cpu_end = next((c for t, c in samples if t >= end), samples[-1][1])
+    t_end, at_end = next(((t, c) for t, c in samples if t >= end), samples[-1])
+    cpu_end = at_end["publisher"]
     elapsed = (end - t_ready) / 1e9
     rate = total / elapsed
     ratio = rate / ceiling
@@ -279,6 +310,7 @@ def bench_throughput(env: Env, total: int, ceiling: float) -> None:
             f"{rate:,.0f} fills/s committed ({elapsed:.1f} s; {seen['count']:,} counted by the consumer)")
     env.row("throughput / ceiling", f"{ratio:.0%}", ">= 50%", "PASS" if ratio >= 0.5 else "GAP")
     env.row("publisher CPU per 1,000 fills", f"{(cpu_end - cpu0) / total * 1000 * 1000:.1f} ms")
+    env.row("  machine CPU while draining", CpuShares.between(samples[0][1], at_end, (t_end - t_ready) / 1e9))
     env.row("  fills re-read (already published) while draining", f"{reread:,.0f} ({reread / total:.1f} per new fill)")
 
 

@@ -8,8 +8,15 @@ payloads or secrets ever becomes a label.
 
 from __future__ import annotations
 
+import bisect
+import math
+from collections.abc import Iterable, Iterator, Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from publisher.venues.base import ErrorReason
 
@@ -23,6 +30,70 @@ _POLL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, fl
 _COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, float("inf"))
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class BatchHistogram(Collector):
+    """A labelled histogram observed a batch of values at a time.
+
+    prometheus-client's :class:`~prometheus_client.Histogram` takes one value per call (a bucket
+    walk and two locked increments, ~1-2 us), which is per fill for the lag histogram: the
+    largest metrics cost of a backlog drain. Here a batch costs one sort (linear for the
+    already ordered lags of a batch) and one binary search per bucket. The exposition is a
+    histogram's (`_bucket`, `_count`, `_sum`), written by the registry's own code.
+    """
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float],
+                 registry: CollectorRegistry):
+        bounds = tuple(float(b) for b in buckets)
+        if not bounds or bounds[-1] != math.inf or list(bounds) != sorted(bounds):
+            raise ValueError("buckets must be ascending and end with +Inf")
+        self._name = name
+        self._documentation = documentation
+        self._labelnames = tuple(labelnames)
+        self._bounds = bounds
+        self._children: dict[tuple[str, ...], BatchHistogramChild] = {}
+        registry.register(self)
+
+    def labels(self, **labels: str) -> BatchHistogramChild:
+        """The child of one label set, created (with zero counts) on first use."""
+        key = tuple(labels[name] for name in self._labelnames)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = BatchHistogramChild(self._bounds)
+        return child
+
+    def describe(self) -> Iterable[HistogramMetricFamily]:
+        return [HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)]
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        les = [floatToGoString(bound) for bound in self._bounds]
+        for key, child in self._children.items():
+            family.add_metric(list(key), list(zip(les, child.cumulative, strict=True)), child.sum)
+        yield family
+
+
+class BatchHistogramChild:
+    """One label set of a :class:`BatchHistogram`."""
+
+    __slots__ = ("_bounds", "cumulative", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]):
+        self._bounds = bounds
+        #: per bucket, the values at or below its bound (Prometheus' cumulative `le` counts)
+        self.cumulative = [0] * len(bounds)
+        self.sum = 0.0
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        """Count every value of `values`."""
+        ordered = sorted(values)
+        cumulative = self.cumulative
+        for i, bound in enumerate(self._bounds):
+            cumulative[i] += bisect.bisect_right(ordered, bound)
+        self.sum += math.fsum(ordered)
+
+    def observe(self, value: float) -> None:
+        self.observe_many((value,))
 
 
 class Metrics:
@@ -48,7 +119,7 @@ class Metrics:
         self.last_success = Gauge(
             "fillpub_last_success_timestamp_seconds", "End of the last successful poll (Unix seconds)",
             per_source, registry=r)
-        self.fill_lag = Histogram(
+        self.fill_lag = BatchHistogram(
             "fillpub_fill_lag_seconds", "Commit time minus venue execution time", per_source,
             buckets=_LAG_BUCKETS, registry=r)
         self.poll_duration = Histogram(
