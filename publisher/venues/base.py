@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import functools
 import hashlib
-import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgspec
@@ -72,36 +69,45 @@ class FetchResult:
     known: int = 0
 
 
-_DECIMAL = re.compile(r"^([+-]?)(?:([0-9]+)(?:\.([0-9]*))?|\.([0-9]+))$")
-
-
-def parse_decimal(field: str, text: str) -> Decimal:
-    """Parse a venue's decimal string exactly; :class:`ValueError` naming `field` when it is not one.
-
-    Only plain notation is accepted: `Decimal()` alone would also take NaN, Infinity and exponents,
-    none of which is a price, size or fee.
-    """
-    return decimal_text(field, text)[0]
-
-
-@functools.lru_cache(maxsize=16_384)
-def decimal_text(field: str, text: str) -> tuple[Decimal, str]:
-    """A venue's decimal string as an exact :class:`Decimal` and in the event's plain form.
+def decimal_text(field: str, text: str) -> str:
+    """A venue's decimal string in the event's plain form; :class:`ValueError` naming `field` when
+    `text` is not a decimal in plain notation.
 
     The plain form is what :func:`~publisher.event.plain` gives for the value (no exponent, no
-    redundant zeros, `-0` is `0`), computed on the digits directly: rendering a Decimal costs
-    several times more. Memoised because venues repeat the same prices and sizes across fills;
-    bounded, so ever-new values only cost the uncached path. Errors are not cached (rare).
-    :class:`ValueError` naming `field` when `text` is not a plain-notation decimal.
+    redundant zeros, `-0` is `0`), computed on the digits without building a :class:`Decimal`
+    (that, and a regular expression, cost more than the rest of a fill's normalisation; only a
+    derived price needs arithmetic). Only plain notation is accepted: `Decimal()` would also take
+    NaN, Infinity, exponents, underscores and surrounding spaces, none of which is a price, size
+    or fee.
     """
-    match = _DECIMAL.match(text)
-    if match is None:
-        raise ValueError(f"{field} is not a decimal number: {text[:40]!r}")
-    sign, whole, fraction, bare_fraction = match.groups()
-    whole = (whole or "").lstrip("0") or "0"
-    fraction = (fraction or bare_fraction or "").rstrip("0")
-    digits = f"{whole}.{fraction}" if fraction else whole
-    return Decimal(text), "-" + digits if sign == "-" and digits != "0" else digits
+    whole, _, fraction = text.partition(".")
+    # ASCII digits on both sides of at most one point (either side may be empty, not both);
+    # isdigit() alone would take other scripts' digits and superscripts
+    if not (whole + fraction).isdigit() or not text.isascii():
+        return _signed_decimal_text(field, text)
+    if fraction:
+        fraction = fraction.rstrip("0")
+    if not whole or whole[0] == "0":
+        whole = whole.lstrip("0") or "0"
+    return f"{whole}.{fraction}" if fraction else whole
+
+
+def _signed_decimal_text(field: str, text: str) -> str:
+    # the rare path of decimal_text: a leading sign, or not a decimal at all
+    if text[:1] in ("-", "+") and text[1:2] not in ("-", "+", ""):
+        digits = decimal_text(field, text[1:])
+        return "-" + digits if text[0] == "-" and digits != "0" else digits
+    raise ValueError(f"{field} is not a decimal number: {text[:40]!r}")
+
+
+def is_negative(plain_text: str) -> bool:
+    """Whether a :func:`decimal_text` result is below zero."""
+    return plain_text[0] == "-"
+
+
+def is_positive(plain_text: str) -> bool:
+    """Whether a :func:`decimal_text` result is above zero."""
+    return plain_text[0] != "-" and plain_text != "0"
 
 
 def raw_key(raw: bytes) -> str:

@@ -40,6 +40,7 @@ from publisher.venues.base import (
     VenueError,
     decimal_text,
     in_slices,
+    is_positive,
     raw_key,
 )
 from publisher.venues.http import VenueClient, describe_json_error
@@ -391,22 +392,29 @@ def _outcome(outcome_side: str | None, book_side: str | None, side: str | None, 
     return next(iter(votes.values()))
 
 
-def _price_of(leg: str, dollars: str | None, fixed: str | None, cents: int | None) -> tuple[Decimal, int] | None:
-    """One leg's price in dollars from the most precise representation the fill carries, with
-    that representation's rank (0 = `*_dollars`, 1 = `*_fixed`, 2 = integer cents)."""
+def _price_of(dollars: str | None, fixed: str | None, cents: int | None, *, leg: str) -> tuple[str, int] | None:
+    """One leg's price in dollars (plain text) from the most precise representation the fill
+    carries, with that representation's rank (0 = `*_dollars`, 1 = `*_fixed`, 2 = integer cents)."""
     if dollars is not None:
-        return decimal_text(f"{leg}_price_dollars", dollars)[0], 0
+        return _in_unit_range(decimal_text(f"{leg}_price_dollars", dollars), leg), 0
     if fixed is not None:
-        return decimal_text(f"{leg}_price_fixed", fixed)[0], 1
+        return _in_unit_range(decimal_text(f"{leg}_price_fixed", fixed), leg), 1
     if cents is not None:
-        return Decimal(cents).scaleb(-2), 2  # exact, independent of the decimal context
+        # exact, independent of the decimal context
+        return _in_unit_range(plain(Decimal(cents).scaleb(-2)), leg), 2
     return None
 
 
-def _check_price(name: str, price: Decimal) -> Decimal:
-    if not Decimal(0) <= price <= Decimal(1):
-        raise _Invalid(f"{name} {plain(price)} is outside [0, 1] dollars")
+def _in_unit_range(price: str, leg: str) -> str:
+    # plain text of a price in [0, 1] dollars is "0", "0.<digits>" or "1": no sign, no other whole part
+    if price[0] != "0" and price != "1":
+        raise _Invalid(f"{leg} price {price} is outside [0, 1] dollars")
     return price
+
+
+def _complement(price: str) -> str:
+    # the other leg of a binary contract: the two prices sum to one dollar
+    return plain(Decimal(1) - Decimal(price))
 
 
 @functools.lru_cache(maxsize=16_384)
@@ -416,34 +424,35 @@ def _prices(
 ) -> tuple[str, str]:
     """(YES price, NO price) in dollars, plain; one is derived from the other (they sum to 1) when
     absent. Memoised on the fill's price fields: prices repeat across fills."""
-    yes = _price_of("yes", yes_dollars, yes_fixed, yes_cents)
-    no = _price_of("no", no_dollars, no_fixed, no_cents)
-    if yes is None and no is None:
-        raise _Invalid("no price (yes_price_dollars, yes_price_fixed, yes_price or a no price)")
-    if yes is not None:
-        _check_price("yes price", yes[0])
-    if no is not None:
-        _check_price("no price", no[0])
+    yes = _price_of(yes_dollars, yes_fixed, yes_cents, leg="yes")
+    no = _price_of(no_dollars, no_fixed, no_cents, leg="no")
     if yes is None:
-        assert no is not None
-        return plain(Decimal(1) - no[0]), plain(no[0])
+        if no is None:
+            raise _Invalid("no price (yes_price_dollars, yes_price_fixed, yes_price or a no price)")
+        return _complement(no[0]), no[0]
     if no is None or no[1] > yes[1]:
         # a NO price coarser than the YES price (cents beside sub-penny dollars) would be rounded
-        return plain(yes[0]), plain(Decimal(1) - yes[0])
-    return plain(yes[0]), plain(no[0])
+        return yes[0], _complement(yes[0])
+    return yes[0], no[0]
 
 
 @functools.lru_cache(maxsize=4096)
 def _quantity(count_fp: str | None, count: int | None) -> str:
     if count_fp is not None:
-        quantity = decimal_text("count_fp", count_fp)[0]
+        quantity = decimal_text("count_fp", count_fp)
     elif count is not None:
-        quantity = Decimal(count)
+        quantity = str(count)  # an int's text is plain
     else:
         raise _Invalid("no count_fp or count")
-    if quantity <= 0:
-        raise _Invalid(f"quantity {plain(quantity)} is not positive")
-    return plain(quantity)
+    if not is_positive(quantity):
+        raise _Invalid(f"quantity {quantity} is not positive")
+    return quantity
+
+
+@functools.lru_cache(maxsize=4096)
+def _fee(fee_cost: str) -> str:
+    # memoised: fees follow from a small schedule of rates and roundings, so they repeat often
+    return decimal_text("fee_cost", fee_cost)
 
 
 def _executed_at_ns(created_time: str | None, ts: int | None) -> int:
@@ -478,7 +487,7 @@ def normalise(fill: KalshiFill, *, source: str, observed_at_ns: int) -> FillEven
     yes_price, no_price = _prices(fill.yes_price_dollars, fill.no_price_dollars, fill.yes_price_fixed,
                                   fill.no_price_fixed, fill.yes_price, fill.no_price)
     quantity = _quantity(fill.count_fp, fill.count)
-    fee = None if fill.fee_cost is None else decimal_text("fee_cost", fill.fee_cost)[1]
+    fee = None if fill.fee_cost is None else _fee(fill.fee_cost)
     is_taker = fill.is_taker
     return FillEvent(
         venue="kalshi",

@@ -57,6 +57,8 @@ from publisher.venues.base import (
     VenueError,
     decimal_text,
     in_slices,
+    is_negative,
+    is_positive,
     raw_key,
 )
 from publisher.venues.http import VenueClient, describe_json_error
@@ -172,20 +174,21 @@ class _Key(msgspec.Struct, gc=False):
 _key_page_decoder = msgspec.json.Decoder(list[_Key])
 
 
+# memoised: a market's prices and sizes repeat across fills (fees rarely do)
 @functools.lru_cache(maxsize=16_384)
 def _price(text: str) -> str:
-    value, rendered = decimal_text("price", text)
-    if value < 0:
-        raise ValueError(f"negative price {rendered}")
-    return rendered
+    price = decimal_text("price", text)
+    if is_negative(price):
+        raise ValueError(f"negative price {price}")
+    return price
 
 
 @functools.lru_cache(maxsize=4096)
 def _quantity(text: str) -> str:
-    value, rendered = decimal_text("quantity", text)
-    if value <= 0:
-        raise ValueError(f"quantity {rendered} is not positive")
-    return rendered
+    quantity = decimal_text("quantity", text)
+    if not is_positive(quantity):
+        raise ValueError(f"quantity {quantity} is not positive")
+    return quantity
 
 
 def normalise(fill: ZllFill, *, source: str, observed_at_ns: int) -> FillEvent:
@@ -195,7 +198,7 @@ def normalise(fill: ZllFill, *, source: str, observed_at_ns: int) -> FillEvent:
         raise ValueError(f"empty {empty}")
     price = _price(fill.price)
     quantity = _quantity(fill.quantity)
-    fee = decimal_text("fee", fill.fee)[1]  # negative is a rebate
+    fee = decimal_text("fee", fill.fee)  # negative is a rebate
     if fill.time < 0:
         raise ValueError(f"negative time {fill.time}")
     return FillEvent(
