@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--only NAMES] [--profile DIR]`: the five benchmarks, one table.
+"""`python -m bench [--quick] [--only NAMES] [--profile DIR]`: the benchmarks, one table.
 
 Every piece runs in a process of its own so the publisher's CPU is measured honestly: the
 embedded broker (librdkafka mock), the simulators (bench.simserver), the counting consumer
@@ -451,6 +451,26 @@ def bench_memory(env: Env, quick: bool) -> None:
     sim.stop()
 
 
+def bench_instructions(env: Env, quick: bool) -> None:
+    print("instructions per fill (callgrind)", flush=True)
+    n = 1000 if quick else 2000
+    try:
+        counts = json.loads(subprocess.run([sys.executable, "-m", "bench.instructions", str(n)], cwd=ROOT,
+                                           capture_output=True, text=True, check=True).stdout)
+    except (subprocess.CalledProcessError, ValueError) as exc:
+        detail = exc.stderr.strip().splitlines()[-1] if isinstance(exc, subprocess.CalledProcessError) else str(exc)
+        env.row("instructions per fill", f"not measured: {detail}")
+        return
+    pipeline = counts["new"] + counts["records"] + counts["commit"]
+    env.row(f"instructions per fill ({n:,} Kalshi + {n:,} ZLL fills, no I/O): ceiling's record building",
+            f"{counts['ceiling']:,.0f}")
+    env.row("  poll, new fill (request, decode, normalise, dedupe, checkpoint)", f"{counts['new']:,.0f}")
+    env.row("  poll, re-read fill (already published)", f"{counts['reread']:,.0f}")
+    env.row("  sink: encode and build the record batches", f"{counts['records']:,.0f}")
+    env.row("  commit callbacks (counters, lag histogram)", f"{counts['commit']:,.0f}")
+    env.row("  ceiling / pipeline per new fill (re-reads excluded)", f"{counts['ceiling'] / pipeline:.0%}")
+
+
 def summarise(env: Env) -> str:
     lines = ["| benchmark | measured | target | verdict |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in env.rows]
@@ -460,7 +480,7 @@ def summarise(env: Env) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, shorter runs (a smoke test)")
-    parser.add_argument("--only", default="ceiling,throughput,latency,scale,memory")
+    parser.add_argument("--only", default="ceiling,throughput,latency,scale,memory,instructions")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the publisher into this folder")
     parser.add_argument("--latency-lookback", type=float, default=30.0)
     args = parser.parse_args(argv)
@@ -482,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
             bench_scale(env, 200 if quick else 1000, 10 if quick else 30)
         if "memory" in only:
             bench_memory(env, quick)
+        if "instructions" in only:
+            bench_instructions(env, quick)
         print()
         print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; "
               f"bench took {time.monotonic() - started:.0f} s; command: python -m bench {' '.join(argv or sys.argv[1:])}")
