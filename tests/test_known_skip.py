@@ -3,6 +3,8 @@
 Re-reading the overlap window returns mostly such fills; the result must be what the poll loop
 would have made of the fully decoded ones: the same new fills and dead letters, and each skipped
 fill counted once as a duplicate (`FetchResult.known`), a repeat within one poll not at all.
+A page read whole while pages are mostly new (a backlog) skips nothing: the poll loop's dedupe
+drops and counts its published fills, with the same outcome.
 """
 
 from __future__ import annotations
@@ -64,9 +66,10 @@ async def test_zll_skips_known_fills_but_keeps_their_times_for_paging() -> None:
 # --------------------------------------------------------------------------------------------------
 # The decoding strategies agree
 #
-# A page is read keys-first (some fills known), typed in one go (all new) or fill by fill (a fill
-# of the wrong shape). Which way is taken is a matter of cost only: each must give exactly what
-# the fill-by-fill reference reading gives, dead letters' bytes, keys and times included.
+# A page is read keys-first (some fills known), typed in one go (mostly new) or fill by fill (a
+# fill of the wrong shape). Which way is taken is a matter of cost only: after the poll loop's
+# dedupe each must give exactly what the fill-by-fill reference reading gives, dead letters'
+# bytes, keys and times included, and the same count of duplicates.
 
 def _mixed_entries(rng: random.Random, make: Callable[[int], dict[str, Any]], bad: list[Callable[[int], Any]]) -> list[Any]:
     entries: list[Any] = []
@@ -81,8 +84,14 @@ def _mixed_entries(rng: random.Random, make: Callable[[int], dict[str, Any]], ba
     return entries
 
 
-def _outcome(result: FetchResult) -> tuple[Any, ...]:
-    return (result.fills, [(i.key, i.error, bytes(i.raw), i.executed_at_ns) for i in result.invalid], result.known)
+def _outcome(result: FetchResult, known: set[str] | None) -> tuple[Any, ...]:
+    """What the poll loop makes of a page's result: the fills and dead letters not published yet,
+    and the duplicates (skipped unread, or returned and then dropped by its dedupe)."""
+    published = known or set()
+    fills = [f for f in result.fills if f.fill_id not in published]
+    invalid = [i for i in result.invalid if i.key not in published]
+    duplicates = result.known + len(result.fills) - len(fills) + len(result.invalid) - len(invalid)
+    return fills, [(i.key, i.error, bytes(i.raw), i.executed_at_ns) for i in invalid], duplicates
 
 
 def _known_sets(rng: random.Random, keys: list[str]) -> list[set[str] | None]:
@@ -117,7 +126,7 @@ async def test_kalshi_page_strategies_agree(seed: int, private_key: rsa.RSAPriva
                 assert await fast._read_page(body, collector, 5) == "next"
             else:
                 assert reference._read_raw(body, collector, 5) == "next"
-            results.append(_outcome(collector.result))
+            results.append(_outcome(collector.result, known))
         assert results[0] == results[1]
 
 
@@ -145,5 +154,34 @@ async def test_zll_page_strategies_agree(seed: int, monkeypatch: pytest.MonkeyPa
             adapter.mostly_new = mostly_new  # keys first, or typed first
             poll = zll._Poll(adapter, T, _now)
             items = await poll.read(body, 5) if fast else poll._read_raw(body, 5)
-            results.append(([(i.time, i.repeat) for i in items], _outcome(poll.collector.result)))
+            results.append(([(i.time, i.repeat) for i in items], _outcome(poll.collector.result, known)))
         assert results[0] == results[1]
+
+
+@pytest.mark.parametrize(("published", "looked_up"), [
+    (set(), False), ({"f-1"}, False), ({"f-0"}, True), ({"f-3"}, True), ({"f-0", "f-1", "f-2", "f-3"}, True)])
+async def test_kalshi_backlog_page_is_read_whole_while_its_ends_are_new(
+        published: set[str], looked_up: bool, private_key: rsa.RSAPrivateKey) -> None:
+    body = msgspec.json.encode({"fills": [kalshi_fill(n) for n in range(4)], "cursor": ""})
+    adapter = kalshi_adapter(Venue(paged({})), private_key)
+    adapter.known = published.__contains__
+    adapter._mostly_new = True
+    collector = FillCollector()
+    await adapter._read_page(body, collector, 5)
+    # read whole, the poll loop drops the published fills; else they are skipped and counted
+    assert collector.result.known == (len(published) if looked_up else 0)
+    assert len(collector.result.fills) == 4 - collector.result.known
+    assert adapter._mostly_new is (2 * (4 - collector.result.known) > 4)
+
+
+@pytest.mark.parametrize(("published", "looked_up"), [(set(), False), ({1}, False), ({0}, True), ({3}, True)])
+async def test_zll_backlog_page_is_read_whole_while_its_ends_are_new(published: set[int], looked_up: bool) -> None:
+    body = msgspec.json.encode([zll_fill(n, T + n) for n in range(4)])
+    adapter = zll_adapter(FakeZll([], "desc"))
+    adapter.known = {zll_fill(n, T)["id"] for n in published}.__contains__
+    adapter.mostly_new = True
+    poll = zll._Poll(adapter, T, _now)
+    await poll.read(body, 5)
+    result = poll.collector.result
+    assert result.known == (len(published) if looked_up else 0)
+    assert len(result.fills) == 4 - result.known

@@ -131,6 +131,18 @@ async def in_slices(items: Sequence[T]) -> AsyncIterator[tuple[int, Sequence[T]]
         yield start, items[start : start + SLICE]
 
 
+def ends_new(known: Callable[[str], bool], first: str | None, last: str | None) -> bool:
+    """Whether neither end of a page (the venue ids of its first and last fills) is published yet.
+
+    While pages hold mostly new fills (a backlog), a page whose two ends are new is normalised
+    whole without looking up every fill: fills already published show up at one end of a page
+    (the overlap re-read follows the new fills, newest or oldest first), and the lookups would
+    cost more than normalising the odd published fill in between, which the poll loop drops as
+    a duplicate anyway.
+    """
+    return not ((first is not None and known(first)) or (last is not None and known(last)))
+
+
 class FillCollector:
     """Gathers one poll's fills and invalid fills, keeping only the first of repeats.
 

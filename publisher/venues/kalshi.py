@@ -42,6 +42,7 @@ from publisher.venues.base import (
     in_slices,
     is_positive,
     raw_key,
+    ends_new,
 )
 from publisher.venues.http import VenueClient, describe_json_error
 
@@ -604,12 +605,12 @@ class KalshiAdapter(VenueAdapter):
     async def _read_page(self, body: bytes, collector: FillCollector, observed_at_ns: int) -> str | None:
         """Decode one page into `collector` and return its cursor.
 
-        A fill :attr:`known` to be published is counted, not normalised. Which decoding is
-        cheapest depends on the page: while pages hold mostly fills already published (the
-        overlap re-read), the fills' keys first and then only the new fills; while they hold
-        mostly new fills (a backlog), the whole page typed in one go; fill by fill, when a fill is
-        malformed. Fills are handled in slices (:func:`in_slices`) so a big page does not hold
-        the event loop.
+        Which decoding is cheapest depends on the page: while pages hold mostly fills already
+        published (the overlap re-read), the fills' keys first, counting those :attr:`known` to
+        be published instead of normalising them, and then only the new fills; while they hold
+        mostly new fills (a backlog), the whole page typed in one go and every fill normalised
+        (unless an end of it is published already, see :func:`~publisher.venues.base.ends_new`); fill by fill, when a fill is malformed.
+        Fills are handled in slices (:func:`in_slices`) so a big page does not hold the event loop.
         """
         source = self._source.name
         known = self.known
@@ -620,7 +621,7 @@ class KalshiAdapter(VenueAdapter):
                 return self._read_raw(body, collector, observed_at_ns)  # a fill is not even an object
             except msgspec.DecodeError as exc:
                 raise VenueError("decode", f"undecodable fills page: {exc}") from None
-            fresh = await _fresh(collector, [key.fill_id or key.trade_id or None for key in keys.fills], known)
+            fresh = await _fresh(collector, [_key_of(key) for key in keys.fills], known)
             self._mostly_new = 2 * len(fresh) > len(keys.fills)
             if len(fresh) < len(keys.fills):
                 if fresh:
@@ -638,8 +639,8 @@ class KalshiAdapter(VenueAdapter):
             raise VenueError("decode", f"undecodable fills page: {exc}") from None
         fills: Sequence[KalshiFill] = page.fills
         indices: Sequence[int] = range(len(fills))
-        if known is not None:
-            indices = await _fresh(collector, [fill.fill_id or fill.trade_id or None for fill in fills], known)
+        if known is not None and fills and not ends_new(known, _key_of(fills[0]), _key_of(fills[-1])):
+            indices = await _fresh(collector, [_key_of(fill) for fill in fills], known)
             self._mostly_new = 2 * len(indices) > len(fills)
         raws: list[msgspec.Raw] | None = None
         async for _, part in in_slices(indices):
@@ -665,6 +666,11 @@ class KalshiAdapter(VenueAdapter):
                 continue
             collector.add(decode_fill(raw, source=source, observed_at_ns=observed_at_ns))
         return page.cursor
+
+
+def _key_of(fill: KalshiFill | _Key) -> str | None:
+    # the dedupe key normalise() gives the fill: its fill_id, else its trade_id (empty: none)
+    return fill.fill_id or fill.trade_id or None
 
 
 async def _fresh(collector: FillCollector, keys: list[str | None], known: Callable[[str], bool]) -> list[int]:

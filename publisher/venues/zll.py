@@ -60,6 +60,7 @@ from publisher.venues.base import (
     is_negative,
     is_positive,
     raw_key,
+    ends_new,
 )
 from publisher.venues.http import VenueClient, describe_json_error
 
@@ -246,15 +247,18 @@ def _loose_fields(raw: msgspec.Raw) -> tuple[str | None, int | None]:
     return key, when
 
 
-def _normalised_item(fill: ZllFill, raw: Callable[[], msgspec.Raw], *, source: str, observed_at_ns: int) -> _Item:
-    """The item of a decoded fill; `raw()` gives its bytes should it go to the DLQ."""
+def _normalised_item(fill: ZllFill, raw: msgspec.Raw, *, source: str, observed_at_ns: int) -> _Item:
+    """The item of a decoded fill, whose bytes are `raw`."""
     try:
         return _Item(fill.time, normalise(fill, source=source, observed_at_ns=observed_at_ns))
     except ValueError as exc:
-        body = raw()
-        valid_time = fill.time if fill.time >= 0 else None
-        return _Item(fill.time, InvalidFill(key=fill.id or raw_key(body), error=str(exc), raw=body,
-                                            executed_at_ns=valid_time))
+        return _failed_item(fill, raw, exc)
+
+
+def _failed_item(fill: ZllFill, raw: msgspec.Raw, exc: ValueError) -> _Item:
+    """The item of a decoded fill that :func:`normalise` refused: a dead letter of its bytes."""
+    valid_time = fill.time if fill.time >= 0 else None
+    return _Item(fill.time, InvalidFill(key=fill.id or raw_key(raw), error=str(exc), raw=raw, executed_at_ns=valid_time))
 
 
 def _decode_item(raw: msgspec.Raw, *, source: str, observed_at_ns: int) -> _Item:
@@ -263,7 +267,7 @@ def _decode_item(raw: msgspec.Raw, *, source: str, observed_at_ns: int) -> _Item
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         error = f"undecodable fill: {exc}"
     else:
-        return _normalised_item(fill, lambda: raw, source=source, observed_at_ns=observed_at_ns)
+        return _normalised_item(fill, raw, source=source, observed_at_ns=observed_at_ns)
     key, when = _loose_fields(raw)
     key = key or raw_key(raw)
     valid_time = when if when is not None and when >= 0 else None
@@ -400,8 +404,8 @@ class _Poll:
         return item
 
     async def _read_typed(self, body: bytes, observed_at_ns: int, known: Callable[[str], bool] | None) -> list[_Item]:
-        """:meth:`page` decoded in one go, straight into types; fills `known` to be published are
-        skipped."""
+        """:meth:`page` decoded in one go, straight into types; with `known`, fills published
+        already are skipped when an end of the page is (see :func:`~publisher.venues.base.ends_new`)."""
         try:
             fills = _typed_page_decoder.decode(body)
         except msgspec.ValidationError:
@@ -409,24 +413,20 @@ class _Poll:
         except msgspec.DecodeError as exc:
             raise VenueError("decode", f"undecodable fills page: {exc}") from None
         source = self._adapter.source.name
+        items: list[_Item | None] = [None] * len(fills)
+        if known is not None and fills and not ends_new(known, fills[0].id or None, fills[-1].id or None):
+            items = await self._skip_known([f.id for f in fills], [f.time for f in fills], known)
         raws: list[msgspec.Raw] = []
-
-        def raw_of(i: int) -> Callable[[], msgspec.Raw]:
-            def raw() -> msgspec.Raw:
-                # the dead letter carries the venue's bytes: re-read the page raw (rare)
-                if not raws:
-                    raws.extend(_page_decoder.decode(body))
-                return raws[i]
-            return raw
-
-        items: list[_Item | None] = (
-            [None] * len(fills) if known is None
-            else await self._skip_known([f.id for f in fills], [f.time for f in fills], known)
-        )
-        fresh = [i for i, item in enumerate(items) if item is None]
-        async for _, indices in in_slices(fresh):
+        async for _, indices in in_slices([i for i, item in enumerate(items) if item is None]):
             for i in indices:
-                items[i] = self._collect(_normalised_item(fills[i], raw_of(i), source=source, observed_at_ns=observed_at_ns))
+                fill = fills[i]
+                try:
+                    item = _Item(fill.time, normalise(fill, source=source, observed_at_ns=observed_at_ns))
+                except ValueError as exc:
+                    # the dead letter carries the venue's bytes: re-read the page raw (rare)
+                    raws = raws or _page_decoder.decode(body)
+                    item = _failed_item(fill, raws[i], exc)
+                items[i] = self._collect(item)
         return items  # type: ignore[return-value]  # every slot is filled now
 
     def _read_raw(self, body: bytes, observed_at_ns: int) -> list[_Item]:
