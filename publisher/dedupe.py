@@ -15,7 +15,7 @@ pruning a walk over a few buckets and the checkpoint a compact map of second -> 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 _NS = 1_000_000_000
 KEY_SIZE = 16
@@ -27,6 +27,11 @@ _blake2b = hashlib.blake2b
 def fill_key(fill_id: str) -> bytes:
     """The dedupe key of a venue fill id."""
     return _blake2b(fill_id.encode(), digest_size=KEY_SIZE).digest()
+
+
+def fill_keys(fill_ids: Iterable[str]) -> list[bytes]:
+    """:func:`fill_key` of each id (one call for a whole poll's fills)."""
+    return [_blake2b(fill_id.encode(), digest_size=KEY_SIZE).digest() for fill_id in fill_ids]
 
 
 class SeenWindow:
@@ -63,17 +68,32 @@ class SeenWindow:
 
     def admit(self, key: bytes, at_ns: int) -> bool:
         """Remember `key` (executed at `at_ns`); True when it was not known yet."""
-        if key in self._keys:
-            return False
-        self._keys.add(key)
-        second = max(at_ns // _NS, self._floor_s)
-        bucket = self._buckets.get(second)
-        if bucket is None:
-            self._buckets[second] = [key]
-        else:
-            bucket.append(key)
-        self._packed.pop(second, None)
-        return True
+        return self.admit_all((key,), (at_ns,))[0]
+
+    def admit_all(self, keys: Iterable[bytes], times_ns: Iterable[int]) -> list[bool]:
+        """:meth:`admit` for each key with its time, in order (a key repeated among them is new
+        the first time only); one call for a whole poll's fills."""
+        known, buckets, floor_s = self._keys, self._buckets, self._floor_s
+        verdicts = []
+        changed = set()
+        for key, at_ns in zip(keys, times_ns, strict=True):
+            if key in known:
+                verdicts.append(False)
+                continue
+            known.add(key)
+            second = at_ns // _NS
+            if second < floor_s:
+                second = floor_s
+            bucket = buckets.get(second)
+            if bucket is None:
+                buckets[second] = [key]
+            else:
+                bucket.append(key)
+            changed.add(second)
+            verdicts.append(True)
+        for second in changed:
+            self._packed.pop(second, None)
+        return verdicts
 
     def advance(self, floor_ns: int) -> None:
         """Move the floor forward (never back) and forget keys of seconds below it."""
@@ -102,6 +122,6 @@ class SeenWindow:
                 continue
             if len(blob) % KEY_SIZE:
                 raise ValueError(f"corrupt dedupe bucket for second {second}")
-            for i in range(0, len(blob), KEY_SIZE):
-                window.admit(blob[i : i + KEY_SIZE], second * _NS)
+            count = len(blob) // KEY_SIZE
+            window.admit_all([blob[i : i + KEY_SIZE] for i in range(0, len(blob), KEY_SIZE)], [second * _NS] * count)
         return window

@@ -20,6 +20,7 @@ jitter (longer for auth failures, which need a human), so one bad source never s
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import operator
 import random
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from publisher.checkpoint import Checkpoint, encode_checkpoint
-from publisher.dedupe import SeenWindow, fill_key
+from publisher.dedupe import SeenWindow, fill_key, fill_keys
 from publisher.event import DeadLetter, FillEvent
 from publisher.metrics import SourceMetrics
 from publisher.sink import SourceBatch, TransactionalSink
@@ -188,15 +189,11 @@ class Poller:
         state = self.state
         window = state.window
         floor = window.floor_ns
-        fresh: list[FillEvent] = []
-        duplicates = known
-        for fill in fills:
-            if fill.executed_at_ns < floor:
-                continue  # older than the overlap window: outside what this source tracks
-            if window.admit(fill_key(fill.fill_id), fill.executed_at_ns):
-                fresh.append(fill)
-            else:
-                duplicates += 1
+        # older than the overlap window: outside what this source tracks
+        inside = [fill for fill in fills if fill.executed_at_ns >= floor]
+        verdicts = window.admit_all(fill_keys([fill.fill_id for fill in inside]), [fill.executed_at_ns for fill in inside])
+        fresh = list(itertools.compress(inside, verdicts))
+        duplicates = known + len(inside) - len(fresh)
         letters: list[DeadLetter] = []
         for bad in invalid:
             when = bad.executed_at_ns
