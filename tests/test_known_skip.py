@@ -151,8 +151,8 @@ async def test_zll_page_strategies_agree(seed: int, monkeypatch: pytest.MonkeyPa
         for fast in (True, False):
             adapter = zll_adapter(FakeZll([], "desc"))
             adapter.known = None if known is None else known.__contains__
-            adapter.mostly_new = mostly_new  # keys first, or typed first
             poll = zll._Poll(adapter, T, _now)
+            poll.mostly_new = mostly_new  # keys first, or typed first
             items = await poll.read(body, 5) if fast else poll._read_raw(body, 5)
             results.append(([(i.time, i.repeat) for i in items], _outcome(poll.collector.result, known)))
         assert results[0] == results[1]
@@ -179,8 +179,8 @@ async def test_zll_backlog_page_is_read_whole_while_its_ends_are_new(published: 
     body = msgspec.json.encode([zll_fill(n, T + n) for n in range(4)])
     adapter = zll_adapter(FakeZll([], "desc"))
     adapter.known = {zll_fill(n, T)["id"] for n in published}.__contains__
-    adapter.mostly_new = True
     poll = zll._Poll(adapter, T, _now)
+    poll.mostly_new = True
     await poll.read(body, 5)
     result = poll.collector.result
     assert result.known == (len(published) if looked_up else 0)

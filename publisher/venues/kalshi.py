@@ -574,7 +574,8 @@ class KalshiAdapter(VenueAdapter):
         self._source = source
         self._client = client
         self._max_pages = max_pages
-        #: the last page read held mostly new fills: read the next one typed first (see _read_page)
+        #: the last page read in this poll held mostly new fills: read the next one typed first
+        #: (see _read_page)
         self._mostly_new = False
 
     def _params(self, since_ns: int) -> dict[str, Any]:
@@ -589,6 +590,7 @@ class KalshiAdapter(VenueAdapter):
         collector = FillCollector()
         seen_cursors: set[str] = set()
         cursor: str | None = None
+        self._mostly_new = False  # a poll starts as a re-read of fills already published, the usual case
         for _ in range(self._max_pages):
             params = self._params(since_ns)
             if cursor:

@@ -352,6 +352,9 @@ class _Poll:
         self._limit = adapter.source.page_limit
         self._pages = 0
         self.collector = FillCollector()
+        #: the last page read held mostly new fills: read the next one typed first (see read());
+        #: a poll starts as a re-read of fills already published, the usual case
+        self.mostly_new = False
 
     async def page(self, offset: int) -> list[_Item]:
         """Fetch, decode and collect the page at `offset`."""
@@ -367,7 +370,7 @@ class _Poll:
         the result never depends on the way taken."""
         adapter = self._adapter
         known = adapter.known
-        if known is not None and not adapter.mostly_new:
+        if known is not None and not self.mostly_new:
             try:
                 keys = _key_page_decoder.decode(body)
             except msgspec.ValidationError:
@@ -391,12 +394,12 @@ class _Poll:
     async def _skip_known(self, ids: list[str | None], times: list[int | None],
                           known: Callable[[str], bool]) -> list[_Item | None]:
         """Per fill: an item for a fill skipped as known or repeated, None for a new one;
-        remembers whether most were new (see `ZllAdapter.mostly_new`)."""
+        remembers whether most were new (see :attr:`mostly_new`)."""
         verdicts = await self.collector.skip_known_sliced([fill_id or None for fill_id in ids], known)
         # positional: keyword arguments double the cost of an _Item, made for every re-read fill
         items = [None if verdict is None else _Item(time, None, not verdict)
                  for time, verdict in zip(times, verdicts, strict=True)]
-        self._adapter.mostly_new = 2 * verdicts.count(None) > len(verdicts)
+        self.mostly_new = 2 * verdicts.count(None) > len(verdicts)
         return items
 
     def _collect(self, item: _Item) -> _Item:
@@ -570,8 +573,6 @@ class ZllAdapter(VenueAdapter):
         self.source = source
         self.client = client
         self.max_pages = max_pages
-        #: the last page read held mostly new fills: read the next one typed first (see _Poll.read)
-        self.mostly_new = False
 
     def params(self, offset: int) -> dict[str, Any]:
         """Query parameters of the page at `offset`."""
