@@ -19,7 +19,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import glob
 import json
 import operator
 import os

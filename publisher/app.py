@@ -32,7 +32,7 @@ from publisher.metrics import Metrics
 from publisher.poll import Backoff, Poller, SourceState
 from publisher.sink import ProducerFencedError, TransactionalSink
 from publisher.venues import VENUES
-from publisher.venues.http import source_transport
+from publisher.venues.transport import SourceTransport
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class Publisher:
         self.http = HttpServer(make_handler(self.metrics, lambda: self.ready), config.http.host, config.http.port)
         await self.http.start()
         log.info("fill-publisher %s serving /metrics /healthz /readyz on %s", __version__, self.http.url)
-        transports: list[httpx.AsyncHTTPTransport] = []
+        transports: list[SourceTransport] = []
         try:
             # start-up (producer, topics, checkpoints) retries for as long as Kafka is away, and
             # any step of it may hang on a stalled connection: SIGTERM must end it regardless
@@ -141,7 +141,7 @@ class Publisher:
             return found
         return None
 
-    def _build_pollers(self, checkpoints: dict[str, Checkpoint], transports: list[httpx.AsyncHTTPTransport]) -> None:
+    def _build_pollers(self, checkpoints: dict[str, Checkpoint], transports: list[SourceTransport]) -> None:
         settings = self.settings
         now_ns = time.time_ns()
         # one TLS context (httpx's default: certifi CAs, verification on) for every source: each
@@ -149,7 +149,7 @@ class Publisher:
         tls = httpx.create_ssl_context()
         for source in settings.config.sources:
             venue = VENUES[source.venue_name]
-            transport = source_transport(source.base_url, tls)
+            transport = SourceTransport(source.base_url, tls)
             transports.append(transport)
             source_metrics = self.metrics.source(source.venue_name, source.name)
             adapter = venue.create_adapter(

@@ -6,14 +6,13 @@ import random
 from collections.abc import Callable
 from typing import Any, Literal
 
-import httpcore
 import httpx
 import pytest
 
 from publisher.secret import Secret
 from publisher.venues import zll
 from publisher.venues.base import FetchResult, VenueError
-from publisher.venues.http import RateLimiter, VenueClient, source_transport
+from publisher.venues.http import RateLimiter, VenueClient
 
 BASE_URL = "https://zll.test"
 API_KEY = "c2VjcmV0LWFwaS1rZXktdmFsdWU="
@@ -461,12 +460,3 @@ def test_check_secret() -> None:
             zll.check_secret(Secret(bad))
         assert bad not in str(caught.value) or not bad
     assert "c2Vj" not in repr(zll.ZllAuth(Secret(API_KEY)))
-
-
-def test_source_transport_takes_the_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    tls = httpx.create_ssl_context()
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
-    monkeypatch.setenv("NO_PROXY", "bypassed.example")
-    assert isinstance(source_transport("https://api.example/x", tls)._pool, httpcore.AsyncHTTPProxy)
-    assert isinstance(source_transport("https://bypassed.example/x", tls)._pool, httpcore.AsyncConnectionPool)
-    assert not isinstance(source_transport("http://plain.example/x", tls)._pool, httpcore.AsyncHTTPProxy)

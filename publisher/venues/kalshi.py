@@ -578,9 +578,9 @@ class KalshiAdapter(VenueAdapter):
         #: (see _read_page)
         self._mostly_new = False
 
-    def _params(self, since_ns: int) -> dict[str, Any]:
+    def _params(self, since_ns: int) -> dict[str, str | int]:
         # seconds, floored; one second earlier because whether min_ts is inclusive is undocumented
-        params: dict[str, Any] = {"min_ts": max(0, since_ns // 1_000_000_000 - 1), "limit": self._source.page_limit}
+        params: dict[str, str | int] = {"min_ts": max(0, since_ns // 1_000_000_000 - 1), "limit": self._source.page_limit}
         if self._source.subaccount is not None:
             params["subaccount"] = self._source.subaccount
         return params

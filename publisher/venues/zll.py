@@ -574,9 +574,9 @@ class ZllAdapter(VenueAdapter):
         self.client = client
         self.max_pages = max_pages
 
-    def params(self, offset: int) -> dict[str, Any]:
+    def params(self, offset: int) -> dict[str, str | int]:
         """Query parameters of the page at `offset`."""
-        params: dict[str, Any] = {"subaccount_index": self.source.subaccount_index}
+        params: dict[str, str | int] = {"subaccount_index": self.source.subaccount_index}
         if self.source.portfolio_index is not None:
             params["portfolio_index"] = self.source.portfolio_index
         params["limit"] = self.source.page_limit

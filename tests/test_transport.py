@@ -1,0 +1,178 @@
+"""The sources' connection pool (`SourceTransport`: httpcore on asyncio streams) against real
+servers on 127.0.0.1: plain and TLS, keep-alive and its end, timeouts, refused and broken
+connections, gzip, the environment's proxy; failures surface as httpx's exceptions, which
+`VenueClient` turns into the contract's error reasons."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import httpcore
+import httpx
+import pytest
+
+from publisher.venues.transport import SourceTransport
+from tests.harness.tls import Pki
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class Server:
+    """A tiny HTTP/1.1 server whose behaviour each test picks; counts its connections."""
+
+    def __init__(self, respond: Callable[[bytes], bytes | None], tls: ssl.SSLContext | None = None,
+                 close_after: bool = False, delay_s: float = 0.0):
+        self.respond = respond
+        self.tls = tls
+        self.close_after = close_after
+        self.delay_s = delay_s
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Server:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.tls)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        port = self._server.sockets[0].getsockname()[1]
+        return f"{'https' if self.tls else 'http'}://{'localhost' if self.tls else '127.0.0.1'}:{port}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.requests.append(head)
+                if self.delay_s:
+                    await asyncio.sleep(self.delay_s)
+                answer = self.respond(head)
+                if answer is None:  # drop the connection without an answer
+                    break
+                writer.write(answer)
+                await writer.drain()
+                if self.close_after:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def ok(body: bytes = b'{"fills": []}', **headers: str) -> Callable[[bytes], bytes]:
+    extra = "".join(f"{k.replace('_', '-')}: {v}\r\n" for k, v in headers.items())
+    return lambda _head: (f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+                          f"{extra}\r\n").encode() + body
+
+
+def request(url: str, timeout_s: float = 5.0) -> httpx.Request:
+    return httpx.Request("GET", url + "/fills?limit=5", headers={"accept-encoding": "gzip"},
+                         extensions={"timeout": httpx.Timeout(timeout_s).as_dict()})
+
+
+@pytest.fixture
+async def transport() -> AsyncIterator[SourceTransport]:
+    pool = SourceTransport("http://127.0.0.1", ssl.create_default_context())
+    yield pool
+    await pool.aclose()
+
+
+async def test_get_reads_the_whole_body_and_keeps_the_connection(transport: SourceTransport) -> None:
+    async with Server(ok(b'{"fills": [1, 2, 3]}')) as server:
+        for _ in range(3):
+            response = await transport.handle_async_request(request(server.url))
+            assert response.status_code == 200
+            assert response.content == b'{"fills": [1, 2, 3]}'
+            assert response.headers["content-type"] == "application/json"
+    assert server.connections == 1
+    assert server.requests[0].startswith(b"GET /fills?limit=5 HTTP/1.1\r\n")
+
+
+async def test_gzip_bodies_are_decoded(transport: SourceTransport) -> None:
+    async with Server(ok(gzip.compress(b'{"fills": []}'), content_encoding="gzip")) as server:
+        response = await transport.handle_async_request(request(server.url))
+    assert response.content == b'{"fills": []}'
+
+
+async def test_a_connection_the_venue_closed_is_replaced(transport: SourceTransport) -> None:
+    async with Server(ok(), close_after=True) as server:
+        for _ in range(3):
+            assert (await transport.handle_async_request(request(server.url))).status_code == 200
+            await asyncio.sleep(0.05)  # the close reaches us while the connection is idle
+    assert server.connections == 3
+
+
+async def test_read_timeout_is_an_httpx_timeout(transport: SourceTransport) -> None:
+    async with Server(ok(), delay_s=2.0) as server:
+        with pytest.raises(httpx.ReadTimeout):
+            await transport.handle_async_request(request(server.url, timeout_s=0.2))
+
+
+async def test_refused_and_dropped_connections_are_transport_errors(transport: SourceTransport,
+                                                                    unused_tcp_port: int) -> None:
+    with pytest.raises(httpx.ConnectError):
+        await transport.handle_async_request(request(f"http://127.0.0.1:{unused_tcp_port}"))
+    async with Server(lambda _head: None) as server:  # accepts, reads the request, hangs up
+        with pytest.raises(httpx.TransportError) as caught:
+            await transport.handle_async_request(request(server.url))
+    assert not isinstance(caught.value, httpx.TimeoutException)
+
+
+async def test_tls_verifies_the_venue_certificate(tmp_path: Path) -> None:
+    pki, stranger = Pki(tmp_path, "venue-ca"), Pki(tmp_path, "other-ca")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(pki.server_cert, pki.server_key)
+    trusting = ssl.create_default_context(cafile=pki.cafile)
+    async with Server(ok(b'{"ok": true}'), tls=server_tls) as server:
+        pool = SourceTransport(server.url, trusting)
+        try:
+            for _ in range(2):
+                response = await pool.handle_async_request(request(server.url))
+                assert response.content == b'{"ok": true}'
+            assert server.connections == 1
+        finally:
+            await pool.aclose()
+        pool = SourceTransport(server.url, ssl.create_default_context(cafile=stranger.cafile))
+        try:
+            with pytest.raises(httpx.ConnectError):
+                await pool.handle_async_request(request(server.url))
+        finally:
+            await pool.aclose()
+
+
+def test_the_proxy_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    tls = ssl.create_default_context()
+    monkeypatch.setenv("HTTPS_PROXY", "http://user:pw@proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "bypassed.example")
+    assert isinstance(SourceTransport("https://api.example/x", tls).pool, httpcore.AsyncHTTPProxy)
+    assert isinstance(SourceTransport("https://bypassed.example/x", tls).pool, httpcore.AsyncConnectionPool)
+    assert not isinstance(SourceTransport("http://plain.example/x", tls).pool, httpcore.AsyncHTTPProxy)
+    monkeypatch.setenv("HTTPS_PROXY", "socks5://proxy.internal:1080")
+    with pytest.raises(ValueError, match="proxy scheme"):
+        SourceTransport("https://api.example/x", tls)
+
+
+async def test_requests_go_through_the_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a plain-HTTP request through an HTTP proxy carries the absolute URL as its target
+    async with Server(ok(b"{}")) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        pool = SourceTransport("http://venue.example", ssl.create_default_context())
+        try:
+            response = await pool.handle_async_request(request("http://venue.example"))
+        finally:
+            await pool.aclose()
+    assert response.content == b"{}"
+    assert proxy.requests[0].startswith(b"GET http://venue.example/fills?limit=5 HTTP/1.1\r\n")
