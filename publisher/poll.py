@@ -244,7 +244,10 @@ class Poller:
 async def _wait(stop: asyncio.Event, timeout: float) -> bool:
     """Sleep up to `timeout`; True when `stop` was set meanwhile."""
     try:
-        await asyncio.wait_for(stop.wait(), timeout)
+        # asyncio.timeout, not wait_for: wait_for runs the wait in a task of its own, one more
+        # task per poll of every source
+        async with asyncio.timeout(timeout):
+            await stop.wait()
         return True
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return False
