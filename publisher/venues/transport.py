@@ -65,10 +65,14 @@ class _Stream(httpcore.AsyncNetworkStream):
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         if not buffer:
             return
+        if self._writer.is_closing():
+            raise httpcore.WriteError("the connection is closed")
         try:
             self._writer.write(buffer)
-            async with asyncio.timeout(timeout):
-                await self._writer.drain()
+            if self._writer.transport.get_write_buffer_size():
+                # the kernel did not take it all at once (requests are small: rare)
+                async with asyncio.timeout(timeout):
+                    await self._writer.drain()
         except TimeoutError:
             raise httpcore.WriteTimeout("timed out sending the request") from None
         except OSError as exc:
