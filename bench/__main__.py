@@ -288,11 +288,14 @@ def bench_throughput(env: Env, total: int, ceiling: float) -> None:
     shares = CpuShares(publisher=pub.pid, simulators=sim.pid, consumer=cons.pid, broker=env.broker.pid)
     prof = Profiler(env, "throughput", pub.pid)
     samples = [(t_ready, shares.read())]
+    rereads: list[tuple[int, float]] = []  # scraped twice a second: the count when the drain ended
     while cons.proc.poll() is None:
         time.sleep(0.05)
         samples.append((time.time_ns(), shares.read()))
+        if len(samples) % 10 == 0:
+            rereads.append((time.time_ns(), metric(port, "fillpub_fills_duplicate_total")))
     prof.stop()
-    reread = metric(port, "fillpub_fills_duplicate_total")
+    rereads.append((time.time_ns(), metric(port, "fillpub_fills_duplicate_total")))
     pub.stop()
     sim.stop()
     seen = json.loads(out.read_text())
@@ -302,6 +305,7 @@ def bench_throughput(env: Env, total: int, ceiling: float) -> None:
     end = next((t for t, count in timeline if count >= total), seen["last_ns"])
     t_end, at_end = next(((t, c) for t, c in samples if t >= end), samples[-1])
     cpu_end = at_end["publisher"]
+    reread = next(count for t, count in rereads if t >= end)
     elapsed = (end - t_ready) / 1e9
     rate = total / elapsed
     ratio = rate / ceiling
