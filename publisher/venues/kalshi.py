@@ -39,10 +39,10 @@ from publisher.venues.base import (
     VenueAdapter,
     VenueError,
     decimal_text,
+    ends_new,
     in_slices,
     is_positive,
     raw_key,
-    ends_new,
 )
 from publisher.venues.http import VenueClient, describe_json_error
 
@@ -611,8 +611,9 @@ class KalshiAdapter(VenueAdapter):
         published (the overlap re-read), the fills' keys first, counting those :attr:`known` to
         be published instead of normalising them, and then only the new fills; while they hold
         mostly new fills (a backlog), the whole page typed in one go and every fill normalised
-        (unless an end of it is published already, see :func:`~publisher.venues.base.ends_new`); fill by fill, when a fill is malformed.
-        Fills are handled in slices (:func:`in_slices`) so a big page does not hold the event loop.
+        (unless an end of it is published already, see :func:`~publisher.venues.base.ends_new`);
+        fill by fill, when a fill is malformed. Fills are handled in slices (:func:`in_slices`)
+        so a big page does not hold the event loop.
         """
         source = self._source.name
         known = self.known

@@ -56,11 +56,11 @@ from publisher.venues.base import (
     VenueAdapter,
     VenueError,
     decimal_text,
+    ends_new,
     in_slices,
     is_negative,
     is_positive,
     raw_key,
-    ends_new,
 )
 from publisher.venues.http import VenueClient, describe_json_error
 
