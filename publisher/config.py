@@ -42,6 +42,7 @@ import yaml
 from publisher.secret import Secret
 from publisher.venues import SOURCE_CONFIG_TYPES, VENUES
 from publisher.venues.base import SOURCE_NAME_PATTERN, SourceConfig
+from publisher.venues.transport import proxy_problem
 
 ENV_PREFIX = "FILLPUB_"
 
@@ -243,6 +244,9 @@ def _resolve(config: Config, environ: Mapping[str, str]) -> Settings:
                                      prefix + env_field, getattr(source, env_field), environ)
         _check_venue_secret(venue_of(source), secret, field)
         secrets[source.name] = secret
+        problem = proxy_problem(source.base_url)
+        if problem is not None:
+            raise ConfigError(prefix + "base_url", problem)
     kafka = config.kafka
     sasl_password: Secret | None = None
     if kafka.security_protocol in _SASL_PROTOCOLS:

@@ -15,8 +15,10 @@ import httpcore
 import httpx
 import pytest
 
-from publisher.venues.transport import SourceTransport
+from publisher.config import ConfigError
+from publisher.venues.transport import SourceTransport, proxy_problem
 from tests.harness.tls import Pki
+from tests.test_config import base_config, load
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -158,9 +160,20 @@ def test_the_proxy_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
     assert isinstance(SourceTransport("https://api.example/x", tls).pool, httpcore.AsyncHTTPProxy)
     assert isinstance(SourceTransport("https://bypassed.example/x", tls).pool, httpcore.AsyncConnectionPool)
     assert not isinstance(SourceTransport("http://plain.example/x", tls).pool, httpcore.AsyncHTTPProxy)
-    monkeypatch.setenv("HTTPS_PROXY", "socks5://proxy.internal:1080")
-    with pytest.raises(ValueError, match="proxy scheme"):
+    monkeypatch.setenv("HTTPS_PROXY", "socks5://user:pw@proxy.internal:1080")
+    with pytest.raises(ValueError, match="only http and https proxies") as caught:
         SourceTransport("https://api.example/x", tls)
+    assert "pw" not in str(caught.value) and "HTTPS_PROXY" in str(caught.value)
+    assert proxy_problem("https://bypassed.example/x") is None
+
+
+def test_an_unusable_proxy_is_a_config_error_naming_the_source(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "socks5://user:hunter2@proxy.internal:1080")
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, base_config(tmp_path))
+    assert caught.value.field == "sources[kalshi-main].base_url"
+    assert "socks5" in str(caught.value) and "hunter2" not in str(caught.value)
 
 
 async def test_requests_go_through_the_proxy(monkeypatch: pytest.MonkeyPatch) -> None:

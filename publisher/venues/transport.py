@@ -149,14 +149,15 @@ class SourceTransport(httpx.AsyncBaseTransport):
         backend = AsyncioBackend()
         options: dict[str, Any] = {"ssl_context": tls, "max_connections": max_connections,
                                    "max_keepalive_connections": max_keepalive_connections, "network_backend": backend}
+        problem = proxy_problem(base_url)
+        if problem is not None:
+            raise ValueError(problem)
         proxy = _proxy_for(base_url)
         if proxy is None:
             self.pool: httpcore.AsyncConnectionPool = httpcore.AsyncConnectionPool(**options)
         else:
             # as httpx.AsyncHTTPTransport builds it (httpx.Proxy splits off the credentials)
             spec = httpx.Proxy(url=proxy)
-            if spec.url.scheme not in ("http", "https"):
-                raise ValueError(f"unsupported proxy scheme {spec.url.scheme!r} (http and https proxies are)")
             self.pool = httpcore.AsyncHTTPProxy(
                 proxy_url=httpcore.URL(scheme=spec.url.raw_scheme, host=spec.url.raw_host, port=spec.url.port,
                                        target=spec.url.raw_path),
@@ -192,6 +193,22 @@ def _mapped(exc: Exception) -> httpx.TransportError:
         if isinstance(exc, core):
             return mapped(str(exc))
     return httpx.TransportError(str(exc))
+
+
+def proxy_problem(base_url: str) -> str | None:
+    """Why requests to `base_url` cannot use the proxy the environment names for them, or None.
+
+    Only http and https proxies are supported. The text names the variables and the scheme,
+    never the proxy URL itself (it may carry credentials)."""
+    proxy = _proxy_for(base_url)
+    if proxy is None:
+        return None
+    scheme = urllib.parse.urlsplit(proxy).scheme.lower()
+    if scheme in ("http", "https"):
+        return None
+    variable = urllib.parse.urlsplit(base_url).scheme.upper() + "_PROXY"
+    return (f"the proxy named by {variable} (or ALL_PROXY) in the environment is a {scheme or 'schemeless'} "
+            "proxy; only http and https proxies are supported")
 
 
 def _proxy_for(base_url: str) -> str | None:
