@@ -160,6 +160,9 @@ def test_the_proxy_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
     assert isinstance(SourceTransport("https://api.example/x", tls).pool, httpcore.AsyncHTTPProxy)
     assert isinstance(SourceTransport("https://bypassed.example/x", tls).pool, httpcore.AsyncConnectionPool)
     assert not isinstance(SourceTransport("http://plain.example/x", tls).pool, httpcore.AsyncHTTPProxy)
+    monkeypatch.setenv("ALL_PROXY", "http://proxy.internal:3128")
+    assert isinstance(SourceTransport("http://plain.example/x", tls).pool, httpcore.AsyncHTTPProxy)
+    monkeypatch.delenv("ALL_PROXY")
     monkeypatch.setenv("HTTPS_PROXY", "socks5://user:pw@proxy.internal:1080")
     with pytest.raises(ValueError, match="only http and https proxies") as caught:
         SourceTransport("https://api.example/x", tls)

@@ -212,8 +212,10 @@ def proxy_problem(base_url: str) -> str | None:
 
 
 def _proxy_for(base_url: str) -> str | None:
+    # the scheme's own variable (HTTPS_PROXY for https), else ALL_PROXY; NO_PROXY exempts hosts
     url = urllib.parse.urlsplit(base_url)
-    proxy = urllib.request.getproxies().get(url.scheme)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
     if proxy and url.hostname and urllib.request.proxy_bypass(url.hostname):
         return None
     return proxy or None
