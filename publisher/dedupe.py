@@ -25,12 +25,13 @@ _blake2b = hashlib.blake2b
 
 
 def fill_key(fill_id: str) -> bytes:
-    """The dedupe key of a venue fill id."""
-    return _blake2b(fill_id.encode(), digest_size=KEY_SIZE).digest()
+    """The dedupe key of one venue fill id (see :func:`fill_keys`)."""
+    return fill_keys((fill_id,))[0]
 
 
 def fill_keys(fill_ids: Iterable[str]) -> list[bytes]:
-    """:func:`fill_key` of each id (one call for a whole poll's fills)."""
+    """The dedupe key of each venue fill id, its 16-byte BLAKE2b digest (one call for a whole
+    poll's fills)."""
     return [_blake2b(fill_id.encode(), digest_size=KEY_SIZE).digest() for fill_id in fill_ids]
 
 

@@ -149,10 +149,10 @@ class SourceTransport(httpx.AsyncBaseTransport):
         backend = AsyncioBackend()
         options: dict[str, Any] = {"ssl_context": tls, "max_connections": max_connections,
                                    "max_keepalive_connections": max_keepalive_connections, "network_backend": backend}
-        problem = proxy_problem(base_url)
+        proxy = _proxy_for(base_url)
+        problem = _proxy_problem(base_url, proxy)
         if problem is not None:
             raise ValueError(problem)
-        proxy = _proxy_for(base_url)
         if proxy is None:
             self.pool: httpcore.AsyncConnectionPool = httpcore.AsyncConnectionPool(**options)
         else:
@@ -200,7 +200,10 @@ def proxy_problem(base_url: str) -> str | None:
 
     Only http and https proxies are supported. The text names the variables and the scheme,
     never the proxy URL itself (it may carry credentials)."""
-    proxy = _proxy_for(base_url)
+    return _proxy_problem(base_url, _proxy_for(base_url))
+
+
+def _proxy_problem(base_url: str, proxy: str | None) -> str | None:
     if proxy is None:
         return None
     scheme = urllib.parse.urlsplit(proxy).scheme.lower()
