@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import json
 import operator
 import os
@@ -138,8 +139,6 @@ def _done() -> asyncio.Future[None]:
 
 
 def _memo_caches() -> list[Any]:
-    import gc  # noqa: PLC0415
-
     return [obj for obj in gc.get_objects()
             if isinstance(obj, functools._lru_cache_wrapper) and obj.__module__.startswith("publisher.venues.")]  # noqa: SLF001
 
