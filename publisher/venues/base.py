@@ -110,6 +110,52 @@ def is_positive(plain_text: str) -> bool:
     return plain_text[0] != "-" and plain_text != "0"
 
 
+#: nanoseconds per second
+NS = 1_000_000_000
+#: the earliest execution time a fill may carry (2000-01-01T00:00:00Z): a time below it is not
+#: plausible nanoseconds (a millisecond or microsecond value read as nanoseconds lands in 1970)
+MIN_EXECUTED_AT_NS = 946_684_800 * NS
+#: how far past our own clock a venue's execution time may lie (its clock and ours drift apart);
+#: anything later is garbage, e.g. `ts: 1e25`
+MAX_FUTURE_NS = 86_400 * NS
+#: the largest value the event's int64 nanosecond fields can carry
+MAX_INT64 = 2**63 - 1
+
+
+def executed_at_problem(executed_at_ns: int, observed_at_ns: int) -> str | None:
+    """Why `executed_at_ns` cannot be a fill's execution time (None when it can).
+
+    Out-of-range times (before 2000, beyond int64 nanoseconds, more than a day past our clock)
+    make the fill invalid: it goes to the DLQ with this reason, never into the event or the
+    checkpoint, where it would overflow or date the fill in 1970 for the window to ignore.
+    """
+    if executed_at_ns > MAX_INT64:
+        return f"execution time {executed_at_ns} is beyond int64 nanoseconds"
+    if executed_at_ns < MIN_EXECUTED_AT_NS:
+        return f"execution time {executed_at_ns} ns is before 2000-01-01 (not plausible nanoseconds)"
+    if executed_at_ns > observed_at_ns + MAX_FUTURE_NS:
+        return f"execution time {executed_at_ns} ns is more than a day in the future"
+    return None
+
+
+#: the longest venue identifier (fill id, order id, instrument) the event carries; record keys
+#: and consumers' terminals receive these verbatim
+MAX_TEXT_LENGTH = 256
+
+
+def text_problem(field: str, text: str, max_length: int = MAX_TEXT_LENGTH) -> str | None:
+    """Why a venue identifier cannot go into the event as is (None when it can): empty, longer
+    than `max_length`, or holding control characters (C0, DEL, C1), which would reach Kafka keys
+    and terminals verbatim."""
+    if not text:
+        return f"{field} is empty"
+    if len(text) > max_length:
+        return f"{field} is longer than {max_length} characters ({len(text)})"
+    if not text.isprintable():
+        return f"{field} holds control or non-printable characters: {ascii(text[:40])}"
+    return None
+
+
 def raw_key(raw: bytes) -> str:
     """The dedupe key of an invalid fill whose venue id could not be read: a digest of its bytes."""
     return "sha256:" + hashlib.sha256(raw).hexdigest()
@@ -256,6 +302,11 @@ class SourceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag
     page_limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 200
     max_requests_per_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+    #: pin the source to a shard (`cluster.shards`); None: a stable hash of the name picks it
+    shard: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    #: RFC 3339 time: a first start (no checkpoint) publishes every fill executed since then
+    #: instead of the last `lookback_s`; ignored once the source has a checkpoint
+    backfill_from: str | None = None
 
     @property
     def venue_name(self) -> str:
