@@ -75,7 +75,7 @@ async def read_checkpoints(
     await consumer.start()
     try:
         # topics() refreshes a metadata copy the consumer does not keep, so ask the client directly
-        cluster = await consumer._client.fetch_all_metadata()
+        cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001 - replaced by the sink rework
         partitions = cluster.partitions_for_topic(topic)
         if not partitions:
             log.warning("checkpoint topic %s does not exist yet: every source starts fresh", topic)

@@ -8,8 +8,8 @@ consumer helper can never disagree on how to reach the cluster. Topic creation
 
 from __future__ import annotations
 
-import logging
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 

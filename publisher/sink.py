@@ -35,8 +35,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
-from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.errors import (
     InvalidProducerEpoch,
     KafkaError,
@@ -45,6 +43,8 @@ from aiokafka.errors import (
     TransactionalIdAuthorizationFailed,
     UnknownProducerId,
 )
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from publisher.config import KafkaConfig, fills_topic
 from publisher.event import SCHEMA_VERSION, DeadLetter, FillEvent, encode
@@ -114,7 +114,7 @@ class _PartitionBatches:
     still go through `send()` (few, and it checks their size).
     """
 
-    __slots__ = ("_producer", "_open", "_partition_of", "futures")
+    __slots__ = ("_open", "_partition_of", "_producer", "futures")
 
     def __init__(self, producer: AIOKafkaProducer):
         self._producer = producer
@@ -248,7 +248,7 @@ class TransactionalSink:
                 return
             except _FATAL as exc:
                 raise self._fatal(exc) from exc
-            except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, KafkaError, OSError) as exc:
                 attempt += 1
                 self._metrics.publish_errors.labels(reason=_reason(exc)).inc()
                 delay = self._backoff(attempt)
@@ -257,7 +257,7 @@ class TransactionalSink:
                     try:
                         await asyncio.wait_for(stop.wait(), delay)
                         raise asyncio.CancelledError("stopped before kafka became reachable")
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
                 else:
                     await asyncio.sleep(delay)
