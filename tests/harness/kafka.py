@@ -442,10 +442,12 @@ class KafkaCluster:
 
     async def _warm_up(self, topic: str) -> None:
         marker = uuid.uuid4().hex.encode()
+        # a short transaction timeout: tests may give the broker a small transaction.max.timeout.ms
         producer = AIOKafkaProducer(bootstrap_servers=self._alive_bootstrap(), transactional_id="harness-warmup",
-                                    enable_idempotence=True, acks="all", request_timeout_ms=10000)
-        await producer.start()
+                                    enable_idempotence=True, acks="all", request_timeout_ms=10000,
+                                    transaction_timeout_ms=10000)
         try:
+            await producer.start()
             async with producer.transaction():
                 await producer.send_and_wait(topic, marker)
         finally:
