@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     InvalidProducerEpoch,
+    InvalidTransactionTimeout,
+    KafkaConnectionError,
     KafkaError,
     OutOfOrderSequenceNumber,
     ProducerFenced,
@@ -46,9 +48,9 @@ from aiokafka.errors import (
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from publisher.config import KafkaConfig, fills_topic
+from publisher.config import ConfigError, KafkaConfig, fills_topic
 from publisher.event import SCHEMA_VERSION, DeadLetter, FillEvent, encode
-from publisher.kafkaclient import CHECKPOINT_MAX_MESSAGE_BYTES, client_options
+from publisher.kafkaclient import CHECKPOINT_MAX_MESSAGE_BYTES, client_options, rejected_credentials
 from publisher.metrics import Metrics
 from publisher.secret import Secret
 
@@ -244,8 +246,9 @@ class TransactionalSink:
 
         Initialising (InitProducerId) fences any older producer with our transactional id and
         aborts its in-doubt transaction, which is why it must happen before checkpoints are read.
-        Raises :class:`ProducerFencedError` when the id is not ours to use, and CancelledError
-        when `stop` is set first (callers may also simply cancel the call).
+        Raises :class:`ProducerFencedError` when the id is not ours to use, ConfigError when the
+        broker refuses our transaction timeout (its `transaction.max.timeout.ms` is lower), and
+        CancelledError when `stop` is set first (callers may also simply cancel the call).
         """
         attempt = 0
         while True:
@@ -255,11 +258,20 @@ class TransactionalSink:
                 return
             except _FATAL as exc:
                 raise self._fatal(exc) from exc
+            except InvalidTransactionTimeout as exc:
+                # the broker's transaction.max.timeout.ms is below what we ask: no retry can fix that
+                raise self._timeout_rejected() from exc
             except (TimeoutError, KafkaError, OSError) as exc:
                 attempt += 1
-                self._metrics.publish_errors.labels(reason=_reason(exc)).inc()
+                refused = await rejected_credentials(self._kafka, self._sasl_password) \
+                    if isinstance(exc, KafkaConnectionError) else None
                 delay = self._backoff(attempt)
-                log.warning("kafka not reachable (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay)
+                if refused is not None:
+                    self._metrics.publish_errors.labels(reason="SaslAuthenticationFailed").inc()
+                    log.error("kafka rejected our credentials (%s); retrying in %.1fs", refused, delay)
+                else:
+                    self._metrics.publish_errors.labels(reason=_reason(exc)).inc()
+                    log.warning("kafka not reachable (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay)
                 if stop is not None:
                     try:
                         await asyncio.wait_for(stop.wait(), delay)
@@ -320,6 +332,14 @@ class TransactionalSink:
         self.rebuilds += 1
         await self._start_producer()
         log.warning("rebuilt the transactional producer (%d rebuilds so far)", self.rebuilds)
+
+    def _timeout_rejected(self) -> ConfigError:
+        asked_s = self._kafka.transaction_timeout_s + _BROKER_TXN_TIMEOUT_MARGIN_S
+        return ConfigError("kafka.transaction_timeout_s", (
+            f"the broker refused the producer's transaction timeout of {asked_s:g}s "
+            f"(transaction_timeout_s {self._kafka.transaction_timeout_s:g}s + {_BROKER_TXN_TIMEOUT_MARGIN_S:g}s) "
+            f"as longer than its transaction.max.timeout.ms; lower kafka.transaction_timeout_s or raise "
+            f"transaction.max.timeout.ms on every broker"))
 
     def _fatal(self, exc: BaseException) -> ProducerFencedError:
         """Count and log a final error; the caller raises the result."""
