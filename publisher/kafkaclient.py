@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import IncompatibleBrokerVersion, KafkaError, for_code
+from aiokafka.conn import create_conn
+from aiokafka.errors import IncompatibleBrokerVersion, KafkaError, SaslAuthenticationFailed, for_code
 from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.admin import CreateTopicsRequest
 from aiokafka.protocol.metadata import MetadataRequest
@@ -50,6 +51,33 @@ def client_options(kafka: KafkaConfig, sasl_password: Secret | None) -> dict[str
         options["sasl_plain_username"] = kafka.sasl_username
         options["sasl_plain_password"] = sasl_password.reveal() if sasl_password else None
     return options
+
+
+async def rejected_credentials(kafka: KafkaConfig, sasl_password: Secret | None) -> str | None:
+    """Whether the brokers reject our SASL credentials: a description naming the mechanism and the
+    user (never the password), or None when they do not (or SASL is not used).
+
+    aiokafka logs why a bootstrap failed and raises a bare KafkaConnectionError, which reads like
+    an unreachable cluster; after such a failure this opens one connection itself to tell a login
+    the brokers refused apart from a network problem.
+    """
+    if kafka.security_protocol not in ("SASL_PLAINTEXT", "SASL_SSL"):
+        return None
+    options = client_options(kafka, sasl_password)
+    options.pop("bootstrap_servers")
+    for server in kafka.bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            conn = await asyncio.wait_for(create_conn(host.strip("[]"), int(port), **options),
+                                          kafka.request_timeout_s)
+        except SaslAuthenticationFailed as exc:
+            return (f"SASL {kafka.sasl_mechanism} login of user {kafka.sasl_username!r} refused: "
+                    f"{exc.args[0] if exc.args else type(exc).__name__}")
+        except Exception:  # noqa: BLE001 - not a login problem on this broker: try the next
+            continue
+        conn.close()
+        return None
+    return None
 
 
 def consumer_options(kafka: KafkaConfig, sasl_password: Secret | None) -> dict[str, Any]:
