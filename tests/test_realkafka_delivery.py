@@ -137,7 +137,7 @@ KILLS = 20
 
 
 async def test_sigkill_20_times_exactly_once_among_committed(real_kafka: KafkaCluster, topic_prefix: str,
-                                                             tmp_path: Path, cleanup: list[Any]) -> None:  # noqa: F811
+                                                             tmp_path: Path, cleanup: list[Any]) -> None:
     """20 SIGKILLs while fills arrive all the time, half of them with a batch in flight (the proxy
     delays every frame by 20 ms so transactions last a while): every fill exactly once among
     committed records, no allowance for open transactions; every killed transaction that reached
@@ -207,7 +207,7 @@ async def freeze_with_transaction_open(proc: PublisherProcess, proxy: KafkaProxy
 
 
 async def test_zombie_fenced_by_second_instance(real_kafka: KafkaCluster, topic_prefix: str, tmp_path: Path,
-                                                cleanup: list[Any]) -> None:  # noqa: F811
+                                                cleanup: list[Any]) -> None:
     """Freeze a running instance (SIGSTOP) with a transaction open and start a second one with the
     same config: the second is ready long before the transaction timeout (its InitProducerId
     fences the first and aborts the open transaction); thawed, the first is fenced, commits

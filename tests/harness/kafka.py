@@ -326,7 +326,7 @@ class KafkaCluster:
         return self
 
     def _spawn(self, node: KafkaNode) -> None:
-        out = open(node.home / "stdout.log", "ab")  # the child owns it from here
+        out = open(node.home / "stdout.log", "ab")  # noqa: SIM115 - the child owns it from here
         node.proc = subprocess.Popen(self._java(node, "kafka.Kafka", str(node.config_path)),
                                      stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
@@ -418,7 +418,7 @@ class KafkaCluster:
                 if node_ids <= listed:
                     return
                 last = f"metadata lists {sorted(listed)}"
-            except Exception as exc:  # not up yet
+            except Exception as exc:  # noqa: BLE001 - not up yet
                 last = exc
             finally:
                 await client.close()
@@ -435,7 +435,7 @@ class KafkaCluster:
             try:
                 await asyncio.wait_for(self._warm_up(topic), max(1.0, deadline - time.monotonic()))
                 return
-            except Exception as exc:  # the state topic may still be electing leaders
+            except Exception as exc:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"warm-up transaction failed: {exc!r}\n{self.log_tail()}") from exc
                 await asyncio.sleep(0.5)
