@@ -45,6 +45,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.client import AIOKafkaClient, CoordinationType
+from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.structs import ConsumerRecord
 
 from tests.harness.stack import free_port
@@ -477,6 +478,31 @@ class KafkaCluster:
             return int(await client.coordinator_lookup(CoordinationType.TRANSACTION, transactional_id))
         finally:
             await client.close()
+
+    async def wait_in_sync(self, topics: Sequence[str], timeout_s: float = 60.0) -> float:
+        """Until every partition of `topics` has all its replicas in sync (a restarted node caught
+        up); seconds it took. Internal topics count too, e.g. `__transaction_state`."""
+        started = time.monotonic()
+        deadline = started + timeout_s
+        last: object = None
+        while True:
+            client = self._client()
+            try:
+                await client.bootstrap()
+                resp = await client.send(client.get_random_node(),
+                                         MetadataRequest(list(topics), allow_auto_topic_creation=False))
+                lagging = [(topic, p_id) for _err, topic, _internal, partitions, *_ in resp.topics
+                           for _p_err, p_id, _leader, replicas, isr, *_ in partitions if set(isr) != set(replicas)]
+                if not lagging:
+                    return time.monotonic() - started
+                last = f"out of sync: {lagging[:5]}"
+            except Exception as exc:  # noqa: BLE001 - a node is still starting
+                last = exc
+            finally:
+                await client.close()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"replicas not in sync after {timeout_s}s ({last})")
+            await asyncio.sleep(0.3)
 
     async def create_topic(self, name: str, partitions: int = 1, configs: dict[str, str] | None = None) -> None:
         from tests.harness.broker import TopicSpec, ensure_topics
