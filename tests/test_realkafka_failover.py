@@ -1,7 +1,9 @@
 """Broker failures on real Apache Kafka (issue 10, scenario 4), each on a cluster of its own.
 
 - one node, SIGKILLed while fills arrive (a transaction in flight) and started again on the same
-  data: nothing lost or repeated, /readyz 503 while the broker is away and 200 after;
+  data, then frozen (SIGSTOP) longer than the transaction deadline (scenario 8: the hang of
+  aiokafka's idempotent producer, on the real broker): nothing lost or repeated, /readyz 503
+  while the broker is away and 200 after;
 - three nodes (replication 3, min ISR 2), under load: SIGKILL the leader of a fills partition;
   once it is back in sync, SIGKILL the transaction coordinator of the publisher's transactional
   id. Nothing lost or repeated across both.
@@ -32,11 +34,12 @@ from tests.test_faults_kafka import (  # noqa: F401 - cleanup is a fixture
     generate,
     observe,
     pending_fills,
+    publish_errors,
     started,
     stop_generating,
     until,
 )
-from tests.test_realkafka_delivery import judge, real_stack, two_sources
+from tests.test_realkafka_delivery import FAST_KAFKA, judge, real_stack, two_sources
 
 pytestmark = [pytest.mark.realkafka, pytest.mark.integration]
 
@@ -58,6 +61,11 @@ class Monitor:
                 published = self.samples[-1][2] if self.samples else 0.0
             self.samples.append((time.monotonic(), ready, published))
             await asyncio.sleep(0.1)
+
+    @property
+    def unready(self) -> bool:
+        """The newest sample says /readyz is not 200."""
+        return bool(self.samples) and not self.samples[-1][1]
 
     async def outage_after(self, t_kill: float, settle_s: float = 10.0, timeout_s: float = 90.0) -> dict[str, Any]:
         """Wait until at least `settle_s` after the kill the publisher has been ready and
@@ -105,7 +113,8 @@ async def monitoring(proc: PublisherProcess) -> AsyncIterator[Monitor]:
 async def test_single_broker_killed_mid_transaction_and_restarted(
         kafka_cluster: Callable[..., Awaitable[KafkaCluster]], topic_prefix: str, tmp_path: Path,
         cleanup: list[Any]) -> None:
-    """SIGKILL the only broker with a batch in flight, start it again on its data: /readyz 503
+    """SIGKILL the only broker with a batch in flight, start it again on its data; then freeze it
+    past the transaction deadline (counted as `timeout`, the producer rebuilt): /readyz 503
     while it is away, ready again after, every fill exactly once."""
     cluster = await kafka_cluster(1)
     stack = await two_sources(cluster, real_stack(tmp_path, cluster.bootstrap, topic_prefix))
@@ -118,21 +127,37 @@ async def test_single_broker_killed_mid_transaction_and_restarted(
         await until("a batch in flight", lambda: pending_fills(proc), 10, every_s=0.01)
         t_kill = time.monotonic()
         cluster.kill_node(1)
-        await until("/readyz 503", lambda: not monitor.samples[-1][1], 20)
+        await until("/readyz 503", lambda: monitor.unready, 20)
         await asyncio.sleep(2.0)  # fills keep arriving at the venues while the broker is down
         down_s = time.monotonic() - t_kill
         broker_start_s = await cluster.start_node(1)
         outage = await monitor.outage_after(t_kill)
+        # scenario 8's hang on the real broker: frozen (SIGSTOP), its connections stay open and
+        # silent, and aiokafka's idempotent producer would wait forever: the transaction deadline
+        # (transaction_timeout_s) gives up, the producer is rebuilt once the broker answers again
+        errors_before = await publish_errors(proc)
+        t_freeze = time.monotonic()
+        cluster.pause_node(1)
+        await until("/readyz 503", lambda: monitor.unready, 20)
+        await asyncio.sleep(FAST_KAFKA["transaction_timeout_s"] + 1.0)
+        cluster.resume_node(1)
+        frozen_s = time.monotonic() - t_freeze
+        hang = await monitor.outage_after(t_freeze)
+        errors_after = await publish_errors(proc)
     await asyncio.sleep(1.0)
     await stop_generating(stack)
     expected = stack.expected(started_ns - LOOKBACK_S * NS)
     consumed = await judge(cluster, stack, expected)
     code, took = await proc.terminate()
     assert code == 0 and took < 10, proc.log_tail()
-    assert outage["saw_503"]
+    assert outage["saw_503"] and hang["saw_503"]
+    assert errors_after.get("timeout", 0) > errors_before.get("timeout", 0), (errors_before, errors_after)
     observe("real 4a single broker killed and restarted", fills_in=len(expected), fills_out=len(consumed),
             broker_down_s=round(down_s, 1), broker_restart_s=round(broker_start_s, 1),
-            **outage)
+            **outage, frozen_s=round(frozen_s, 1), frozen_commit_gap_s=hang["max_commit_gap_s"],
+            frozen_ready_again_after_s=hang["ready_again_after_s"],
+            errors_while_frozen={k: v - errors_before.get(k, 0) for k, v in errors_after.items()
+                                 if v != errors_before.get(k, 0)})
 
 
 async def test_three_nodes_leader_and_coordinator_failover(
