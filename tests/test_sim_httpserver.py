@@ -1,4 +1,4 @@
-"""The shared asyncio HTTP server against real sockets: keep-alive, errors, garbage, drops."""
+"""The simulators' asyncio HTTP server against real sockets: keep-alive, errors, garbage, drops."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import httpx
 import pytest
 
-from publisher.httpserver import DropConnection, HttpServer, Request, Response
+from publisher.sim.httpserver import DropConnection, HttpServer, Request, Response
 
 
 async def _handler(request: Request) -> Response:
@@ -81,7 +81,7 @@ async def test_handler_404(server: HttpServer) -> None:
 
 
 async def test_handler_exception_is_500_without_details(server: HttpServer, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.ERROR, logger="publisher.httpserver"):
+    with caplog.at_level(logging.ERROR, logger="publisher.sim.httpserver"):
         async with httpx.AsyncClient(base_url=server.url) as client:
             response = await client.get("/boom")
             after = await client.get("/nothing")
