@@ -58,7 +58,7 @@ ACCEPT_ERROR_LOG_INTERVAL_S = 60.0
 #: this long, so closing with unread data does not reset the connection before the client reads it
 LINGER_S = 1.0
 _LINGER_MAX_BYTES = 1024 * 1024
-_READ_CHUNK = 64 * 1024
+_READ_CHUNK = 16 * 1024
 _BACKLOG = 512
 _VERSIONS = (b"1.0", b"1.1")
 
