@@ -136,23 +136,6 @@ async def test_drop_connection_is_a_transport_error(server: HttpServer, path: st
         assert (await client.get("/nothing")).status_code == 404
 
 
-async def test_close_ends_open_connections(caplog: pytest.LogCaptureFixture) -> None:
-    server = HttpServer(_handler)
-    await server.start()
-    idle = await asyncio.open_connection("127.0.0.1", server.port)
-    async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
-        slow = asyncio.create_task(client.get("/slow"))
-        await asyncio.sleep(0.1)
-        with caplog.at_level(logging.ERROR):
-            await asyncio.wait_for(server.close(), 2)
-            await asyncio.sleep(0.01)
-        with pytest.raises(httpx.TransportError):
-            await slow
-    assert await asyncio.wait_for(idle[0].read(), 1) == b""
-    idle[1].close()
-    assert not caplog.records  # closing is quiet: no "Exception in callback" from asyncio
-
-
 async def test_many_concurrent_keep_alive_connections(server: HttpServer) -> None:
     streams = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(1000)]
     for _, writer in streams:
