@@ -167,20 +167,15 @@ class HttpServer:
         max_head_bytes: int = MAX_HEAD_BYTES,
         max_body_bytes: int = MAX_BODY_BYTES,
     ):
-        self._handler = handler
         self._host = host
         self._port = port
-        self._idle_timeout_s = idle_timeout_s
-        self._request_timeout_s = request_timeout_s
-        self._write_timeout_s = write_timeout_s
-        self._max_head_bytes = max_head_bytes
-        self._max_body_bytes = max_body_bytes
+        self._conn_settings = _ConnectionSettings(handler, DateHeader(), idle_timeout_s, request_timeout_s,
+                                                  write_timeout_s, max_head_bytes, max_body_bytes)
         self._max_connections = max_connections
         self._slots = asyncio.Semaphore(max_connections)
         self._listeners: list[socket.socket] = []
         self._acceptors: list[asyncio.Task[None]] = []
         self._connections: set[asyncio.Task[None]] = set()
-        self._date = DateHeader()
         self._accept_errors = _ThrottledLog("accepting an HTTP connection failed, pausing accepts",
                                             ACCEPT_ERROR_LOG_INTERVAL_S)
         self._at_limit = _ThrottledLog("HTTP connection limit reached, new connections wait",
@@ -287,17 +282,30 @@ class HttpServer:
         except OSError:
             sock.close()
             return
-        await _Connection(self, reader, writer).serve()
+        await _Connection(self._conn_settings, reader, writer).serve()
+
+
+@dataclass(frozen=True, slots=True)
+class _ConnectionSettings:
+    """What every connection of one server shares: the handler and the bounds."""
+
+    handler: Handler
+    date: DateHeader
+    idle_timeout_s: float
+    request_timeout_s: float
+    write_timeout_s: float
+    max_head_bytes: int
+    max_body_bytes: int
 
 
 class _Connection:
     """One client connection: h11's state machine fed from the socket within the server's bounds."""
 
-    def __init__(self, server: HttpServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self._server = server
+    def __init__(self, settings: _ConnectionSettings, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self._settings = settings
         self._reader = reader
         self._writer = writer
-        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=server._max_head_bytes)
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=settings.max_head_bytes)
         #: read from the socket, not yet handed to h11 (see :meth:`_feed`)
         self._pending = b""
 
@@ -332,7 +340,7 @@ class _Connection:
             if request is None:
                 return
             try:
-                response = await self._server._handler(request)
+                response = await self._settings.handler(request)
                 if not isinstance(response, Response) or not isinstance(response.body, bytes):
                     raise TypeError(f"handler returned {response!r:.100}, not a Response with a bytes body")
             except Exception:
@@ -345,12 +353,12 @@ class _Connection:
 
     async def _read_request(self) -> Request | None:
         """The next whole request; None when the client closed or idled out between requests."""
-        server, conn = self._server, self._h11
+        settings, conn = self._settings, self._h11
         loop = asyncio.get_running_loop()
         #: bytes of this request handed to h11 so far (pipelined ones may be buffered already)
         fed = len(conn.trailing_data[0])
         started = fed > 0 or bool(self._pending)
-        deadline = loop.time() + (server._request_timeout_s if started else server._idle_timeout_s)
+        deadline = loop.time() + (settings.request_timeout_s if started else settings.idle_timeout_s)
         head: h11.Request | None = None
         body_length = 0
         body = bytearray()
@@ -370,12 +378,12 @@ class _Connection:
                         continue
                     if not started:
                         started = True
-                        deadline = loop.time() + server._request_timeout_s
+                        deadline = loop.time() + settings.request_timeout_s
                     self._pending = data
                 # while the head is incomplete, at most one byte past the head limit: h11 then sees
                 # every oversized head as incomplete and answers 431, even one that arrived whole
                 # (h11 bounds only incomplete heads); a body, no further than its end
-                fed += self._feed(server._max_head_bytes + 1 - fed if head is None else body_length - len(body))
+                fed += self._feed(settings.max_head_bytes + 1 - fed if head is None else body_length - len(body))
             elif isinstance(event, h11.Request):
                 head = event
                 body_length = self._check_head(event)
@@ -404,7 +412,7 @@ class _Connection:
                 raise _Refused(501, head.method)
             if name == b"content-length":
                 length = int(value)
-                if length > self._server._max_body_bytes:
+                if length > self._settings.max_body_bytes:
                     raise _Refused(413, head.method)
         return length
 
@@ -424,7 +432,7 @@ class _Connection:
             data += conn.send(h11.Data(data=response.body)) or b""
         data += conn.send(h11.EndOfMessage()) or b""
         self._writer.write(data)
-        async with asyncio.timeout(self._server._write_timeout_s):
+        async with asyncio.timeout(self._settings.write_timeout_s):
             await self._writer.drain()
 
     def _response_head(self, response: Response) -> h11.Response:
@@ -436,7 +444,7 @@ class _Connection:
             status_code=response.status,
             reason=reason,
             headers=[
-                ("Date", self._server._date.get()),
+                ("Date", self._settings.date.get()),
                 ("Content-Type", response.content_type),
                 ("Content-Length", str(len(response.body))),
                 *response.headers,
