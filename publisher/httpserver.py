@@ -130,8 +130,11 @@ class _ThrottledLog:
         self._count += 1
         now = time.monotonic()
         if now - self._last >= self._interval_s:
-            log.warning("%s (%s); %d times since the last such line, logged at most every %gs",
-                        self._message, detail, self._count, self._interval_s)
+            if self._count == 1:
+                log.warning("%s (%s); logged at most every %gs", self._message, detail, self._interval_s)
+            else:
+                log.warning("%s (%s); %d times since the last such line, logged at most every %gs",
+                            self._message, detail, self._count, self._interval_s)
             self._last = now
             self._count = 0
 
