@@ -13,7 +13,7 @@ top of it this server bounds every resource a client can hold:
   within `request_timeout_s` of its first byte (slow clients) and its answer must be taken
   within `write_timeout_s` (clients that do not read);
 - accept errors (out of file descriptors, EMFILE) pause accepting briefly and are logged at most
-  once per `ACCEPT_ERROR_LOG_INTERVAL_S` with how often they happened, never once per attempt.
+  once a minute with how often they happened, never once per attempt (:mod:`publisher.listener`).
 
 A malformed request gets a 4xx and the connection is closed; a handler that raises gets a 500
 whose body says nothing about the error. The venue simulators use their own server with fault
@@ -25,16 +25,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Self
 from urllib.parse import parse_qs
 
 import h11
+
+from publisher.listener import StreamServer
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,6 @@ IDLE_TIMEOUT_S = 75.0
 REQUEST_TIMEOUT_S = 10.0
 #: for the client to take an answer off the socket
 WRITE_TIMEOUT_S = 10.0
-#: accepting is paused this long after an accept error (EMFILE and the like)
-ACCEPT_RETRY_S = 0.5
-#: a recurring accept error or the connection limit is logged at most once per this interval
-ACCEPT_ERROR_LOG_INTERVAL_S = 60.0
 #: an error answer is followed by reading (and discarding) what the client still sends for up to
 #: this long, so closing with unread data does not reset the connection before the client reads it
 LINGER_S = 1.0
@@ -117,44 +113,13 @@ class DateHeader:
         return self._value
 
 
-class _ThrottledLog:
-    """A recurring condition, logged at most once per interval with how often it happened since."""
-
-    def __init__(self, message: str, interval_s: float):
-        self._message = message
-        self._interval_s = interval_s
-        self._last = -float("inf")
-        self._count = 0
-
-    def note(self, detail: object) -> None:
-        self._count += 1
-        now = time.monotonic()
-        if now - self._last >= self._interval_s:
-            if self._count == 1:
-                log.warning("%s (%s); logged at most every %gs", self._message, detail, self._interval_s)
-            else:
-                log.warning("%s (%s); %d times since the last such line, logged at most every %gs",
-                            self._message, detail, self._count, self._interval_s)
-            self._last = now
-            self._count = 0
-
-
-def dial_url(host: str, port: int) -> str:
-    """`http://host:port` for a server bound to `host`, a wildcard host shown as 127.0.0.1."""
-    if host in ("", "0.0.0.0", "::"):
-        host = "127.0.0.1"
-    elif ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
-
-
 def _error_response(status: int) -> Response:
     # a fixed body: nothing from the request or from an exception is ever echoed back
     phrase = HTTPStatus(status).phrase.lower()
     return Response(status, f"{phrase}\n".encode("ascii"), "text/plain; charset=utf-8", [("Connection", "close")])
 
 
-class HttpServer:
+class HttpServer(StreamServer):
     """Serves `handler` on `host:port` (port 0 picks a free port; see :attr:`port` after start)."""
 
     def __init__(
@@ -170,121 +135,11 @@ class HttpServer:
         max_head_bytes: int = MAX_HEAD_BYTES,
         max_body_bytes: int = MAX_BODY_BYTES,
     ):
-        self._host = host
-        self._port = port
+        super().__init__(host, port, max_connections=max_connections, backlog=_BACKLOG, read_limit=_READ_CHUNK)
         self._conn_settings = _ConnectionSettings(handler, DateHeader(), idle_timeout_s, request_timeout_s,
                                                   write_timeout_s, max_head_bytes, max_body_bytes)
-        self._max_connections = max_connections
-        self._slots = asyncio.Semaphore(max_connections)
-        self._listeners: list[socket.socket] = []
-        self._acceptors: list[asyncio.Task[None]] = []
-        self._connections: set[asyncio.Task[None]] = set()
-        self._accept_errors = _ThrottledLog("accepting an HTTP connection failed, pausing accepts",
-                                            ACCEPT_ERROR_LOG_INTERVAL_S)
-        self._at_limit = _ThrottledLog("HTTP connection limit reached, new connections wait",
-                                       ACCEPT_ERROR_LOG_INTERVAL_S)
 
-    async def start(self) -> None:
-        """Bind and start accepting connections."""
-        loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(self._host or None, self._port, type=socket.SOCK_STREAM,
-                                       flags=socket.AI_PASSIVE)
-        try:
-            for family, kind, proto, _, address in dict.fromkeys(infos):
-                listener = socket.socket(family, kind, proto)
-                self._listeners.append(listener)
-                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                if self._port == 0 and len(self._listeners) > 1:
-                    # every address on the one ephemeral port the first bind picked
-                    address = (address[0], self._listeners[0].getsockname()[1], *address[2:])
-                listener.bind(address)
-                listener.listen(_BACKLOG)
-                listener.setblocking(False)
-        except OSError:
-            for listener in self._listeners:
-                listener.close()
-            self._listeners = []
-            raise
-        self._port = self._listeners[0].getsockname()[1]
-        self._acceptors = [asyncio.create_task(self._accept(listener), name="http-accept")
-                           for listener in self._listeners]
-
-    @property
-    def port(self) -> int:
-        """The bound port (the ephemeral one when constructed with port 0)."""
-        if not self._listeners:
-            raise RuntimeError("server not started")
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """`http://host:port`, with a wildcard host shown as 127.0.0.1 so it can be dialled."""
-        return dial_url(self._host, self.port)
-
-    @property
-    def connections(self) -> int:
-        """Connections open now."""
-        return len(self._connections)
-
-    async def close(self) -> None:
-        """Stop accepting and close every open connection (in-flight handlers are cancelled)."""
-        if not self._listeners:
-            return
-        tasks = [*self._acceptors, *self._connections]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for listener in self._listeners:
-            listener.close()
-        self._listeners = []
-        self._acceptors = []
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    # -- accepting -----------------------------------------------------------------------------
-
-    async def _accept(self, listener: socket.socket) -> None:
-        # our own accept loop rather than asyncio's: on EMFILE asyncio logs a traceback per
-        # attempt, up to `backlog` of them per event loop turn
-        loop = asyncio.get_running_loop()
-        while True:
-            if self._slots.locked():
-                self._at_limit.note(f"{self._max_connections} open")
-            await self._slots.acquire()
-            try:
-                sock, _ = await loop.sock_accept(listener)
-            except ConnectionAbortedError:
-                self._slots.release()
-                continue
-            except OSError as exc:
-                self._slots.release()
-                self._accept_errors.note(f"{type(exc).__name__}: {exc}")
-                await asyncio.sleep(ACCEPT_RETRY_S)
-                continue
-            except BaseException:
-                self._slots.release()
-                raise
-            task = asyncio.create_task(self._serve_connection(sock), name="http-connection")
-            self._connections.add(task)
-            task.add_done_callback(self._connection_done)
-
-    def _connection_done(self, task: asyncio.Task[None]) -> None:
-        self._connections.discard(task)
-        self._slots.release()
-
-    async def _serve_connection(self, sock: socket.socket) -> None:
-        try:
-            reader, writer = await asyncio.open_connection(sock=sock, limit=_READ_CHUNK)
-        except OSError:
-            sock.close()
-            return
+    async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _Connection(self._conn_settings, reader, writer).serve()
 
 

@@ -191,7 +191,7 @@ async def test_close_ends_open_connections_quietly(
 async def test_connection_limit_holds_and_waiting_clients_are_served_later(caplog: pytest.LogCaptureFixture) -> None:
     async with HttpServer(_handler, max_connections=4) as server:
         streams = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(10)]
-        with caplog.at_level(logging.WARNING, logger="publisher.httpserver"):
+        with caplog.at_level(logging.WARNING, logger="publisher.listener"):
             for _, writer in streams:
                 writer.write(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
             for reader, _ in streams[:4]:
@@ -217,8 +217,11 @@ _CHILD = textwrap.dedent("""
     if nofile:
         resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
     from publisher.endpoints import make_handler
-    from publisher.httpserver import HttpServer
     from publisher.metrics import Metrics
+    if sys.argv[2] == "simulators":
+        from publisher.sim.httpserver import HttpServer
+    else:
+        from publisher.httpserver import HttpServer
 
     async def main():
         server = HttpServer(make_handler(Metrics(), lambda: None))
@@ -232,9 +235,9 @@ _CHILD = textwrap.dedent("""
 
 
 class _Child:
-    def __init__(self, tmp_path: Path, nofile: int = 0):
+    def __init__(self, tmp_path: Path, nofile: int = 0, server: str = "service"):
         self.log = tmp_path / "child.log"
-        self.proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(nofile)], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(nofile), server], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.log.open("w"), text=True,
                                      cwd=Path(__file__).parent.parent)
         assert self.proc.stdout is not None
@@ -301,8 +304,9 @@ async def test_400_connections_with_1_mib_bodies_stay_within_the_limit_and_memor
     assert "Traceback" not in log
 
 
-async def test_out_of_file_descriptors_is_logged_once_not_per_attempt(tmp_path: Path) -> None:
-    child = _Child(tmp_path, nofile=48)
+@pytest.mark.parametrize("server", ["service", "simulators"])
+async def test_out_of_file_descriptors_is_logged_once_not_per_attempt(tmp_path: Path, server: str) -> None:
+    child = _Child(tmp_path, nofile=48, server=server)
     held: list[socket.socket] = []
     try:
         for _ in range(120):  # more than the child has descriptors: its accepts fail with EMFILE

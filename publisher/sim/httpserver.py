@@ -21,10 +21,10 @@ import re
 import socket
 import struct
 from http import HTTPStatus
-from typing import Self
 from urllib.parse import parse_qs
 
-from publisher.httpserver import DateHeader, Handler, Request, Response, dial_url
+from publisher.httpserver import DateHeader, Handler, Request, Response
+from publisher.listener import StreamServer
 
 __all__ = ["DropConnection", "Handler", "HttpServer", "Request", "Response"]
 
@@ -54,7 +54,6 @@ class DropConnection(Exception):
         self.reset = reset
 
 
-
 class _Refused(Exception):
     """The request cannot be served; answer `status` and close the connection."""
 
@@ -69,7 +68,7 @@ def _error_response(status: int) -> Response:
     return Response(status, b'{"error": "%s"}' % phrase.encode("ascii"))
 
 
-class HttpServer:
+class HttpServer(StreamServer):
     """Serves `handler` on `host:port` (port 0 picks a free port; see :attr:`port` after start)."""
 
     def __init__(
@@ -81,75 +80,24 @@ class HttpServer:
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         max_body_bytes: int = MAX_BODY_BYTES,
     ):
+        # no connection limit: benchmarks hold a thousand keep-alive connections, and open them at
+        # once (a short backlog would turn that into SYN retries and one-second stalls)
+        super().__init__(host, port, max_connections=None, backlog=4096, read_limit=MAX_HEAD_BYTES)
         self._handler = handler
-        self._host = host
-        self._port = port
         self._idle_timeout_s = idle_timeout_s
         self._max_body_bytes = max_body_bytes
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
         self._date = DateHeader()
 
-    async def start(self) -> None:
-        """Bind and start accepting connections."""
-        self._server = await asyncio.start_server(
-            self._serve_connection,
-            self._host,
-            self._port,
-            limit=MAX_HEAD_BYTES,
-            # benchmarks open a thousand connections at once; a short backlog turns that into
-            # SYN retries and one-second stalls
-            backlog=4096,
-        )
-        self._port = self._server.sockets[0].getsockname()[1]
-
-    @property
-    def port(self) -> int:
-        """The bound port (the ephemeral one when constructed with port 0)."""
-        if self._server is None:
-            raise RuntimeError("server not started")
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """`http://host:port`, with a wildcard host shown as 127.0.0.1 so it can be dialled."""
-        return dial_url(self._host, self.port)
-
-    async def close(self) -> None:
-        """Stop accepting and close every open connection (in-flight handlers are cancelled)."""
-        if self._server is None:
-            return
-        self._server.close()
-        tasks = list(self._connections)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await self._server.wait_closed()
-        self._server = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
+    async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await self._serve_requests(reader, writer)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             pass  # the peer went away or idled out: nothing to answer
         except asyncio.CancelledError:
-            # close() (or loop shutdown) ended the connection; ending normally matters because
-            # asyncio's stream callback logs a cancelled connection task as an error on 3.11
-            pass
+            pass  # close() ended the connection: end normally, close() awaits the task
         except Exception:  # never let one connection's surprise reach the event loop
             log.exception("HTTP connection failed")
         finally:
-            self._connections.discard(task)
             if not writer.transport.is_closing():
                 writer.close()
 
