@@ -94,6 +94,7 @@ async def test_get_reads_the_whole_body_and_keeps_the_connection(transport: Sour
     async with Server(ok(b'{"fills": [1, 2, 3]}')) as server:
         for _ in range(3):
             response = await transport.handle_async_request(request(server.url))
+            await response.aread()
             assert response.status_code == 200
             assert response.content == b'{"fills": [1, 2, 3]}'
             assert response.headers["content-type"] == "application/json"
@@ -104,6 +105,7 @@ async def test_get_reads_the_whole_body_and_keeps_the_connection(transport: Sour
 async def test_gzip_bodies_are_decoded(transport: SourceTransport) -> None:
     async with Server(ok(gzip.compress(b'{"fills": []}'), content_encoding="gzip")) as server:
         response = await transport.handle_async_request(request(server.url))
+        await response.aread()
     assert response.content == b'{"fills": []}'
 
 
@@ -141,6 +143,7 @@ async def test_tls_verifies_the_venue_certificate(tmp_path: Path) -> None:
         try:
             for _ in range(2):
                 response = await pool.handle_async_request(request(server.url))
+                await response.aread()
                 assert response.content == b'{"ok": true}'
             assert server.connections == 1
         finally:
@@ -163,8 +166,11 @@ def test_the_proxy_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("ALL_PROXY", "http://proxy.internal:3128")
     assert isinstance(SourceTransport("http://plain.example/x", tls).pool, httpcore.AsyncHTTPProxy)
     monkeypatch.delenv("ALL_PROXY")
+    # SOCKS works as with httpx (socksio is a dependency); a kind httpx refuses is refused
     monkeypatch.setenv("HTTPS_PROXY", "socks5://user:pw@proxy.internal:1080")
-    with pytest.raises(ValueError, match="only http and https proxies") as caught:
+    assert isinstance(SourceTransport("https://api.example/x", tls).pool, httpcore.AsyncSOCKSProxy)
+    monkeypatch.setenv("HTTPS_PROXY", "ftp://user:pw@proxy.internal:21")
+    with pytest.raises(ValueError, match="ftp proxy; supported: http, https, socks5, socks5h") as caught:
         SourceTransport("https://api.example/x", tls)
     assert "pw" not in str(caught.value) and "HTTPS_PROXY" in str(caught.value)
     assert proxy_problem("https://bypassed.example/x") is None
@@ -172,11 +178,11 @@ def test_the_proxy_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
 
 def test_an_unusable_proxy_is_a_config_error_naming_the_source(monkeypatch: pytest.MonkeyPatch,
                                                                tmp_path: Path) -> None:
-    monkeypatch.setenv("HTTPS_PROXY", "socks5://user:hunter2@proxy.internal:1080")
+    monkeypatch.setenv("HTTPS_PROXY", "ftp://user:hunter2@proxy.internal:21")
     with pytest.raises(ConfigError) as caught:
         load(tmp_path, base_config(tmp_path))
     assert caught.value.field == "sources[kalshi-main].base_url"
-    assert "socks5" in str(caught.value) and "hunter2" not in str(caught.value)
+    assert "ftp" in str(caught.value) and "hunter2" not in str(caught.value)
 
 
 async def test_requests_go_through_the_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -188,6 +194,7 @@ async def test_requests_go_through_the_proxy(monkeypatch: pytest.MonkeyPatch) ->
         pool = SourceTransport("http://venue.example", ssl.create_default_context())
         try:
             response = await pool.handle_async_request(request("http://venue.example"))
+            await response.aread()
         finally:
             await pool.aclose()
     assert response.content == b"{}"
