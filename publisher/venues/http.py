@@ -244,7 +244,8 @@ class VenueClient:
         status = response.status_code
         # whatever the auth flow added to the request (a key, a signature) is a secret here: a
         # venue or proxy may echo the request's headers in its error body
-        secrets = [value for name, value in request.headers.items() if _HEADERS.get(name) != value]
+        secrets = [value for name, value in request.headers.items() if _HEADERS.get(name, value) != value
+                   or (name not in _HEADERS and name != "host")]
         token = _request_secrets.set(secrets)
         try:
             detail = redact(self._describe(status, body), secrets)
