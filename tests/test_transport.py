@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from publisher.config import ConfigError
-from publisher.venues.transport import SourceTransport, proxy_problem
+from publisher.venues.transport import SourceTransport, environment_proxy, proxy_problem
 from tests.harness.tls import Pki
 from tests.test_config import base_config, load
 
@@ -199,3 +200,101 @@ async def test_requests_go_through_the_proxy(monkeypatch: pytest.MonkeyPatch) ->
             await pool.aclose()
     assert response.content == b"{}"
     assert proxy.requests[0].startswith(b"GET http://venue.example/fills?limit=5 HTTP/1.1\r\n")
+
+
+# -- the proxy is the one httpx picks, for every standard form -------------------------------------
+
+_PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy",
+              "no_proxy")
+_URLS = ["https://venue.example/api", "http://venue.example/api", "https://api.example.com/x", "https://example.com/x",
+         "https://notexample.com/x", "https://example.com:8443/x", "http://example.com/x", "https://127.0.0.1:8443/x",
+         "https://[::1]:8443/x", "https://localhost/x", "https://192.168.3.4/x"]
+
+
+@pytest.mark.parametrize("env", [
+    {"HTTP_PROXY": "proxy.corp:3128"},  # no scheme, as many environments write it: an http proxy
+    {"HTTPS_PROXY": "proxy.corp:3128"},
+    {"HTTPS_PROXY": "http://user:pw@p.corp:1"},
+    {"https_proxy": "http://lower.corp:1", "HTTPS_PROXY": "http://upper.corp:2"},
+    {"ALL_PROXY": "http://all.corp:1", "HTTPS_PROXY": "https://tls.corp:2"},
+    {"ALL_PROXY": "socks5://socks.corp:1080"},
+    {"HTTP_PROXY": "socks5h://u:p@socks.corp:1080", "HTTPS_PROXY": "socks5://socks.corp:1081"},
+    *({"HTTPS_PROXY": "http://p.corp:1", "HTTP_PROXY": "http://p.corp:2", "NO_PROXY": no_proxy} for no_proxy in (
+        "example.com", ".example.com", "*", "127.0.0.1", "::1", "localhost", "http://example.com",
+        "example.com:8443", "192.168.0.0/16", " venue.example , other.example", "*.example.com", "")),
+], ids=lambda env: ",".join(f"{k}={v}" for k, v in env.items()))
+def test_proxy_resolution_is_httpxs(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    """Side by side with httpx.AsyncClient (trust_env): the same proxy, or none, for every URL."""
+    for name in _PROXY_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    client = httpx.AsyncClient()
+    for url in _URLS:
+        chosen = client._transport_for_url(httpx.URL(url))  # httpx's own choice (an internal, fine in a test)
+        theirs = None
+        if chosen is not client._transport:
+            core_url = chosen._pool._proxy_url  # type: ignore[attr-defined]
+            theirs = (core_url.scheme.decode(), core_url.host.decode(), core_url.port)
+        proxy = environment_proxy(url)
+        ours = None if proxy is None else (proxy.url.scheme, proxy.url.host, proxy.url.port)
+        assert ours == theirs, url
+        pool = SourceTransport(url, ssl.create_default_context()).pool
+        assert isinstance(pool, httpcore.AsyncSOCKSProxy) == (ours is not None and ours[0].startswith("socks"))
+        assert isinstance(pool, httpcore.AsyncHTTPProxy) == (ours is not None and ours[0].startswith("http"))
+
+
+def test_the_httpx_internals_the_transport_uses_still_exist() -> None:
+    """Fails loudly when httpx moves or changes what environment_proxy and _as_httpx_error use."""
+    from httpx._transports import default
+    from httpx._utils import URLPattern, get_environment_proxies
+
+    assert isinstance(get_environment_proxies(), dict)
+    assert URLPattern("all://*example.com").matches(httpx.URL("https://api.example.com"))
+    assert sorted([URLPattern("all://"), URLPattern("https://x.example")])[0].pattern == "https://x.example"
+    with pytest.raises(httpx.ReadTimeout), default.map_httpcore_exceptions():
+        raise httpcore.ReadTimeout("t")
+
+
+async def test_requests_go_through_a_socks_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[tuple[str, int]] = []
+
+    async def relay(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+        except ConnectionError:
+            pass
+        finally:
+            sink.close()
+
+    async with Server(ok(b'{"via": "socks"}')) as venue:
+        venue_port = int(venue.url.rsplit(":", 1)[1])
+
+        async def socks5(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            # RFC 1928, no authentication, CONNECT only; every target goes to the venue
+            _, methods = await reader.readexactly(2)
+            await reader.readexactly(methods)
+            writer.write(b"\x05\x00")
+            _, _, _, kind = await reader.readexactly(4)
+            host = (await reader.readexactly((await reader.readexactly(1))[0])).decode() if kind == 3 \
+                else socket.inet_ntoa(await reader.readexactly(4))
+            asked.append((host, int.from_bytes(await reader.readexactly(2), "big")))
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", venue_port)
+            writer.write(b"\x05\x00\x00\x01" + bytes(6))
+            await asyncio.gather(relay(reader, up_writer), relay(up_reader, writer))
+
+        proxy = await asyncio.start_server(socks5, "127.0.0.1", 0)
+        monkeypatch.setenv("ALL_PROXY", f"socks5://127.0.0.1:{proxy.sockets[0].getsockname()[1]}")
+        for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        pool = SourceTransport("http://venue.example:8080", ssl.create_default_context())
+        try:
+            response = await pool.handle_async_request(request("http://venue.example:8080"))
+            await response.aread()
+        finally:
+            await pool.aclose()
+            proxy.close()
+    assert response.content == b'{"via": "socks"}'
+    assert asked == [("venue.example", 8080)]

@@ -104,6 +104,8 @@ class HostileVenue:
                     break
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
+        except asyncio.CancelledError:
+            pass  # closing: end quietly (asyncio reports a cancelled connection task as an error)
         finally:
             self._tasks.discard(task)
             writer.close()
