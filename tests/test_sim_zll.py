@@ -293,7 +293,7 @@ async def test_insertion_listing_puts_a_late_fill_among_the_newest() -> None:
             newest = await page(http)
             sim.order = "oldest"
             oldest = await page(http)
-    assert [f["id"] for f in newest] == [late.fill_id] + [f.fill_id for f in early][::-1]
+    assert [f["id"] for f in newest] == [late.fill_id, *[f.fill_id for f in early][::-1]]
     assert [f["id"] for f in oldest] == [f.fill_id for f in early] + [late.fill_id]
     with pytest.raises(ValueError, match="listing"):
         ZllSimulator(api_key=API_KEY, listing="random")  # type: ignore[arg-type]
