@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from publisher.checkpoint import Checkpoint, encode_checkpoint
+from publisher.checkpoint import Checkpoint
 from publisher.dedupe import SeenWindow, fill_key, fill_keys
 from publisher.event import DeadLetter, FillEvent
 from publisher.metrics import SourceMetrics
@@ -77,7 +77,9 @@ class SourceState:
             self.paging_state: Any = None
         else:
             self.watermark_ns = checkpoint.watermark_ns
-            self.window = SeenWindow.from_packed(self.floor_ns, checkpoint.seen)
+            # the window knows no fill below the floor it had: a lookback_s raised since then must
+            # not make those fills look new (they would be published again)
+            self.window = SeenWindow.from_packed(max(self.floor_ns, checkpoint.floor_ns), checkpoint.seen)
             self.paging_state = checkpoint.paging_state
         self.last_checkpoint_ns = now_ns
 
@@ -85,17 +87,16 @@ class SourceState:
     def floor_ns(self) -> int:
         return self.watermark_ns - self.lookback_ns
 
-    def checkpoint(self, now_ns: int) -> bytes:
-        return encode_checkpoint(
-            Checkpoint(
-                source=self.name,
-                venue=self.venue,
-                watermark_ns=self.watermark_ns,
-                floor_ns=self.window.floor_ns,
-                seen=self.window.packed(),
-                paging_state=self.paging_state,
-                written_at_ns=now_ns,
-            )
+    def checkpoint(self, now_ns: int) -> Checkpoint:
+        """The state as a checkpoint (the sink encodes it, split into records that fit)."""
+        return Checkpoint(
+            source=self.name,
+            venue=self.venue,
+            watermark_ns=self.watermark_ns,
+            floor_ns=self.window.floor_ns,
+            seen=self.window.packed(),
+            paging_state=self.paging_state,
+            written_at_ns=now_ns,
         )
 
 

@@ -28,6 +28,7 @@ records into per-partition batches :mod:`publisher.sink.batching`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -36,13 +37,22 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
 
+from publisher.checkpoint import Checkpoint, checkpoint_records
 from publisher.config import KafkaConfig, fills_topic
 from publisher.event import DeadLetter, FillEvent, encode
 from publisher.metrics import Metrics
 from publisher.secret import Secret
-from publisher.sink.batching import PartitionBatches
-from publisher.sink.producer import FATAL, REBUILD, ProducerFencedError, TransactionalProducer, reason
-from publisher.sink.records import common_fill_headers, dead_letter_headers, fill_key
+from publisher.sink.batching import PartitionBatches, partition_for
+from publisher.sink.held import HeldSources
+from publisher.sink.producer import FATAL, REBUILD, RECORD_ERRORS, ProducerFencedError, TransactionalProducer, reason
+from publisher.sink.records import (
+    common_fill_headers,
+    dead_letter_headers,
+    dead_letter_value,
+    fill_key,
+    oversized_fill,
+    record_budget,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +70,19 @@ class SourceBatch:
     venue: str
     fills: list[FillEvent]
     dead_letters: list[DeadLetter]
-    checkpoint: bytes
+    #: the source's state after this batch (the sink encodes, and splits, the newest of a source)
+    checkpoint: Checkpoint
     #: called with the commit's wall-clock time (ns) once the transaction holding it committed
     on_commit: Callable[[int], None] = field(default=lambda _ns: None)
 
     @property
     def size(self) -> int:
         return len(self.fills) + len(self.dead_letters)
+
+
+def _sources(batches: list[SourceBatch]) -> str:
+    names = sorted({batch.source for batch in batches})
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 class TransactionalSink:
@@ -98,6 +114,11 @@ class TransactionalSink:
         self._capacity.set()
         self._pending = 0
         self._closing = False
+        self._budget = record_budget(kafka.max_record_bytes)
+        #: sources whose batches Kafka refused, retried alone
+        self._held = HeldSources()
+        #: part records of each source's newest committed checkpoint (tombstoned when it shrinks)
+        self._parts_written: dict[str, int] = {}
         self._healthy = False
         #: monotonic start of the transaction in flight, None between transactions
         self._txn_started: float | None = None
@@ -119,6 +140,11 @@ class TransactionalSink:
     @_producer.setter
     def _producer(self, producer: AIOKafkaProducer | None) -> None:
         self._producers.current = producer
+
+    @property
+    def held(self) -> str | None:
+        """Sources held back because Kafka refuses a record of theirs, and why (None: none)."""
+        return self._held.describe()
 
     @property
     def healthy(self) -> bool:
@@ -175,21 +201,37 @@ class TransactionalSink:
     async def run(self) -> None:
         """Commit queued batches until :meth:`close`; raises :class:`ProducerFencedError`."""
         while True:
+            due = self._held.due(time.monotonic())
+            if due is not None:
+                await self._commit_until_done(self._held.release(due))
+                continue
             if not self._queue:
                 if self._closing:
                     return
                 self._work.clear()
-                await self._work.wait()
+                wake = self._held.next_retry_in(time.monotonic())
+                if wake is None:
+                    await self._work.wait()
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wake):
+                            await self._work.wait()
                 continue
             batches = self._take()
-            await self._commit_until_done(batches)
+            if batches:
+                await self._commit_until_done(batches)
 
     def _take(self) -> list[SourceBatch]:
-        """Everything waiting, up to `max_batch_fills` (at least one batch)."""
-        taken = [self._queue.popleft()]
-        total = taken[0].size
-        while self._queue and total + self._queue[0].size <= self._kafka.max_batch_fills:
-            batch = self._queue.popleft()
+        """Everything waiting, up to `max_batch_fills` (at least one batch), but for the batches of
+        held sources, which join their source's held batches (they commit after them)."""
+        taken: list[SourceBatch] = []
+        total = 0
+        queue, held = self._queue, self._held
+        while queue and (not taken or total + queue[0].size <= self._kafka.max_batch_fills):
+            batch = queue.popleft()
+            if held.holds(batch.source):
+                held.add(batch)
+                continue
             total += batch.size
             taken.append(batch)
         return taken
@@ -202,42 +244,89 @@ class TransactionalSink:
         from its own state machine (AssertionError on an illegal transition after a cancelled
         commit, "Unexpected error during batch delivery" when its sender task died): a fresh
         producer is the cure for all of them.
+
+        A failure that names a record the cluster refuses (:data:`RECORD_ERRORS`: too large for the
+        topic, a topic we may not write) would fail every retry: the batches are then committed
+        source by source, and a source whose own transaction still fails is held back (retried
+        alone, with a growing pause) so that every other source goes on committing.
         """
         attempt = 0
-        while True:
+        while batches:
             try:
-                try:
-                    if self._producer is None:
-                        await self._producers.start_once()
-                    started = time.perf_counter()
-                    self._txn_started = time.monotonic()
-                    try:
-                        await asyncio.wait_for(self._transaction(batches), self._kafka.transaction_timeout_s)
-                    finally:
-                        self._txn_started = None
-                except FATAL:
-                    raise
-                except Exception as exc:  # see docstring: recover, retry
-                    self._healthy = False
-                    attempt += 1
-                    self._metrics.publish_errors.labels(reason=reason(exc)).inc()
-                    delay = self._producers.backoff(attempt)
-                    log.warning("transaction of %d batches (%d fills) failed (%s: %s); retrying in %.2fs",
-                                len(batches), sum(b.size for b in batches), type(exc).__name__, exc, delay)
-                    await self._recover(exc)
-                    await asyncio.sleep(delay)
-                    continue
+                await self._attempt(batches)
             except FATAL as exc:
                 raise self._fatal(exc) from exc
-            committed_ns = time.time_ns()
-            self._metrics.commit_duration.observe(time.perf_counter() - started)
-            self._healthy = True
+            except Exception as exc:  # see docstring: recover, retry
+                attempt += 1
+                await self._failed(batches, exc)
+                if isinstance(exc, RECORD_ERRORS):
+                    batches = await self._isolate(batches, exc)
+                    continue
+                delay = self._producers.backoff(attempt)
+                log.warning("retrying in %.2fs", delay)
+                await asyncio.sleep(delay)
+                continue
             if attempt:
                 log.info("transaction committed after %d failed attempts", attempt)
-            self._add_pending(-sum(b.size for b in batches))
-            for batch in batches:
-                batch.on_commit(committed_ns)
             return
+
+    async def _attempt(self, batches: list[SourceBatch]) -> None:
+        """One transaction of `batches`; on success, their owners are told."""
+        if self._producer is None:
+            await self._producers.start_once()
+        started = time.perf_counter()
+        self._txn_started = time.monotonic()
+        try:
+            parts = await asyncio.wait_for(self._transaction(batches), self._kafka.transaction_timeout_s)
+        finally:
+            self._txn_started = None
+        committed_ns = time.time_ns()
+        self._metrics.commit_duration.observe(time.perf_counter() - started)
+        self._healthy = True
+        self._parts_written.update(parts)
+        self._held.committed({batch.source for batch in batches})
+        self._add_pending(-sum(b.size for b in batches))
+        for batch in batches:
+            batch.on_commit(committed_ns)
+
+    async def _failed(self, batches: list[SourceBatch], exc: Exception) -> None:
+        """Count and log a failed transaction, then leave it behind (:meth:`_recover`)."""
+        self._healthy = False
+        self._metrics.publish_errors.labels(reason=reason(exc)).inc()
+        log.warning("transaction of %d batches (%d fills) of %s failed (%s: %s)",
+                    len(batches), sum(b.size for b in batches), _sources(batches), type(exc).__name__, exc)
+        await self._recover(exc)
+
+    async def _isolate(self, batches: list[SourceBatch], exc: Exception) -> list[SourceBatch]:
+        """After a record error: each source's batches in a transaction of their own; a source
+        whose transaction fails with a record error again is held back. Returns the batches still
+        to retry as usual (after an error that is not a record's: Kafka itself is failing)."""
+        groups: dict[str, list[SourceBatch]] = {}
+        for batch in batches:
+            groups.setdefault(batch.source, []).append(batch)
+        if len(groups) == 1:
+            self._hold(batches, exc)
+            return []
+        pending = list(groups.values())
+        while pending:
+            group = pending.pop(0)
+            try:
+                await self._attempt(group)
+            except FATAL as fatal:
+                raise self._fatal(fatal) from fatal
+            except Exception as again:  # like _commit_until_done
+                await self._failed(group, again)
+                if not isinstance(again, RECORD_ERRORS):
+                    return [b for g in (group, *pending) for b in g]
+                self._hold(group, again)
+        return []
+
+    def _hold(self, batches: list[SourceBatch], exc: Exception) -> None:
+        source = batches[0].source
+        delay = self._held.hold(source, batches, f"{type(exc).__name__}: {exc}", time.monotonic())
+        log.error("source %s: Kafka refuses a record of its batch (%s: %s); its %d fills are held back and "
+                  "retried alone in %.0fs, the other sources go on", source, type(exc).__name__, exc,
+                  sum(b.size for b in batches), delay)
 
     async def _recover(self, exc: BaseException) -> None:
         """Leave the failed transaction behind: abort it, or rebuild the producer.
@@ -266,14 +355,21 @@ class TransactionalSink:
             log.warning("producer rebuild failed (%s: %s); retrying", type(start_exc).__name__, start_exc)
             self._producer = None
 
-    async def _transaction(self, batches: list[SourceBatch]) -> None:
+    async def _transaction(self, batches: list[SourceBatch]) -> dict[str, int]:
+        """Write and commit `batches`; returns the part count of each source's checkpoint.
+
+        Every record is sized before it is sent (:mod:`publisher.sink.records`): a fill too large
+        goes to the DLQ as a truncated dead letter, a dead letter too large is truncated, and a
+        checkpoint is split into records that fit.
+        """
         producer = self._producer
         assert producer is not None
         kafka = self._kafka
+        budget = self._budget
         await producer.begin_transaction()
-        records = PartitionBatches(producer)
+        records = PartitionBatches(producer, budget)
         futures = records.futures
-        checkpoints: dict[str, bytes] = {}
+        checkpoints: dict[str, Checkpoint] = {}
         for batch in batches:
             source = batch.source.encode()
             topic = fills_topic(kafka, batch.venue)
@@ -282,24 +378,39 @@ class TransactionalSink:
             common = common_fill_headers(source, venue)
             keys: dict[str, bytes] = {}
             append = records.append
+            oversized: list[DeadLetter] = []
             for fill in batch.fills:
                 key = keys.get(fill.instrument)
                 if key is None:
                     key = keys[fill.instrument] = fill_key(batch.source, fill.instrument)
                 value = encode(fill)
                 headers = [("fill_id", fill.fill_id.encode()), *common]
-                if not append(topic, key, value, headers):
-                    await records.add(topic, key, value, headers)
-            for letter in batch.dead_letters:
+                if not append(topic, key, value, headers) and not await records.add(topic, key, value, headers):
+                    oversized.append(oversized_fill(fill, value))
+            if oversized:
+                log.error("source %s: %d fills too large for a record (limit %d bytes) go to %s instead",
+                          batch.source, len(oversized), budget, kafka.dlq_topic)
+            for letter in (*batch.dead_letters, *oversized):
                 headers = dead_letter_headers(source, venue)
-                futures.append(await producer.send(kafka.dlq_topic, encode(letter), key=source, headers=headers))
+                futures.append(await producer.send(kafka.dlq_topic, dead_letter_value(letter, budget), key=source,
+                                                   headers=headers))
             checkpoints[batch.source] = batch.checkpoint  # a later batch of a source supersedes
         await records.flush()
+        parts: dict[str, int] = {}
+        topic = kafka.checkpoint_topic
         for name, checkpoint in checkpoints.items():
-            futures.append(await producer.send(kafka.checkpoint_topic, checkpoint, key=name.encode(),
-                                               partition=self.checkpoint_partition))
+            written = self._parts_written.get(name, 0)
+            cp_records = checkpoint_records(checkpoint, budget, stale_parts=range(1, written + 1))
+            partition = self.checkpoint_partition
+            if partition is None:
+                # every record of a source's checkpoint in one partition: where its head would go
+                partition = partition_for(name.encode(), await producer.partitions_for(topic))
+            for key, record in cp_records:
+                futures.append(await producer.send(topic, record, key=key, partition=partition))
+            parts[name] = sum(1 for _, record in cp_records[:-1] if record is not None)
         await asyncio.gather(*futures)
         await producer.commit_transaction()
+        return parts
 
     # ------------------------------------------------------------------ shutdown
 

@@ -1,8 +1,9 @@
 """The transactional producer's lifecycle: build, start (with retries), discard, rebuild.
 
 Which errors mean what: :data:`FATAL` (the transactional id is not ours: final),
-:data:`REBUILD` (the producer's id/epoch/sequence state is broken: a new producer), anything else
-(abort, and rebuild if the abort fails; the commit loop decides).
+:data:`REBUILD` (the producer's id/epoch/sequence state is broken: a new producer),
+:data:`RECORD_ERRORS` (a record the cluster refuses: isolate its source), anything else (abort,
+and rebuild if the abort fails; the commit loop decides).
 """
 
 from __future__ import annotations
@@ -15,15 +16,22 @@ import random
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     InvalidProducerEpoch,
+    InvalidTopicError,
     KafkaError,
+    MessageSizeTooLargeError,
     OutOfOrderSequenceNumber,
+    PolicyViolationError,
     ProducerFenced,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
     TransactionalIdAuthorizationFailed,
     UnknownProducerId,
+    UnsupportedForMessageFormatError,
 )
 
 from publisher.config import KafkaConfig
-from publisher.kafkaclient import CHECKPOINT_MAX_MESSAGE_BYTES, client_options
+from publisher.kafkaclient import client_options
 from publisher.metrics import Metrics
 from publisher.secret import Secret
 
@@ -36,6 +44,10 @@ FATAL = (ProducerFenced, TransactionalIdAuthorizationFailed)
 #: OutOfOrderSequenceNumber also kills aiokafka's sender task; a bare InvalidProducerEpoch is the
 #: coordinator having bumped our epoch (KIP-588: abortable), not fencing
 REBUILD = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, TimeoutError)
+#: the cluster refuses a record, not the transaction: retrying the same records fails the same way,
+#: so the commit loop isolates the batch of the source that holds it
+RECORD_ERRORS = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, InvalidTopicError,
+                 TopicAuthorizationFailedError, PolicyViolationError, UnsupportedForMessageFormatError)
 #: the broker-side transaction timeout exceeds our own deadline by this much, so the coordinator
 #: never aborts (and epoch-bumps) a transaction we are still driving: that would read as fencing
 _BROKER_TXN_TIMEOUT_MARGIN_S = 30.0
@@ -78,10 +90,12 @@ class TransactionalProducer:
             enable_idempotence=True,
             acks="all",
             transaction_timeout_ms=int((kafka.transaction_timeout_s + _BROKER_TXN_TIMEOUT_MARGIN_S) * 1000),
-            max_request_size=CHECKPOINT_MAX_MESSAGE_BYTES + 65536,
+            # the sink sizes every record below this (publisher.sink.records); aiokafka's own check
+            # in send() is the second line
+            max_request_size=kafka.max_record_bytes,
             # fills of one poll arrive together: batch them without waiting for stragglers
             linger_ms=0,
-            max_batch_size=1024 * 1024,
+            max_batch_size=min(1024 * 1024, kafka.max_record_bytes),
         )
 
     async def start(self, stop: asyncio.Event | None = None) -> None:
