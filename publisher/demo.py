@@ -71,7 +71,7 @@ def demo_settings(bootstrap: str, http_port: int, kalshi: KalshiSimulator, kalsh
 
 def _fill_line(fill: Any, lag_s: float) -> str:
     return (f"  {fill.venue:6} {fill.source:12} {fill.instrument:28} {fill.side:4} {fill.quantity:>8} @ "
-            f"{fill.price:<9} fee {str(fill.fee):<8} lag {lag_s * 1000:7.0f} ms")
+            f"{fill.price:<9} fee {fill.fee!s:<8} lag {lag_s * 1000:7.0f} ms")
 
 
 def _counter_total(metrics: Metrics, name: str, **labels: str) -> float:
@@ -203,7 +203,7 @@ def main(duration: float | None, http_port: int | None) -> int:
         return asyncio.run(_run(duration, http_port))
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # noqa: BLE001 - a demo should explain, not dump a traceback
+    except Exception as exc:
         with contextlib.suppress(Exception):
             logging.getLogger(__name__).debug("demo failed", exc_info=True)
         print(f"fill-publisher demo: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -72,7 +72,8 @@ async def test_a_split_checkpoint_written_by_the_sink_restores_whole(broker: Emb
     runner = asyncio.create_task(sink.run())
     committed = asyncio.Event()
     sink.submit(SourceBatch(source="a", venue="kalshi", fills=[], dead_letters=[],
-                            checkpoint=Checkpoint(source="a", venue="kalshi", watermark_ns=7, floor_ns=0, seen=seen),
+                            checkpoint=encode_checkpoint(Checkpoint(source="a", venue="kalshi", watermark_ns=7,
+                                                                    floor_ns=0, seen=seen)),
                             on_commit=lambda _ns: committed.set()))
     await asyncio.wait_for(committed.wait(), 20)
     assert await sink.close(runner, 5)

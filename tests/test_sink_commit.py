@@ -22,7 +22,7 @@ from aiokafka.errors import (
 )
 
 import publisher.sink.producer
-from publisher.checkpoint import Checkpoint, decode_checkpoint, decode_part
+from publisher.checkpoint import Checkpoint, decode_checkpoint, decode_part, encode_checkpoint
 from publisher.config import KafkaConfig
 from publisher.event import DeadLetter, FillEvent
 from publisher.metrics import Metrics
@@ -57,7 +57,7 @@ class Committed:
               cp: Checkpoint | None = None, tag: str = "") -> SourceBatch:
         name = tag or source
         return SourceBatch(source=source, venue="kalshi", fills=[fill(source, i) for i in range(fills)],
-                           dead_letters=letters or [], checkpoint=cp or checkpoint(source),
+                           dead_letters=letters or [], checkpoint=encode_checkpoint(cp or checkpoint(source)),
                            on_commit=lambda _ns: self.calls.append(name))
 
 

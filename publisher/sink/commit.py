@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
 
-from publisher.checkpoint import Checkpoint, checkpoint_records
+from publisher.checkpoint import encoded_checkpoint_records
 from publisher.config import KafkaConfig, fills_topic
 from publisher.event import DeadLetter, FillEvent, encode
 from publisher.metrics import Metrics
@@ -70,8 +70,8 @@ class SourceBatch:
     venue: str
     fills: list[FillEvent]
     dead_letters: list[DeadLetter]
-    #: the source's state after this batch (the sink encodes, and splits, the newest of a source)
-    checkpoint: Checkpoint
+    #: the source's state after this batch, encoded (the sink splits it when it exceeds a record)
+    checkpoint: bytes
     #: called with the commit's wall-clock time (ns) once the transaction holding it committed
     on_commit: Callable[[int], None] = field(default=lambda _ns: None)
 
@@ -369,7 +369,7 @@ class TransactionalSink:
         await producer.begin_transaction()
         records = PartitionBatches(producer, budget)
         futures = records.futures
-        checkpoints: dict[str, Checkpoint] = {}
+        checkpoints: dict[str, bytes] = {}
         for batch in batches:
             source = batch.source.encode()
             topic = fills_topic(kafka, batch.venue)
@@ -400,7 +400,7 @@ class TransactionalSink:
         topic = kafka.checkpoint_topic
         for name, checkpoint in checkpoints.items():
             written = self._parts_written.get(name, 0)
-            cp_records = checkpoint_records(checkpoint, budget, stale_parts=range(1, written + 1))
+            cp_records = encoded_checkpoint_records(checkpoint, name, budget, stale_parts=range(1, written + 1))
             partition = self.checkpoint_partition
             if partition is None:
                 # every record of a source's checkpoint in one partition: where its head would go
