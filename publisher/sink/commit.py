@@ -256,7 +256,7 @@ class TransactionalSink:
                 await self._attempt(batches)
             except FATAL as exc:
                 raise self._fatal(exc) from exc
-            except Exception as exc:  # see docstring: recover, retry
+            except Exception as exc:  # noqa: BLE001 - see docstring: recover, retry
                 attempt += 1
                 await self._failed(batches, exc)
                 if isinstance(exc, RECORD_ERRORS):
@@ -314,7 +314,7 @@ class TransactionalSink:
                 await self._attempt(group)
             except FATAL as fatal:
                 raise self._fatal(fatal) from fatal
-            except Exception as again:  # like _commit_until_done
+            except Exception as again:  # noqa: BLE001 - like _commit_until_done
                 await self._failed(group, again)
                 if not isinstance(again, RECORD_ERRORS):
                     return [b for g in (group, *pending) for b in g]
@@ -345,13 +345,13 @@ class TransactionalSink:
                 return
             except FATAL:
                 raise
-            except Exception as abort_exc:  # any failure here means: start over
+            except Exception as abort_exc:  # noqa: BLE001 - any failure here means: start over
                 log.info("abort failed (%s); rebuilding the producer", type(abort_exc).__name__)
         try:
             await self._producers.rebuild()
         except FATAL:
             raise
-        except Exception as start_exc:  # the next attempt retries the start
+        except Exception as start_exc:  # noqa: BLE001 - the next attempt retries the start
             log.warning("producer rebuild failed (%s: %s); retrying", type(start_exc).__name__, start_exc)
             self._producer = None
 

@@ -150,7 +150,7 @@ class TransactionalProducer:
         try:
             await asyncio.wait_for(producer.stop(), timeout_s)
             return
-        except Exception as exc:  # it is being discarded anyway
+        except Exception as exc:  # noqa: BLE001 - it is being discarded anyway
             log.debug("producer did not stop cleanly (%s); tearing it down", type(exc).__name__)
         # aiokafka 0.14 internals, each optional: fail what the accumulator holds (releases the
         # flush that stop() left waiting), cancel the sender, close the connections
