@@ -30,8 +30,8 @@ _LEADER_NOT_AVAILABLE = 5
 _TOPIC_ALREADY_EXISTS = 36
 _NOT_CONTROLLER = 41
 
-#: checkpoints carry the dedupe window, which can reach megabytes for very busy sources
-CHECKPOINT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+#: real Kafka's default max.message.bytes (message.max.bytes on the broker)
+KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1048588
 
 
 def client_options(kafka: KafkaConfig, sasl_password: Secret | None) -> dict[str, Any]:
@@ -216,13 +216,16 @@ async def ensure_topics(kafka: KafkaConfig, sasl_password: Secret | None, fills_
             # CreateTopics as aiokafka speaks it cannot ask for the broker default (-1); Kafka's
             # usual default is 3, and a smaller cluster cannot hold more replicas than brokers
             replication = min(3, await _broker_count(options))
-        specs = [TopicSpec(name, kafka.topic_partitions, replication) for name in [*fills_topics, kafka.dlq_topic]]
-        specs.append(TopicSpec(kafka.checkpoint_topic, checkpoint_partitions, replication, {
-            "cleanup.policy": "compact",
-            "max.message.bytes": str(CHECKPOINT_MAX_MESSAGE_BYTES),
-        }))
+        # records are at most max_record_bytes (checkpoints are split to fit): topics need say
+        # more than the broker's default only when the setting does
+        size = ({"max.message.bytes": str(kafka.max_record_bytes)}
+                if kafka.max_record_bytes > KAFKA_DEFAULT_MAX_MESSAGE_BYTES else {})
+        specs = [TopicSpec(name, kafka.topic_partitions, replication, dict(size))
+                 for name in [*fills_topics, kafka.dlq_topic]]
+        specs.append(TopicSpec(kafka.checkpoint_topic, checkpoint_partitions, replication,
+                               {"cleanup.policy": "compact", **size}))
         result = await create_topics(options, specs)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - creation is best effort, see docstring
         log.warning("could not create topics (%s: %s); relying on existing or auto-created topics",
                     type(exc).__name__, exc)
         return None
