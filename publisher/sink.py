@@ -163,8 +163,15 @@ class TransactionalSink:
         metrics: Metrics,
         *,
         max_backoff_s: float = 10.0,
+        transactional_id: str | None = None,
+        checkpoint_partition: int | None = None,
     ):
         self._kafka = kafka
+        #: the producer's transactional id (one per shard); default `kafka.transactional_id_prefix`
+        self.transactional_id = kafka.transactional_id_prefix if transactional_id is None else transactional_id
+        #: the checkpoint topic's partition every checkpoint record of this sink goes to (a shard's
+        #: partition); None: the default partitioner's choice by source name
+        self.checkpoint_partition = checkpoint_partition
         self._sasl_password = sasl_password
         self._metrics = metrics
         self._max_backoff_s = max_backoff_s
@@ -222,7 +229,7 @@ class TransactionalSink:
         kafka = self._kafka
         return AIOKafkaProducer(
             **client_options(kafka, self._sasl_password),
-            transactional_id=kafka.transactional_id_prefix,
+            transactional_id=self.transactional_id,
             enable_idempotence=True,
             acks="all",
             transaction_timeout_ms=int((kafka.transaction_timeout_s + _BROKER_TXN_TIMEOUT_MARGIN_S) * 1000),
@@ -270,7 +277,7 @@ class TransactionalSink:
             await self._discard(producer, 0.5)  # it never worked: nothing to flush
             raise
         self._producer = producer
-        log.info("transactional producer ready (transactional id %s)", self._kafka.transactional_id_prefix)
+        log.info("transactional producer ready (transactional id %s)", self.transactional_id)
 
     async def _discard(self, producer: AIOKafkaProducer, timeout_s: float = 2.0) -> None:
         """Stop `producer` within about `timeout_s`, even when it is wedged.
@@ -318,7 +325,7 @@ class TransactionalSink:
         """Count and log a final error; the caller raises the result."""
         self._healthy = False
         self._metrics.publish_errors.labels(reason=_reason(exc)).inc()
-        tid = self._kafka.transactional_id_prefix
+        tid = self.transactional_id
         if isinstance(exc, TransactionalIdAuthorizationFailed):
             message = f"not authorised to use transactional id {tid!r} ({type(exc).__name__})"
         else:
@@ -458,7 +465,8 @@ class TransactionalSink:
             checkpoints[batch.source] = batch.checkpoint  # a later batch of a source supersedes
         await records.flush()
         for name, checkpoint in checkpoints.items():
-            futures.append(await producer.send(kafka.checkpoint_topic, checkpoint, key=name.encode()))
+            futures.append(await producer.send(kafka.checkpoint_topic, checkpoint, key=name.encode(),
+                                               partition=self.checkpoint_partition))
         await asyncio.gather(*futures)
         await producer.commit_transaction()
 
