@@ -264,3 +264,15 @@ def test_httpcore_errors_map_through_httpxs_own_table(error: type[Exception]) ->
     assert type(mapped).__name__ == error.__name__ and type(mapped).__module__.startswith("httpx")
     assert str(mapped) == "boom"
     assert isinstance(_as_httpx_error(KeyError("x")), KeyError)  # not httpcore's: unchanged
+
+
+@pytest.mark.parametrize("size", [0, 1, 999, 1000, 1001, 4000, 65_537])
+async def test_inflating_in_steps_gives_the_whole_body(monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    from publisher.venues import http
+
+    monkeypatch.setattr(http, "INFLATE_STEP_BYTES", 1000)  # step boundaries inside and at the body's end
+    body = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    assert await http._decoded(gzip.compress(body), "gzip", 1 << 20) == body
+    assert await http._decoded(zlib.compress(body), "deflate", 1 << 20) == body
+    with pytest.raises(VenueDecodeError, match=r"truncated gzip body|corrupt gzip body"):
+        await http._decoded(gzip.compress(body)[:-12], "gzip", 1 << 20)
