@@ -213,6 +213,15 @@ async def test_connect_errors_say_their_cause(unused_tcp_port: int, tmp_path: Pa
     assert "refused the connection" in str(proxied) and "hunter2" not in str(proxied)
 
 
+async def test_an_endless_header_section_ends_the_request(venue: HostileVenue) -> None:
+    venue.mode = "endless_headers"  # h11 refuses a header section beyond its 16 KiB limit
+    started = time.monotonic()
+    with pytest.raises(VenueError) as caught:
+        await client(venue.url).get("/fills")
+    assert caught.value.reason == "connect" and "RemoteProtocolError" in str(caught.value), caught.value
+    assert time.monotonic() - started < 2
+
+
 @pytest.mark.parametrize(("mode", "needle"), [
     ("corrupt_gzip", "corrupt gzip body"),
     ("redirect", "HTTP 301 to 'https://elsewhere.example/trade-api'"),
