@@ -164,6 +164,14 @@ class Metrics:
         # without kube-state-metrics
         self.poll_interval = Gauge(
             "fillpub_poll_interval_seconds", "Configured poll interval of the source", per_source, registry=r)
+        # a fill the venue served that was never published, and a venue serving one fill id
+        # with two sets of values: neither is a duplicate, both need a human
+        self.fills_below_floor = Counter(
+            "fillpub_fills_below_floor", "Fills served below the overlap window's floor that were never published",
+            per_source, registry=r)
+        self.fills_conflicting = Counter(
+            "fillpub_fills_conflicting", "Repeats of a fill id with values other than the copy published",
+            per_source, registry=r)
         self.ready = Gauge(
             "fillpub_ready", "1 while /readyz answers 200, else 0", registry=r)
 
@@ -181,6 +189,8 @@ class SourceMetrics:
     """A source's labelled children, resolved once instead of on every observation."""
 
     __slots__ = (
+        "below_floor",
+        "conflicting",
         "duplicate",
         "errors",
         "invalid",
@@ -203,3 +213,5 @@ class SourceMetrics:
         self.lag = metrics.fill_lag.labels(**labels)
         self.poll_duration = metrics.poll_duration.labels(**labels)
         self.poll_interval = metrics.poll_interval.labels(**labels)
+        self.below_floor = metrics.fills_below_floor.labels(**labels)
+        self.conflicting = metrics.fills_conflicting.labels(**labels)

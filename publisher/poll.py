@@ -35,6 +35,7 @@ from typing import Any, cast
 from publisher.checkpoint import Checkpoint, encode_checkpoint
 from publisher.dedupe import SeenWindow, fill_key, fill_keys
 from publisher.event import DeadLetter, FillEvent, Venue
+from publisher.floor import BelowFloor
 from publisher.metrics import SourceMetrics
 from publisher.sink import SourceBatch, TransactionalSink
 from publisher.venues.base import InvalidFill, SourceConfig, VenueAdapter, VenueDecodeError, VenueError
@@ -153,6 +154,8 @@ class Poller:
         self._auth_backoff = auth_backoff or Backoff(base_s=15.0, cap_s=300.0)
         #: monotonic time the next (or current) poll is due; a poll starting later is behind schedule
         self.due: float | None = None
+        self._below_floor = BelowFloor(state.window.floor_ns)
+        self._conflict_logged = False
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until `stop` is set. Never raises: should the loop itself fail, the failure is
@@ -208,7 +211,8 @@ class Poller:
             log.exception("source %s: adapter bug (counted as decode); retrying in %.1fs", self.source.name, pause)
             return pause
         try:
-            self._accept(result.fills, result.invalid, result.paging_state, poll_start_ns, result.known)
+            self._accept(result.fills, result.invalid, result.paging_state, poll_start_ns, result.known,
+                         conflicts=result.conflicts)
         except Exception:
             # e.g. a value the checkpoint cannot encode: nothing of this poll reached the sink, so
             # forget what it changed and read it again (it fails again while the venue serves it)
@@ -243,16 +247,21 @@ class Poller:
         self._adapter.known = self.state.window.has_id  # the rewound state's window
 
     def _accept(self, fills: list[FillEvent], invalid: list[InvalidFill], paging_state: Any, poll_start_ns: int,
-                known: int = 0) -> None:
-        """Dedupe and hand over one poll's result; `known` fills were dropped unread by the adapter."""
+                known: int = 0, *, conflicts: list[tuple[FillEvent, FillEvent]] | None = None) -> None:
+        """Dedupe and hand over one poll's result; `known` fills were dropped unread by the adapter,
+        `conflicts` are repeats the adapter dropped whose values differ from the copy kept."""
         state = self.state
         window = state.window
         floor = window.floor_ns
         # older than the overlap window: outside what this source tracks
         inside = [fill for fill in fills if fill.executed_at_ns >= floor]
+        if len(inside) < len(fills):
+            self._count_below_floor([fill for fill in fills if fill.executed_at_ns < floor], floor)
         verdicts = window.admit_all(fill_keys([fill.fill_id for fill in inside]), [fill.executed_at_ns for fill in inside])
         fresh = list(itertools.compress(inside, verdicts))
         duplicates = known + len(inside) - len(fresh)
+        if conflicts:
+            self._count_conflicts(conflicts, fresh)
         letters: list[DeadLetter] = []
         for bad in invalid:
             when = bad.executed_at_ns
@@ -274,7 +283,7 @@ class Poller:
         paging_changed = paging_state != state.paging_state
         state.paging_state = paging_state
         state.watermark_ns = max(state.watermark_ns, poll_start_ns)
-        window.advance(state.floor_ns)
+        self._below_floor.forget(window.advance(state.floor_ns), window.floor_ns)
         stale = poll_start_ns - state.last_checkpoint_ns >= CHECKPOINT_REFRESH_NS
         if not (fresh or letters or paging_changed or stale):
             if duplicates:
@@ -294,6 +303,33 @@ class Poller:
         if duplicates:
             self._metrics.duplicate.inc(duplicates)
 
+    def _count_below_floor(self, below: list[FillEvent], floor_ns: int) -> None:
+        """Count (once each) the fills below the floor that were never published; see
+        :mod:`publisher.floor`."""
+        lost = self._below_floor.unpublished(below, floor_ns)
+        if not lost:
+            return
+        self._metrics.below_floor.inc(len(lost))
+        late = (floor_ns - lost[0].executed_at_ns) / _NS
+        log.warning("source %s: %d fill(s) served below the overlap window's floor were never published, "
+                    "e.g. fill id %s executed %.1fs before the floor (lateness beyond lookback_s); "
+                    "fill-publisher audit lists them", self.source.name, len(lost), lost[0].fill_id, late)
+
+    def _count_conflicts(self, conflicts: list[tuple[FillEvent, FillEvent]], fresh: list[FillEvent]) -> None:
+        """Count the venue's conflicting copies of fills published now; log the first one."""
+        published = {fill.fill_id for fill in fresh}
+        mine = [pair for pair in conflicts if pair[0].fill_id in published]
+        if not mine:
+            return
+        self._metrics.conflicting.inc(len(mine))
+        if not self._conflict_logged:
+            self._conflict_logged = True
+            first, later = mine[0]
+            log.warning("source %s: the venue served fill id %s twice with different values; published the "
+                        "first (%s) and dropped the other (%s); further conflicts are only counted "
+                        "(fillpub_fills_conflicting_total)", self.source.name, first.fill_id,
+                        _values(first), _values(later))
+
     def _committed(self, fills: list[FillEvent], dead: int, committed_ns: int) -> None:
         metrics = self._metrics
         if fills:
@@ -301,6 +337,12 @@ class Poller:
             metrics.lag.observe_many([(committed_ns - fill.executed_at_ns) / _NS for fill in fills])
         if dead:
             metrics.invalid.inc(dead)
+
+
+def _values(fill: FillEvent) -> str:
+    # what a conflict log line shows: the venue's values, not ours (observed_at_ns)
+    return (f"{fill.side} {fill.quantity} {fill.instrument} @ {fill.price} fee {fill.fee} "
+            f"liquidity {fill.liquidity} order {fill.order_id} at {fill.executed_at_ns}")
 
 
 async def _wait(stop: asyncio.Event, timeout: float) -> bool:

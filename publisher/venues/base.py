@@ -96,6 +96,14 @@ class FetchResult:
     paging_state: Any = None
     #: fills skipped unread because :attr:`VenueAdapter.known` said they were already published
     known: int = 0
+    #: (first copy, later copy) of fill ids the venue served twice in this poll with different
+    #: values; the first copy is the one kept
+    conflicts: list[tuple[FillEvent, FillEvent]] = field(default_factory=list)
+
+
+def same_values(first: FillEvent, later: FillEvent) -> bool:
+    """Whether two copies of one fill carry the same venue values (`observed_at_ns` is ours)."""
+    return first == later or msgspec.structs.replace(later, observed_at_ns=first.observed_at_ns) == first
 
 
 def decimal_text(field: str, text: str) -> str:
@@ -228,18 +236,35 @@ class FillCollector:
     def __init__(self, paging_state: Any = None):
         self.result = FetchResult(paging_state=paging_state)
         self._seen: set[str] = set()
+        #: fill id -> first copy, built on the first repeat only (repeats are rare)
+        self._firsts: dict[str, FillEvent] | None = None
 
     def add(self, item: FillEvent | InvalidFill) -> bool:
-        """Record a normalised fill or an invalid one; False (and nothing recorded) for a repeat."""
+        """Record a normalised fill or an invalid one; False (and nothing recorded) for a repeat.
+
+        A repeat whose values differ from the first copy is recorded in
+        :attr:`FetchResult.conflicts`.
+        """
         key = item.fill_id if isinstance(item, FillEvent) else item.key
         if key in self._seen:
+            if isinstance(item, FillEvent):
+                self._check_repeat(item)
             return False
         self._seen.add(key)
         if isinstance(item, FillEvent):
             self.result.fills.append(item)
+            if self._firsts is not None:
+                self._firsts[key] = item
         else:
             self.result.invalid.append(item)
         return True
+
+    def _check_repeat(self, later: FillEvent) -> None:
+        if self._firsts is None:
+            self._firsts = {fill.fill_id: fill for fill in self.result.fills}
+        first = self._firsts.get(later.fill_id)
+        if first is not None and not same_values(first, later):
+            self.result.conflicts.append((first, later))
 
     def skip_known(self, key: str | None, known: Callable[[str], bool] | None) -> bool | None:
         """For a fill with venue id `key`: None when it must be decoded, else it is skipped
