@@ -17,6 +17,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     InvalidProducerEpoch,
     InvalidTopicError,
+    InvalidTransactionTimeout,
+    KafkaConnectionError,
     KafkaError,
     MessageSizeTooLargeError,
     OutOfOrderSequenceNumber,
@@ -30,8 +32,8 @@ from aiokafka.errors import (
     UnsupportedForMessageFormatError,
 )
 
-from publisher.config import KafkaConfig
-from publisher.kafkaclient import client_options
+from publisher.config import ConfigError, KafkaConfig
+from publisher.kafkaclient import client_options, rejected_credentials
 from publisher.metrics import Metrics
 from publisher.secret import Secret
 
@@ -103,8 +105,9 @@ class TransactionalProducer:
 
         Initialising (InitProducerId) fences any older producer with our transactional id and
         aborts its in-doubt transaction, which is why it must happen before checkpoints are read.
-        Raises the :data:`FATAL` error when the id is not ours to use, and CancelledError when
-        `stop` is set first (callers may also simply cancel the call).
+        Raises the :data:`FATAL` error when the id is not ours to use, ConfigError when the broker
+        refuses our transaction timeout (its `transaction.max.timeout.ms` is lower), and
+        CancelledError when `stop` is set first (callers may also simply cancel the call).
         """
         attempt = 0
         while True:
@@ -113,11 +116,20 @@ class TransactionalProducer:
                 return
             except FATAL:
                 raise
+            except InvalidTransactionTimeout as exc:
+                # the broker's transaction.max.timeout.ms is below what we ask: no retry can fix that
+                raise self.timeout_rejected() from exc
             except (TimeoutError, KafkaError, OSError) as exc:
                 attempt += 1
-                self._metrics.publish_errors.labels(reason=reason(exc)).inc()
+                refused = await rejected_credentials(self._kafka, self._sasl_password) \
+                    if isinstance(exc, KafkaConnectionError) else None
                 delay = self.backoff(attempt)
-                log.warning("kafka not reachable (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay)
+                if refused is not None:
+                    self._metrics.publish_errors.labels(reason="SaslAuthenticationFailed").inc()
+                    log.error("kafka rejected our credentials (%s); retrying in %.1fs", refused, delay)
+                else:
+                    self._metrics.publish_errors.labels(reason=reason(exc)).inc()
+                    log.warning("kafka not reachable (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay)
                 if stop is not None:
                     try:
                         await asyncio.wait_for(stop.wait(), delay)
@@ -171,7 +183,7 @@ class TransactionalProducer:
         """Drop the producer and make a new one.
 
         The new producer's InitProducerId makes the coordinator abort our open transaction (real
-        Kafka; the mock broker leaves it open forever, see docs/failure-behaviour-kafka.md).
+        Kafka; librdkafka's mock broker leaves it open forever).
         """
         old, self.current = self.current, None
         if old is not None:
@@ -185,6 +197,15 @@ class TransactionalProducer:
         producer, self.current = self.current, None
         if producer is not None:
             await self.discard(producer, timeout_s)
+
+    def timeout_rejected(self) -> ConfigError:
+        """The config error for a broker that refuses our transaction timeout."""
+        asked_s = self._kafka.transaction_timeout_s + _BROKER_TXN_TIMEOUT_MARGIN_S
+        return ConfigError("kafka.transaction_timeout_s", (
+            f"the broker refused the producer's transaction timeout of {asked_s:g}s "
+            f"(transaction_timeout_s {self._kafka.transaction_timeout_s:g}s + {_BROKER_TXN_TIMEOUT_MARGIN_S:g}s) "
+            f"as longer than its transaction.max.timeout.ms; lower kafka.transaction_timeout_s or raise "
+            f"transaction.max.timeout.ms on every broker"))
 
     def fatal(self, exc: BaseException) -> ProducerFencedError:
         """Count and log a final error; the caller raises the result."""
