@@ -92,6 +92,8 @@ class _Venues:
         if request.url.host == "zll.test":
             index = int(params["offset"]) // PAGE
             return httpx.Response(200, content=self._zll[index] if index < len(self._zll) else b"[]")
+        if request.url.path.endswith("/historical/cutoff"):  # read once a round: nothing is historical
+            return httpx.Response(200, content=b'{"trades_created_ts": "2025-01-01T00:00:00Z"}')
         return httpx.Response(200, content=self._kalshi[int((params.get("cursor") or "p0")[1:])])
 
 

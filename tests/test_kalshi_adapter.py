@@ -73,14 +73,25 @@ def fill(n: int, **extra: Any) -> dict[str, Any]:
     }
 
 
-class Venue:
-    """A scripted Kalshi: `respond` maps each request to a response; every request is recorded."""
+CUTOFF_PATH = "/trade-api/v2/historical/cutoff"
 
-    def __init__(self, respond: Callable[[httpx.Request], httpx.Response]):
+
+class Venue:
+    """A scripted Kalshi: `respond` maps each fills request to a response; every fills request is
+    recorded in `requests`. `GET /historical/cutoff` answers `cutoff` (default the epoch: nothing
+    is historical) and is recorded in `cutoff_requests`."""
+
+    def __init__(self, respond: Callable[[httpx.Request], httpx.Response], cutoff: Any = "1970-01-01T00:00:00Z"):
         self.respond = respond
+        self.cutoff = cutoff
         self.requests: list[httpx.Request] = []
+        self.cutoff_requests: list[httpx.Request] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == CUTOFF_PATH:
+            self.cutoff_requests.append(request)
+            return httpx.Response(200, json={"market_settled_ts": "2026-01-01T00:00:00Z", "trades_created_ts": self.cutoff,
+                                             "orders_updated_ts": "2026-01-01T00:00:00Z"})
         self.requests.append(request)
         return self.respond(request)
 
@@ -143,7 +154,7 @@ async def test_create_adapter_signs_with_current_milliseconds(private_key: rsa.R
     result = await made.fetch(SINCE_NS, None, lambda: 1)
     assert [f.fill_id for f in result.fills] == ["f-1"]
     assert result.paging_state is None
-    assert counted == [1]
+    assert counted == [1, 1]  # the page and the fills cutoff
     (request,) = venue.requests
     timestamp = request.headers["KALSHI-ACCESS-TIMESTAMP"]
     assert len(timestamp) == 13  # milliseconds, not seconds
@@ -169,7 +180,7 @@ async def test_paging_follows_cursor_and_resends_filters(private_key: rsa.RSAPri
     assert [f.fill_id for f in result.fills] == ["f-1", "f-2", "f-3", "f-4", "f-5"]
     assert all(f.observed_at_ns == 42 and f.source == "kalshi-main" for f in result.fills)
     assert result.invalid == [] and result.paging_state is None
-    assert len(counted) == 3
+    assert len(counted) == 3 + 1  # three pages and the fills cutoff
     params = [dict(r.url.params) for r in venue.requests]
     base = {"min_ts": "1761999999", "limit": "2", "subaccount": "0"}
     assert params == [base, {**base, "cursor": "c1"}, {**base, "cursor": "c2"}]
@@ -415,6 +426,8 @@ class RefusesReplays:
         self.requests: list[httpx.Request] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == CUTOFF_PATH:  # not part of the replay story
+            return httpx.Response(200, json={"trades_created_ts": "1970-01-01T00:00:00Z"})
         self.requests.append(request)
         signature = request.headers["KALSHI-ACCESS-SIGNATURE"]
         if not self.key_ok or signature in self.seen:

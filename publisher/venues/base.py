@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import calendar
+import datetime as dt
+import functools
 import hashlib
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
@@ -190,6 +194,70 @@ def text_problem(field: str, text: str, max_length: int = MAX_TEXT_LENGTH) -> st
         return f"{field} is longer than {max_length} characters ({len(text)})"
     if not text.isprintable():
         return f"{field} holds control or non-printable characters: {text[:40]!a}"
+    return None
+
+
+# RFC 3339 times: Kalshi's `created_time`, and `backfill_from` in the config
+
+_RFC3339 = re.compile(
+    r"^([0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]+))?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+_LOCAL_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}\Z")
+
+
+@functools.lru_cache(maxsize=4096)
+def _utc_seconds(local: str, offset: str) -> int:
+    """Epoch seconds of `YYYY-MM-DDTHH:MM:SS` at UTC offset `Z` or `+HH:MM`; memoised because the
+    fills of one poll share a handful of seconds."""
+    if not _LOCAL_TIME.match(local):
+        raise ValueError("not an RFC 3339 date and time")
+    year, month, day = int(local[0:4]), int(local[5:7]), int(local[8:10])
+    hour, minute, second = int(local[11:13]), int(local[14:16]), int(local[17:19])
+    dt.datetime(year, month, day, hour, minute, second)  # validates the calendar fields
+    seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+    if offset not in ("Z", "z"):
+        hours, minutes = int(offset[1:3]), int(offset[4:6])
+        if hours > 23 or minutes > 59:
+            raise ValueError(f"bad UTC offset {offset!r}")
+        # local time = UTC + offset, so UTC = local - offset
+        seconds -= (1 if offset[0] == "+" else -1) * (hours * 3600 + minutes * 60)
+    return seconds
+
+
+def parse_rfc3339_ns(text: str) -> int:
+    """Nanoseconds since the epoch of an RFC 3339 timestamp, fraction kept exactly.
+
+    `datetime` keeps only microseconds, so the fraction is parsed separately. Digits beyond the
+    ninth are truncated (nanoseconds are the event's resolution). Raises :class:`ValueError`.
+    """
+    try:
+        fraction = text[20:-1]
+        if text[19:20] == "." and text[-1:] == "Z" and fraction.isdigit() and fraction.isascii():
+            # Kalshi's own shape, `...THH:MM:SS.ffffffZ`, without the regular expression's cost
+            return _utc_seconds(text[:19], "Z") * 1_000_000_000 + int(fraction[:9].ljust(9, "0"))
+        match = _RFC3339.match(text)
+        if match is None:
+            raise ValueError("not an RFC 3339 timestamp")
+        local, fraction, offset = match.groups()
+        seconds = _utc_seconds(local, offset)
+    except ValueError as exc:
+        raise ValueError(f"{exc}: {text[:40]!r}") from None
+    return seconds * 1_000_000_000 + (int(fraction[:9].ljust(9, "0")) if fraction else 0)
+
+
+def repaired_utf8(raw: msgspec.Raw) -> msgspec.Raw | None:
+    """`raw` with every byte sequence that is not UTF-8 replaced by U+FFFD, or None when it is
+    UTF-8 already.
+
+    A dead letter embeds its fill's JSON verbatim; a fill with invalid UTF-8 (which msgspec skips
+    unchecked inside a raw page) would make the dead letter itself invalid JSON, so the DLQ gets
+    the repaired copy and the error says so.
+    """
+    data = bytes(raw)
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return msgspec.Raw(data.decode("utf-8", "replace").encode("utf-8"))
     return None
 
 

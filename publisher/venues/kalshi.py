@@ -1,4 +1,5 @@
-"""Kalshi Trade API v2 fills adapter: RSA-PSS request signing, cursor paging, every Fill shape.
+"""Kalshi Trade API v2 fills adapter: RSA or Ed25519 request signing, cursor paging over the live
+and the historical fills, every Fill shape.
 
 Kalshi's Fill object changed shape several times (integer cents, then `*_fixed` dollar strings,
 then `*_dollars` strings and `count_fp`; legacy `side`/`action` giving way to `outcome_side` and
@@ -8,16 +9,18 @@ declares every field optional and :func:`normalise` does all validation, so one 
 
 Normalisation is in YES terms (see the contract): `side` is `buy` when the fill adds YES contracts
 (buy yes / sell no, `outcome_side` yes) and `price` is the YES price in dollars.
+
+Kalshi keeps fills older than its fills cutoff (`GET /historical/cutoff`, `trades_created_ts`)
+only on `GET /historical/fills`. The adapter knows the cutoff (cached, refreshed) and reads the
+historical endpoint too whenever a poll's floor lies below it: after a long outage, with a long
+lookback, or for a backfill.
 """
 
 from __future__ import annotations
 
 import base64
-import calendar
-import datetime as dt
 import functools
 import logging
-import re
 import time
 from collections.abc import Callable, Generator, Sequence
 from decimal import Decimal
@@ -27,11 +30,14 @@ import httpx
 import msgspec
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
 from publisher.event import FillEvent, VenueFields, plain
 from publisher.secret import Secret
 from publisher.venues.base import (
+    MAX_FUTURE_NS,
+    MAX_TEXT_LENGTH,
+    MIN_EXECUTED_AT_NS,
     FetchResult,
     FillCollector,
     InvalidFill,
@@ -41,9 +47,13 @@ from publisher.venues.base import (
     VenueError,
     decimal_text,
     ends_new,
+    executed_at_problem,
     in_slices,
     is_positive,
+    parse_rfc3339_ns,
     raw_key,
+    repaired_utf8,
+    text_problem,
 )
 from publisher.venues.http import VenueClient, describe_json_error
 
@@ -57,6 +67,8 @@ __all__ = [
     "check_secret",
     "create_adapter",
     "describe_error",
+    "describe_secret",
+    "key_kind",
     "load_private_key",
     "normalise",
     "parse_rfc3339_ns",
@@ -67,7 +79,7 @@ log = logging.getLogger(__name__)
 
 
 class KalshiSource(SourceConfig, tag="kalshi", kw_only=True):
-    """A Kalshi account: key id plus RSA private key (PEM) from a file or env var."""
+    """A Kalshi account: key id plus RSA or Ed25519 private key (PEM) from a file or env var."""
 
     secret_field = "private_key"
 
@@ -83,6 +95,16 @@ SOURCE_CONFIG = KalshiSource
 FILLS_PATH = "portfolio/fills"
 """Relative to `base_url` (which ends in `/trade-api/v2`): no leading slash, so httpx appends it to the
 base path and the signed path is `/trade-api/v2/portfolio/fills`."""
+#: fills older than the fills cutoff, the same Fill object (relative to `base_url` like FILLS_PATH)
+HISTORICAL_FILLS_PATH = "historical/fills"
+#: the cutoffs between live and historical data, per data type (fills: `trades_created_ts`)
+CUTOFF_PATH = "historical/cutoff"
+#: how long a fills cutoff read from the venue is trusted (it only advances, and slowly: its
+#: target is months behind now)
+CUTOFF_REFRESH_NS = 600 * 1_000_000_000
+#: a poll whose floor lies within this of the cached cutoff reads the cutoff again first: the
+#: cutoff may have moved past the floor since it was read
+CUTOFF_MARGIN_NS = 86_400 * 1_000_000_000
 
 #: a venue that keeps handing out cursors is misbehaving; this many pages is ~2M fills at limit 200
 MAX_PAGES_PER_POLL = 10_000
@@ -92,8 +114,16 @@ MAX_PAGES_PER_POLL = 10_000
 # Authentication
 
 
-def load_private_key(pem: str) -> rsa.RSAPrivateKey:
-    """Load an unencrypted RSA private key from PEM text.
+#: the private key kinds Kalshi accepts (Ed25519 since September 2026, the web app's default since
+#: October 2026)
+PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+
+
+def load_private_key(pem: str) -> PrivateKey:
+    """Load an unencrypted RSA or Ed25519 private key from PEM text (PKCS#8, or PKCS#1 for RSA).
+
+    Both kinds come as `-----BEGIN PRIVATE KEY-----` (PKCS#8): only loading the key tells them
+    apart.
 
     Raises :class:`ValueError` with a message that never quotes the key (cryptography's own messages
     are not relied on for that).
@@ -104,23 +134,34 @@ def load_private_key(pem: str) -> rsa.RSAPrivateKey:
         raise ValueError("the Kalshi private key is encrypted; a key without password is required") from None
     except (ValueError, UnsupportedAlgorithm, UnicodeError):
         raise ValueError("the Kalshi private key is not a valid PEM private key") from None
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise ValueError(f"the Kalshi private key must be an RSA key, not {type(key).__name__}")
+    if not isinstance(key, rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
+        raise ValueError(f"the Kalshi private key must be an RSA or Ed25519 key, not {type(key).__name__}")
     return key
 
 
-def sign(private_key: rsa.RSAPrivateKey, timestamp_ms: int, method: str, path: str) -> str:
-    """Kalshi request signature: base64 RSA-PSS(SHA-256, MGF1 SHA-256, salt = digest length).
+def key_kind(key: PrivateKey) -> str:
+    """`RSA-<bits>` or `Ed25519`: which kind of key signs (check-config shows it)."""
+    if isinstance(key, rsa.RSAPrivateKey):
+        return f"RSA-{key.key_size}"
+    return "Ed25519"
+
+
+_PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH)
+
+
+def sign(private_key: PrivateKey, timestamp_ms: int, method: str, path: str) -> str:
+    """Kalshi request signature, base64: RSA-PSS (SHA-256, MGF1 SHA-256, salt = digest length)
+    with an RSA key; with an Ed25519 key, Ed25519 over the message bytes themselves (it has no
+    separate hash or padding).
 
     The message is `timestamp_ms + METHOD + path`, the path being the URL path from the host without
     the query string (Kalshi rejects signatures over the query).
     """
     message = f"{timestamp_ms}{method.upper()}{path}".encode()
-    signature = private_key.sign(
-        message,
-        padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH),
-        hashes.SHA256(),
-    )
+    if isinstance(private_key, ed25519.Ed25519PrivateKey):
+        signature = private_key.sign(message)
+    else:
+        signature = private_key.sign(message, _PSS, hashes.SHA256())
     return base64.b64encode(signature).decode("ascii")
 
 
@@ -137,18 +178,25 @@ class KalshiSigner:
     """Signatures of one API key, shared by every source that uses the key.
 
     An RSA-2048 PSS signature costs ~0.7 ms of CPU (38% of a core at 1,000 sources polling each
-    second). It covers the timestamp, method and path only, not the query, so the sources of one
-    key (its subaccounts) polling the fills path at about the same time can all send the same
-    one: a signature is reused for `reuse_ms`, which keeps the timestamp within a quarter of a
-    second of "now". Kalshi's docs do not say whether a signature may be sent twice; should
-    Kalshi refuse a reused one (401) while a fresh one works, :class:`KalshiAuth` retries with a
-    fresh signature and calls :meth:`stop_reusing`, and from then on every request is signed.
+    second); an Ed25519 one much less, but the sharing is the same for both. It covers the
+    timestamp, method and path only, not the query, so the sources of one key (its subaccounts)
+    polling the fills path at about the same time can all send the same one: a signature is
+    reused for `reuse_ms`, which keeps the timestamp within a quarter of a second of "now".
+    Kalshi's docs do not say whether a signature may be sent twice; should Kalshi refuse a
+    reused one (401) while a fresh one works, :class:`KalshiAuth` retries with a fresh signature
+    and calls :meth:`stop_reusing`, and from then on every request is signed.
+
+    Ed25519 is deterministic: a key signing one message twice gives the same signature, where
+    RSA-PSS, being randomised, gives a new one. So that "a fresh signature" stays fresh with an
+    Ed25519 key, it never signs one (method, path) twice at the same millisecond: the timestamp
+    moves on by a millisecond instead.
     """
 
-    def __init__(self, key_id: str, private_key: rsa.RSAPrivateKey, *, clock_ms: Callable[[], int] = _now_ms,
+    def __init__(self, key_id: str, private_key: PrivateKey, *, clock_ms: Callable[[], int] = _now_ms,
                  reuse_ms: int = SIGNATURE_REUSE_MS):
         self.key_id = key_id
         self._private_key = private_key
+        self._deterministic = isinstance(private_key, ed25519.Ed25519PrivateKey)
         self._clock_ms = clock_ms
         self.reuse_ms = reuse_ms
         self._recent: dict[tuple[str, str], tuple[int, str]] = {}
@@ -159,10 +207,12 @@ class KalshiSigner:
     def signature(self, method: str, path: str, *, fresh: bool = False) -> tuple[int, str, bool]:
         """(timestamp ms, signature, whether it was reused) for a request to `path`."""
         now = self._clock_ms()
-        if not fresh and self.reuse_ms > 0:
-            recent = self._recent.get((method, path))
-            if recent is not None and 0 <= now - recent[0] < self.reuse_ms:
+        recent = self._recent.get((method, path))
+        if recent is not None:
+            if not fresh and self.reuse_ms > 0 and 0 <= now - recent[0] < self.reuse_ms:
                 return recent[0], recent[1], True
+            if self._deterministic and now <= recent[0]:
+                now = recent[0] + 1  # the same timestamp would give the same signature again
         signature = sign(self._private_key, now, method, path)
         self._recent[(method, path)] = (now, signature)
         return now, signature, False
@@ -205,13 +255,20 @@ class KalshiAuth(httpx.Auth):
 
 @functools.cache
 def _shared_signer(key_id: str, pem: str) -> KalshiSigner:
-    # one signer (and one parsed key) per API key for all the sources using it
+    # one signer (and one parsed key) per API key for all the sources using it; keyed by the key
+    # itself too, so two keys (RSA and Ed25519, or old and new) under one id never share one
     return KalshiSigner(key_id, load_private_key(pem))
 
 
 def check_secret(secret: Secret) -> None:
-    """Raise :class:`ValueError` unless the secret is an unencrypted RSA private key in PEM."""
+    """Raise :class:`ValueError` unless the secret is an unencrypted RSA or Ed25519 private key in PEM."""
     load_private_key(secret.reveal())
+
+
+def describe_secret(secret: Secret) -> str:
+    """What kind of key the secret is (`RSA-2048 key`, `Ed25519 key`), for check-config; never
+    any of the key's material."""
+    return f"{key_kind(load_private_key(secret.reveal()))} key"
 
 
 def describe_error(status: int, body: bytes) -> str:
@@ -224,6 +281,14 @@ def describe_error(status: int, body: bytes) -> str:
 # Wire format
 
 
+#: identifiers carried into the event, at most MAX_TEXT_LENGTH characters: the decoder checks the
+#: length (in C, so at no cost per fill), and a fill with a longer one is read on its own and
+#: becomes a dead letter naming the field
+_Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT_LENGTH)]
+#: the legacy `side`/`action`, which are carried into venue_fields as sent
+_Enum = Annotated[str, msgspec.Meta(max_length=32)]
+
+
 class KalshiFill(msgspec.Struct, kw_only=True, gc=False):
     """A Kalshi fill in any of its shapes (seed Nov 2025, fixed-point 2026, mixtures).
 
@@ -232,14 +297,14 @@ class KalshiFill(msgspec.Struct, kw_only=True, gc=False):
     and `no_price` say the same unambiguously.
     """
 
-    fill_id: str | None = None
-    trade_id: str | None = None
-    order_id: str | None = None
-    client_order_id: str | None = None
-    ticker: str | None = None
-    market_ticker: str | None = None
-    side: str | None = None
-    action: str | None = None
+    fill_id: _Text | None = None
+    trade_id: _Text | None = None
+    order_id: _Text | None = None
+    client_order_id: _Text | None = None
+    ticker: _Text | None = None
+    market_ticker: _Text | None = None
+    side: _Enum | None = None
+    action: _Enum | None = None
     outcome_side: str | None = None
     book_side: str | None = None
     count: int | None = None
@@ -258,16 +323,20 @@ class KalshiFill(msgspec.Struct, kw_only=True, gc=False):
     exchange_index: int | None = None
 
 
+# `"fills": null` and a page without "fills" are empty pages (Kalshi's docs do not rule them out)
+
+
 class _TypedPage(msgspec.Struct, gc=False):
-    # the fast path: the whole page in one decode; any fill of a wrong type fails it, and the
-    # page is then read as _Page
-    fills: list[KalshiFill]
+    # the fast path: the whole page in one decode; any fill of a wrong type (or with a string
+    # that is not UTF-8) fails it, and the page is then read as _Page
+    fills: list[KalshiFill] | None = None
     cursor: str | None = None
 
 
 class _Page(msgspec.Struct, gc=False):
-    # fills stay raw so that one undecodable fill cannot fail the whole page
-    fills: list[msgspec.Raw]
+    # fills stay raw so that one undecodable fill cannot fail the whole page: msgspec checks
+    # neither the types nor the UTF-8 of what it keeps raw
+    fills: list[msgspec.Raw] | None = None
     cursor: str | None = None
 
 
@@ -289,8 +358,14 @@ class _Key(msgspec.Struct, gc=False):
 
 
 class _KeyPage(msgspec.Struct, gc=False):
-    fills: list[_Key]
+    fills: list[_Key] | None = None
     cursor: str | None = None
+
+
+class _Cutoffs(msgspec.Struct, gc=False):
+    # `GET /historical/cutoff`: one cutoff per data type; fills go by `trades_created_ts`. Its
+    # type is read leniently: an RFC 3339 string, or Unix seconds (or milliseconds) as a number
+    trades_created_ts: str | int | float | None = None
 
 
 _key_page_decoder = msgspec.json.Decoder(_KeyPage)
@@ -298,6 +373,25 @@ _typed_page_decoder = msgspec.json.Decoder(_TypedPage)
 _page_decoder = msgspec.json.Decoder(_Page)
 _fill_decoder = msgspec.json.Decoder(KalshiFill)
 _ids_decoder = msgspec.json.Decoder(_Ids)
+_cutoffs_decoder = msgspec.json.Decoder(_Cutoffs)
+
+
+def cutoff_ns(body: bytes) -> int:
+    """The fills cutoff (`trades_created_ts`) of a `GET /historical/cutoff` answer, in ns since the
+    epoch; :class:`VenueError` (decode) when it has none that reads as a time."""
+    try:
+        value = _cutoffs_decoder.decode(body).trades_created_ts
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise VenueError("decode", f"undecodable historical cutoff: {exc}") from None
+    try:
+        if isinstance(value, str):
+            return parse_rfc3339_ns(value)
+        if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1e15:
+            # seconds, unless the magnitude says milliseconds (13 digits)
+            return int(value * (1_000_000 if value >= 1e11 else 1_000_000_000))
+    except ValueError as exc:
+        raise VenueError("decode", f"historical cutoff trades_created_ts: {exc}") from None
+    raise VenueError("decode", f"historical cutoff has no usable trades_created_ts ({str(value)[:40]!r})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -306,52 +400,6 @@ _ids_decoder = msgspec.json.Decoder(_Ids)
 
 class _Invalid(ValueError):
     """A fill that cannot be normalised; the message says which field and why."""
-
-
-_RFC3339 = re.compile(
-    r"^([0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]+))?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
-)
-_LOCAL_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}\Z")
-
-
-@functools.lru_cache(maxsize=4096)
-def _utc_seconds(local: str, offset: str) -> int:
-    """Epoch seconds of `YYYY-MM-DDTHH:MM:SS` at UTC offset `Z` or `+HH:MM`; memoised because the
-    fills of one poll share a handful of seconds."""
-    if not _LOCAL_TIME.match(local):
-        raise ValueError("not an RFC 3339 date and time")
-    year, month, day = int(local[0:4]), int(local[5:7]), int(local[8:10])
-    hour, minute, second = int(local[11:13]), int(local[14:16]), int(local[17:19])
-    dt.datetime(year, month, day, hour, minute, second)  # validates the calendar fields
-    seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
-    if offset not in ("Z", "z"):
-        hours, minutes = int(offset[1:3]), int(offset[4:6])
-        if hours > 23 or minutes > 59:
-            raise ValueError(f"bad UTC offset {offset!r}")
-        # local time = UTC + offset, so UTC = local - offset
-        seconds -= (1 if offset[0] == "+" else -1) * (hours * 3600 + minutes * 60)
-    return seconds
-
-
-def parse_rfc3339_ns(text: str) -> int:
-    """Nanoseconds since the epoch of an RFC 3339 timestamp, fraction kept exactly.
-
-    `datetime` keeps only microseconds, so the fraction is parsed separately. Digits beyond the
-    ninth are truncated (nanoseconds are the event's resolution). Raises :class:`ValueError`.
-    """
-    try:
-        fraction = text[20:-1]
-        if text[19:20] == "." and text[-1:] == "Z" and fraction.isdigit() and fraction.isascii():
-            # Kalshi's own shape, `...THH:MM:SS.ffffffZ`, without the regular expression's cost
-            return _utc_seconds(text[:19], "Z") * 1_000_000_000 + int(fraction[:9].ljust(9, "0"))
-        match = _RFC3339.match(text)
-        if match is None:
-            raise ValueError("not an RFC 3339 timestamp")
-        local, fraction, offset = match.groups()
-        seconds = _utc_seconds(local, offset)
-    except ValueError as exc:
-        raise ValueError(f"{exc}: {text[:40]!r}") from None
-    return seconds * 1_000_000_000 + (int(fraction[:9].ljust(9, "0")) if fraction else 0)
 
 
 _OutcomeSide = Literal["yes", "no"]
@@ -371,6 +419,11 @@ def _outcome(outcome_side: str | None, book_side: str | None, side: str | None, 
     """The outcome side from every field that implies it; they must all agree. Memoised: a
     source's fills show a few combinations only."""
     votes: dict[str, _OutcomeSide] = {}
+    for name, legacy_text in (("side", side), ("action", action)):
+        # kept in venue_fields as sent, even where outcome_side makes them moot
+        problem = None if legacy_text is None else text_problem(name, legacy_text, 32)
+        if problem is not None:
+            raise _Invalid(problem)
     if outcome_side is not None:
         if outcome_side not in ("yes", "no"):
             raise _Invalid(f"unknown outcome_side {outcome_side[:20]!r}")
@@ -470,10 +523,31 @@ def _executed_at_ns(created_time: str | None, ts: int | None) -> int:
     raise _Invalid("no created_time or ts")
 
 
-def normalise(fill: KalshiFill, *, source: str, observed_at_ns: int) -> FillEvent:
+def printable_page(body: bytes) -> bool:
+    """Whether every string in the JSON document `body` is printable ASCII, found without looking
+    at the strings: true when the bytes are ASCII with no backslash and no DEL, because JSON
+    allows no raw control character below 0x20 inside a string, and any other non-printable
+    character is either an escape or non-ASCII. A few fast scans of the page instead of an
+    isprintable() per fill (which costs as much as the rest of a fill's checks); a page that
+    fails it has its fills checked one by one."""
+    return body.isascii() and b"\\" not in body and b"\x7f" not in body
+
+
+def _text_problem(fill: KalshiFill, fill_id: str, order_id: str, instrument: str) -> str | None:
+    """Why one of the fill's identifiers cannot go into the event (and Kafka keys) as it is."""
+    named = (("fill_id", fill_id), ("order_id", order_id), ("instrument", instrument),
+             ("trade_id", fill.trade_id), ("client_order_id", fill.client_order_id))
+    return next((problem for name, text in named if text is not None and (problem := text_problem(name, text))), None)
+
+
+def normalise(fill: KalshiFill, *, source: str, observed_at_ns: int, printable: bool = False) -> FillEvent:
     """Turn one Kalshi fill of any shape into a :class:`FillEvent` in YES terms.
 
-    Raises :class:`ValueError` (with a secret-free, field-naming message) when the fill is unusable.
+    Raises :class:`ValueError` (with a secret-free, field-naming message) when the fill is unusable,
+    among others for identifiers with control characters or of absurd length, and for an
+    execution time that is not plausible (before 2000, beyond int64 ns, or more than a day past
+    the later of `observed_at_ns` and the wall clock). `printable` says the caller knows every
+    string of the fill to be printable already (see :func:`printable_page`).
     """
     # empty strings count as absent
     fill_id = fill.fill_id or fill.trade_id
@@ -485,6 +559,14 @@ def normalise(fill: KalshiFill, *, source: str, observed_at_ns: int) -> FillEven
     instrument = fill.market_ticker or fill.ticker
     if not instrument:
         raise _Invalid("no market_ticker or ticker")
+    # the identifiers reach Kafka keys and consumers' terminals: no control characters (their
+    # length the decoder checked); one isprintable() over the lot, unless the page is known printable
+    if not printable and not (fill_id + order_id + instrument + (fill.trade_id or "")
+                              + (fill.client_order_id or "")).isprintable():
+        raise _Invalid(_text_problem(fill, fill_id, order_id, instrument) or "unprintable identifier")
+    executed_at_ns = _executed_at_ns(fill.created_time, fill.ts)
+    if executed_at_ns < MIN_EXECUTED_AT_NS or executed_at_ns > observed_at_ns + MAX_FUTURE_NS:
+        _check_time(executed_at_ns, observed_at_ns)
     outcome = _outcome(fill.outcome_side, fill.book_side, fill.side, fill.action)
     yes_price, no_price = _prices(fill.yes_price_dollars, fill.no_price_dollars, fill.yes_price_fixed,
                                   fill.no_price_fixed, fill.yes_price, fill.no_price)
@@ -503,7 +585,7 @@ def normalise(fill: KalshiFill, *, source: str, observed_at_ns: int) -> FillEven
         fee=fee,
         fee_currency="USD",
         liquidity=None if is_taker is None else ("taker" if is_taker else "maker"),
-        executed_at_ns=_executed_at_ns(fill.created_time, fill.ts),
+        executed_at_ns=executed_at_ns,
         observed_at_ns=observed_at_ns,
         venue_fields=VenueFields(
             trade_id=fill.trade_id,
@@ -519,7 +601,21 @@ def normalise(fill: KalshiFill, *, source: str, observed_at_ns: int) -> FillEven
     )
 
 
+def _check_time(executed_at_ns: int, observed_at_ns: int) -> None:
+    """:class:`_Invalid` unless `executed_at_ns` is a plausible execution time (the rare path of
+    :func:`normalise`: a time before 2000 or past `observed_at_ns` plus a day)."""
+    # a poll's clock can lag the wall clock (tests drive it by hand): the later of the two
+    # decides what "in the future" means
+    problem = executed_at_problem(executed_at_ns, max(observed_at_ns, time.time_ns()))
+    if problem is not None:
+        raise _Invalid(problem)
+
+
 def _invalid(raw: msgspec.Raw, error: str) -> InvalidFill:
+    repaired = repaired_utf8(raw)
+    if repaired is not None:
+        # the dead letter must stay JSON: it carries the fill with the bad bytes replaced
+        raw, error = repaired, f"{error} (bytes that are not UTF-8 replaced by U+FFFD in raw)"
     try:
         ids = _ids_decoder.decode(raw)
     except msgspec.DecodeError:
@@ -527,8 +623,11 @@ def _invalid(raw: msgspec.Raw, error: str) -> InvalidFill:
     key = _id_of(ids) or raw_key(raw)
     created = ids.created_time if isinstance(ids.created_time, str) else None
     ts = ids.ts if isinstance(ids.ts, int) and not isinstance(ids.ts, bool) else None
+    executed_at_ns: int | None
     try:
-        executed_at_ns: int | None = _executed_at_ns(created, ts)
+        executed_at_ns = _executed_at_ns(created, ts)
+        # an absurd time must not date the dead letter either (the window and checkpoint keep it)
+        _check_time(executed_at_ns, 0)
     except ValueError:
         executed_at_ns = None
     return InvalidFill(key=key, error=error, raw=raw, executed_at_ns=executed_at_ns)
@@ -563,10 +662,16 @@ def decode_fill(raw: msgspec.Raw, *, source: str, observed_at_ns: int) -> FillEv
 
 
 class KalshiAdapter(VenueAdapter):
-    """Polls `GET /portfolio/fills` from `since_ns` (minus a second), following the cursor.
+    """Polls `GET /portfolio/fills` from `since_ns` (minus a second), following the cursor, and
+    `GET /historical/fills` as well when `since_ns` lies below the fills cutoff.
 
     Kalshi's cursor does not remember filters, so `min_ts`, `limit` and `subaccount` are sent again
     with every page. Kalshi filters by time itself, so no paging state is kept between polls.
+
+    The live fills are read first, then the cutoff (when the cached one is stale, or near the
+    floor), then the historical fills: a fill the venue moves to the historical tier while the
+    poll reads the live one is found on the historical endpoint, which is read last and without
+    an upper bound. The same fill seen on both is kept once.
     """
 
     venue = "kalshi"
@@ -578,6 +683,11 @@ class KalshiAdapter(VenueAdapter):
         #: the last page read in this poll held mostly new fills: read the next one typed first
         #: (see _read_page)
         self._mostly_new = False
+        #: (fills, first key, last key) of the last page read: a venue serving one page again
+        #: under new cursors is caught at the second copy, not after MAX_PAGES_PER_POLL pages
+        self._page_ends: tuple[int, str | None, str | None] = (0, None, None)
+        #: the fills cutoff (ns) and when it was read (our clock, ns); None until first read
+        self._cutoff: tuple[int, int] | None = None
 
     def _params(self, since_ns: int) -> dict[str, str | int]:
         # seconds, floored; one second earlier because whether min_ts is inclusive is undocumented
@@ -587,23 +697,43 @@ class KalshiAdapter(VenueAdapter):
         return params
 
     async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Callable[[], int]) -> FetchResult:
-        """Every fill since `since_ns`, all pages; `paging_state` is unused (always None)."""
+        """Every fill since `since_ns`, all pages of both tiers; `paging_state` is unused (always None)."""
         collector = FillCollector()
-        seen_cursors: set[str] = set()
-        cursor: str | None = None
         self._mostly_new = False  # a poll starts as a re-read of fills already published, the usual case
-        for _ in range(self._max_pages):
+        pages = await self._walk(FILLS_PATH, since_ns, collector, clock_ns, self._max_pages)
+        if since_ns < await self._fills_cutoff(since_ns, clock_ns()):
+            await self._walk(HISTORICAL_FILLS_PATH, since_ns, collector, clock_ns, self._max_pages - pages)
+        return collector.result
+
+    async def _walk(self, path: str, since_ns: int, collector: FillCollector, clock_ns: Callable[[], int],
+                    max_pages: int) -> int:
+        """Read every page of one fills endpoint into `collector`; returns how many pages."""
+        seen_cursors: set[str] = set()
+        previous: tuple[int, str | None, str | None] | None = None
+        cursor: str | None = None
+        for page in range(1, max_pages + 1):
             params = self._params(since_ns)
             if cursor:
                 params["cursor"] = cursor
-            body = await self._client.get(FILLS_PATH, params=params)
+            body = await self._client.get(path, params=params)
             cursor = await self._read_page(body, collector, clock_ns())
             if not cursor:
-                return collector.result
+                return page
             if cursor in seen_cursors:
-                raise PagingError("the venue returned a cursor it had already returned (paging loop)")
+                raise PagingError(f"{path}: the venue returned a cursor it had already returned (paging loop)")
+            if self._page_ends[0] and self._page_ends == previous:
+                raise PagingError(f"{path}: the venue returned the same page again under a new cursor "
+                                           "(paging loop)")
+            previous = self._page_ends
             seen_cursors.add(cursor)
         raise PagingError(f"more than {self._max_pages} pages in one poll; the venue keeps paging")
+
+    async def _fills_cutoff(self, since_ns: int, now_ns: int) -> int:
+        """The fills cutoff, read again when the cached one is old or lies near `since_ns`."""
+        cached = self._cutoff
+        if cached is None or now_ns - cached[1] >= CUTOFF_REFRESH_NS or since_ns < cached[0] + CUTOFF_MARGIN_NS:
+            cached = self._cutoff = (cutoff_ns(await self._client.get(CUTOFF_PATH)), now_ns)
+        return cached[0]
 
     async def _read_page(self, body: bytes, collector: FillCollector, observed_at_ns: int) -> str | None:
         """Decode one page into `collector` and return its cursor.
@@ -613,23 +743,25 @@ class KalshiAdapter(VenueAdapter):
         be published instead of normalising them, and then only the new fills; while they hold
         mostly new fills (a backlog), the whole page typed in one go and every fill normalised
         (unless an end of it is published already, see :func:`~publisher.venues.base.ends_new`);
-        fill by fill, when a fill is malformed. Fills are handled in slices (:func:`in_slices`)
-        so a big page does not hold the event loop.
+        fill by fill, when a fill is malformed or not UTF-8. Fills are handled in slices
+        (:func:`in_slices`) so a big page does not hold the event loop.
         """
         source = self._source.name
         known = self.known
         if known is not None and not self._mostly_new:
             try:
                 keys = _key_page_decoder.decode(body)
-            except msgspec.ValidationError:
-                return self._read_raw(body, collector, observed_at_ns)  # a fill is not even an object
-            except msgspec.DecodeError as exc:
-                raise VenueError("decode", f"undecodable fills page: {exc}") from None
-            fresh = await _fresh(collector, [_key_of(key) for key in keys.fills], known)
-            self._mostly_new = 2 * len(fresh) > len(keys.fills)
-            if len(fresh) < len(keys.fills):
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                # a fill that is not even an object, an id not UTF-8, or a broken page (which
+                # _read_raw reports)
+                return self._read_raw(body, collector, observed_at_ns)
+            key_fills = keys.fills or ()
+            fresh = await _fresh(collector, [_key_of(key) for key in key_fills], known)
+            self._page_ends = _ends(key_fills)
+            self._mostly_new = 2 * len(fresh) > len(key_fills)
+            if len(fresh) < len(key_fills):
                 if fresh:
-                    page_raws = _page_decoder.decode(body).fills
+                    page_raws = _page_decoder.decode(body).fills or ()
                     async for _, chunk in in_slices(fresh):
                         for i in chunk:
                             collector.add(decode_fill(page_raws[i], source=source, observed_at_ns=observed_at_ns))
@@ -637,23 +769,23 @@ class KalshiAdapter(VenueAdapter):
             known = None  # all new: checked already
         try:
             page = _typed_page_decoder.decode(body)
-        except msgspec.ValidationError:
-            return self._read_raw(body, collector, observed_at_ns)  # a fill of the wrong shape
-        except msgspec.DecodeError as exc:
-            raise VenueError("decode", f"undecodable fills page: {exc}") from None
-        fills: Sequence[KalshiFill] = page.fills
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return self._read_raw(body, collector, observed_at_ns)  # a fill of the wrong shape, or not UTF-8
+        fills: Sequence[KalshiFill] = page.fills or ()
+        self._page_ends = _ends(fills)
+        printable = printable_page(body)
         indices: Sequence[int] = range(len(fills))
         if known is not None and fills and not ends_new(known, _key_of(fills[0]), _key_of(fills[-1])):
             indices = await _fresh(collector, [_key_of(fill) for fill in fills], known)
             self._mostly_new = 2 * len(indices) > len(fills)
-        raws: list[msgspec.Raw] | None = None
+        raws: Sequence[msgspec.Raw] | None = None
         async for _, part in in_slices(indices):
             for i in part:
                 try:
-                    collector.add(normalise(fills[i], source=source, observed_at_ns=observed_at_ns))
+                    collector.add(normalise(fills[i], source=source, observed_at_ns=observed_at_ns, printable=printable))
                 except ValueError as exc:
                     # the dead letter carries the venue's bytes: re-read the page raw (rare)
-                    raws = raws or _page_decoder.decode(body).fills
+                    raws = raws or _page_decoder.decode(body).fills or ()
                     collector.add(_invalid(raws[i], str(exc)))
         return page.cursor
 
@@ -665,11 +797,18 @@ class KalshiAdapter(VenueAdapter):
             raise VenueError("decode", f"undecodable fills page: {exc}") from None
         source = self._source.name
         known = self.known
-        for raw in page.fills:
+        raws = page.fills or ()
+        self._page_ends = (len(raws), _known_key(raws[0]), _known_key(raws[-1])) if raws else (0, None, None)
+        for raw in raws:
             if known is not None and collector.skip_known(_known_key(raw), known) is not None:
                 continue
             collector.add(decode_fill(raw, source=source, observed_at_ns=observed_at_ns))
         return page.cursor
+
+
+def _ends(fills: Sequence[KalshiFill | _Key]) -> tuple[int, str | None, str | None]:
+    # a page's fingerprint for the paging-loop guard: its length and the keys at both ends
+    return (len(fills), _key_of(fills[0]), _key_of(fills[-1])) if fills else (0, None, None)
 
 
 def _key_of(fill: KalshiFill | _Key) -> str | None:
