@@ -1,10 +1,13 @@
 """The checkpoint topic on real Apache Kafka (issue 10, scenario 5): it really compacts, and a
 restart restores correctly from the compacted topic.
 
-The checkpoint topic is created as the product creates it (compacted, `max.message.bytes` of
-:data:`publisher.kafkaclient.CHECKPOINT_MAX_MESSAGE_BYTES`) plus segments rolled every 100 ms (Kafka 4 refuses a `segment.bytes` below 1 MiB) and an eager
-cleaner (`segment.ms` 100, `min.cleanable.dirty.ratio` 0.01, no compaction lag), so the broker's
-log cleaner runs within seconds. librdkafka's mock has no log cleaner at all.
+The checkpoint topic is created compacted, as the product creates it, with segments rolled every
+100 ms (Kafka 4 refuses a `segment.bytes` below 1 MiB) and an eager cleaner
+(`min.cleanable.dirty.ratio` 0.01, no compaction lag), so the broker's log cleaner runs within
+seconds. librdkafka's mock has no log cleaner at all.
+
+The bound (a checkpoint record never exceeds the topic's max.message.bytes, however large the
+dedupe window) runs once the tree has `kafka.max_record_bytes` and split checkpoints.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 import pytest
 
 from publisher.checkpoint import decode_checkpoint
-from publisher.kafkaclient import CHECKPOINT_MAX_MESSAGE_BYTES
+from publisher.config import KafkaConfig
 from tests.harness.delivery import read_log
 from tests.harness.kafka import KafkaCluster
 from tests.harness.stack import NS
@@ -37,7 +40,6 @@ pytestmark = [pytest.mark.realkafka, pytest.mark.integration]
 
 EAGER_COMPACTION = {
     "cleanup.policy": "compact",
-    "max.message.bytes": str(CHECKPOINT_MAX_MESSAGE_BYTES),
     "segment.ms": "100",
     "min.cleanable.dirty.ratio": "0.01",
     "min.compaction.lag.ms": "0",
@@ -102,3 +104,49 @@ async def test_checkpoint_topic_compacts_and_restore_after_compaction_is_right(
 
 async def _checkpoints(cluster: KafkaCluster, topic: list[str], n: int) -> bool:
     return len(await read_log(cluster.bootstrap, topic)) >= n
+
+
+#: the smallest record limit the publisher accepts (kafka.max_record_bytes), and the checkpoint
+#: topic's max.message.bytes in the bound test: a window of 10,000 fills (160 KB) cannot fit
+SMALL_RECORD_BYTES = 65536
+
+
+@pytest.mark.skipif("max_record_bytes" not in KafkaConfig.__struct_fields__,
+                    reason="the checkpoint size bound (kafka.max_record_bytes, split checkpoints) is not in this tree")
+async def test_checkpoint_of_a_large_window_stays_under_the_topics_max_message_bytes(
+        real_kafka: KafkaCluster, topic_prefix: str, tmp_path: Path, cleanup: list[Any]) -> None:
+    """A dedupe window far larger than the checkpoint topic's max.message.bytes (64 KiB): every
+    checkpoint record the broker accepted is within the limit (the broker would refuse a larger
+    one and fail the transaction), the checkpoint is split into parts, and a restart restores
+    the whole window: the 10,000 fills re-read by its first poll are all recognised, none
+    published twice, and new fills still published."""
+    stack = real_stack(tmp_path, real_kafka.bootstrap, topic_prefix, max_record_bytes=SMALL_RECORD_BYTES)
+    cleanup.append(stack)
+    sim = await stack.kalshi("kalshi-a", **{**COMMON, "page_limit": 1000, "max_requests_per_s": 1000})
+    for name, topic in stack.topics.items():
+        configs = {**EAGER_COMPACTION, "max.message.bytes": str(SMALL_RECORD_BYTES)} if name == "checkpoint" else {}
+        await real_kafka.create_topic(topic, 1 if name == "checkpoint" else 4, configs)
+    started_ns = time.time_ns()
+    sim.add_fills(10_000, late_s=LOOKBACK_S / 2)  # all inside the window of the first start
+    proc = await started(stack, cleanup)
+    await until("the backlog committed", lambda: proc.metric("fillpub_fills_published_total"), 60)
+    generate(stack, 40)
+    await asyncio.sleep(2.0)
+    code, _took = await proc.terminate()
+    assert code == 0, proc.log_tail()
+    await asyncio.sleep(1.0)  # fills while it is down
+    proc = await started(stack, cleanup)
+    await asyncio.sleep(2.0)
+    await stop_generating(stack)
+    expected = stack.expected(started_ns - LOOKBACK_S * NS)
+    consumed = await judge(real_kafka, stack, expected)
+    code, _took = await proc.terminate()
+    assert code == 0, proc.log_tail()
+    records = await read_log(real_kafka.bootstrap, [stack.topics["checkpoint"]])
+    sizes = [len(r.key or b"") + len(r.value or b"") for r in records]
+    parts = [r for r in records if r.key and b"#part" in r.key]
+    assert parts, "a 160 KB window in 64 KiB records must be split"
+    assert max(sizes) <= SMALL_RECORD_BYTES
+    observe("real 5b checkpoint bound", fills_in=len(expected), fills_out=len(consumed),
+            checkpoint_records=len(records), part_records=len(parts), largest_record_bytes=max(sizes),
+            topic_max_message_bytes=SMALL_RECORD_BYTES)
