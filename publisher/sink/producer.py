@@ -53,8 +53,27 @@ RECORD_ERRORS = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLar
 _BROKER_TXN_TIMEOUT_MARGIN_S = 30.0
 
 
-class ProducerFencedError(RuntimeError):
-    """Another producer with our transactional id exists; this instance must stop publishing."""
+class TransactionalIdLostError(RuntimeError):
+    """This instance may no longer use its transactional id and must stop publishing (final:
+    `fill-publisher run` exits 3). :attr:`reason` says why."""
+
+    reason = "lost"
+
+
+class TransactionalIdFencedError(TransactionalIdLostError):
+    """Another producer took our transactional id (ProducerFenced)."""
+
+    reason = "fenced"
+
+
+class TransactionalIdNotAuthorisedError(TransactionalIdLostError):
+    """The cluster does not let us use our transactional id (TransactionalIdAuthorizationFailed)."""
+
+    reason = "not_authorised"
+
+
+#: the name importers used before the reasons were told apart: any lost transactional id
+ProducerFencedError = TransactionalIdLostError
 
 
 def reason(exc: BaseException) -> str:
@@ -186,17 +205,20 @@ class TransactionalProducer:
         if producer is not None:
             await self.discard(producer, timeout_s)
 
-    def fatal(self, exc: BaseException) -> ProducerFencedError:
+    def fatal(self, exc: BaseException) -> TransactionalIdLostError:
         """Count and log a final error; the caller raises the result."""
         self._metrics.publish_errors.labels(reason=reason(exc)).inc()
         tid = self.transactional_id
+        error: TransactionalIdLostError
         if isinstance(exc, TransactionalIdAuthorizationFailed):
             message = f"not authorised to use transactional id {tid!r} ({type(exc).__name__})"
+            error = TransactionalIdNotAuthorisedError(message)
         else:
             message = (f"producer fenced: another instance uses transactional id {tid!r} "
                        f"({type(exc).__name__}); this one stops publishing")
+            error = TransactionalIdFencedError(message)
         log.critical(message)
-        return ProducerFencedError(message)
+        return error
 
     def backoff(self, attempt: int) -> float:
         """The delay before try `attempt + 1`."""
