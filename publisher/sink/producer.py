@@ -9,7 +9,6 @@ and rebuild if the abort fails; the commit loop decides).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 
@@ -34,6 +33,7 @@ from publisher.config import KafkaConfig
 from publisher.kafkaclient import client_options
 from publisher.metrics import Metrics
 from publisher.secret import Secret
+from publisher.sink.aiokafka_shim import tear_down
 
 log = logging.getLogger(__name__)
 
@@ -171,20 +171,7 @@ class TransactionalProducer:
             return
         except Exception as exc:  # noqa: BLE001 - it is being discarded anyway
             log.debug("producer did not stop cleanly (%s); tearing it down", type(exc).__name__)
-        # aiokafka 0.14 internals, each optional: fail what the accumulator holds (releases the
-        # flush that stop() left waiting), cancel the sender, close the connections
-        sender = getattr(producer, "_sender", None)
-        task = getattr(sender, "sender_task", None)
-        accumulator = getattr(producer, "_message_accumulator", None)
-        with contextlib.suppress(Exception):
-            if accumulator is not None:
-                accumulator.fail_all(KafkaError("producer discarded"))
-        if task is not None and not task.done():
-            task.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(producer.client.close(), 1.0)
-        if task is not None and not task.done():
-            await asyncio.wait({task}, timeout=1.0)
+        await tear_down(producer)
 
     async def rebuild(self) -> None:
         """Drop the producer and make a new one.
