@@ -13,12 +13,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 from aiokafka.conn import create_conn
 from aiokafka.errors import IncompatibleBrokerVersion, KafkaError, SaslAuthenticationFailed, for_code
 from aiokafka.helpers import create_ssl_context
-from aiokafka.protocol.admin import CreateTopicsRequest
-from aiokafka.protocol.metadata import MetadataRequest
 
 from publisher.config import KafkaConfig
 from publisher.secret import Secret
@@ -28,7 +27,6 @@ log = logging.getLogger(__name__)
 _NO_ERROR = 0
 _LEADER_NOT_AVAILABLE = 5
 _TOPIC_ALREADY_EXISTS = 36
-_NOT_CONTROLLER = 41
 
 #: real Kafka's default max.message.bytes (message.max.bytes on the broker)
 KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1048588
@@ -88,6 +86,12 @@ def consumer_options(kafka: KafkaConfig, sasl_password: Secret | None) -> dict[s
     return options
 
 
+def admin_options(options: dict[str, Any]) -> dict[str, Any]:
+    """:func:`client_options` (or :func:`consumer_options`) without what only a consumer takes,
+    for AIOKafkaAdminClient."""
+    return {key: value for key, value in options.items() if key != "check_crcs"}
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     """What a topic should look like where the broker lets us say."""
@@ -110,91 +114,97 @@ class EnsureResult:
 
 
 async def create_topics(options: dict[str, Any], specs: list[TopicSpec]) -> EnsureResult:
-    """Create `specs` on any Kafka-protocol broker (real Kafka or librdkafka's mock).
+    """Create `specs` on any Kafka-protocol broker (real Kafka or librdkafka's mock), with
+    aiokafka's admin client. `options` are :func:`client_options`. The recipe:
 
-    `options` are :func:`client_options`. The recipe:
-
-    1. CreateTopics is sent with aiokafka's own client to the controller when Metadata names one,
-       else to any broker (KRaft brokers forward it; a ZooKeeper-era non-controller answers
-       NOT_CONTROLLER and the next broker is tried). aiokafka's admin client is not used: it
-       fails outright on a Metadata controller id that names no broker, and it returns
-       per-topic errors (policy violations, bad replication factors) without raising;
-    2. TOPIC_ALREADY_EXISTS is success (several instances start at once); any other per-topic
+    1. topics the cluster already lists are left alone (no CreateTopics, which a cluster may
+       forbid) and listed in `existing`, with their partition counts;
+    2. CreateTopics for the rest (the admin client sends it to the controller);
+       TOPIC_ALREADY_EXISTS is success (several instances start at once); any other per-topic
        error raises;
-    0. topics that Metadata already shows are only listed in `existing`;
-    3. a broker without CreateTopics (the mock) gets the topics auto-created through a Metadata
-       request with `allow_auto_topic_creation`, listed in `auto_created`: their partition
-       counts and configs (`cleanup.policy=compact`) were not applied.
+    3. a broker without CreateTopics (librdkafka's mock) gets them auto-created instead
+       (:func:`_auto_create_on_the_mock`), listed in `auto_created`.
     """
-    timeout_ms = int(options.get("request_timeout_ms", 30000))
-    client = AIOKafkaClient(**options)
-    await client.bootstrap()
+    admin = AIOKafkaAdminClient(**options)
+    await admin.start()
     try:
-        return await _create(client, specs, timeout_ms)
+        return await _create(admin, specs, int(options.get("request_timeout_ms", 30000)))
     finally:
-        await client.close()
+        await admin.close()
 
 
-async def _create(client: AIOKafkaClient, specs: list[TopicSpec], timeout_ms: int) -> EnsureResult:
+async def _create(admin: AIOKafkaAdminClient, specs: list[TopicSpec], timeout_ms: int) -> EnsureResult:
     result = EnsureResult()
-    # topics that exist already are left alone: no CreateTopics (which a cluster may forbid) at all
-    resp = await client.send(client.get_random_node(),
-                             MetadataRequest([s.name for s in specs], allow_auto_topic_creation=False))
-    present = {t["topic"]: len(t["partitions"]) for t in resp.to_object()["topics"]
-               if t["error_code"] in (_NO_ERROR, _LEADER_NOT_AVAILABLE)}
-    result.existing = [s.name for s in specs if s.name in present]
-    result.partitions = {name: present[name] for name in result.existing}
-    specs = [s for s in specs if s.name not in present]
+    listed = set(await admin.list_topics())
+    result.existing = [s.name for s in specs if s.name in listed]
+    if result.existing:
+        result.partitions = await _partition_counts(admin, result.existing)
+    specs = [s for s in specs if s.name not in listed]
     if not specs:
         return result
-    request = CreateTopicsRequest(
-        [(s.name, s.partitions, s.replication_factor, [], list(s.configs.items())) for s in specs],
-        timeout_ms, False,
-    )
-    controller = client.cluster.controller
-    nodes = [b.nodeId for b in client.cluster.brokers()]
-    if controller is not None and controller.nodeId in nodes:
-        nodes.remove(controller.nodeId)
-        nodes.insert(0, controller.nodeId)
-    for node in nodes:
-        try:
-            resp = await client.send(node, request)
-        except IncompatibleBrokerVersion:
-            # no CreateTopics on this broker (librdkafka's mock): fall back to auto-creation
-            counts = await _auto_create(client, [s.name for s in specs])
-            result.auto_created = list(counts)
-            result.partitions.update(counts)
-            return result
-        errors = {topic: code for topic, code, *_ in resp.topic_errors}
-        if any(code == _NOT_CONTROLLER for code in errors.values()):
-            continue
-        for topic, code in errors.items():
-            if code == _NO_ERROR:
-                result.created.append(topic)
-                result.partitions[topic] = next(s.partitions for s in specs if s.name == topic)
-            elif code == _TOPIC_ALREADY_EXISTS:
-                result.existing.append(topic)
-            else:
-                raise for_code(code)(f"creating topic {topic!r}")
-        return result
-    raise KafkaError("no broker accepted CreateTopics (NOT_CONTROLLER everywhere)")
+    cluster = await admin.describe_cluster()
+    if cluster["controller_id"] not in {broker["node_id"] for broker in cluster["brokers"]}:
+        # only librdkafka's mock (started through its test.mock.num.brokers shortcut) names a
+        # controller that is no broker; it has no CreateTopics either
+        return await _auto_create_on_the_mock(admin, specs, result)
+    new = [NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=dict(s.configs)) for s in specs]
+    try:
+        response = await admin.create_topics(new, timeout_ms=timeout_ms)
+    except IncompatibleBrokerVersion:
+        return await _auto_create_on_the_mock(admin, specs, result)
+    for entry in response.to_object()["topic_errors"]:
+        topic, code = entry["topic"], entry["error_code"]
+        if code == _NO_ERROR:
+            result.created.append(topic)
+            result.partitions[topic] = next(s.partitions for s in specs if s.name == topic)
+        elif code == _TOPIC_ALREADY_EXISTS:
+            result.existing.append(topic)
+            result.partitions.update(await _partition_counts(admin, [topic]))
+        else:
+            raise for_code(code)(f"creating topic {topic!r}: {entry.get('error_message') or ''}".rstrip(": "))
+    return result
 
 
-async def _auto_create(client: AIOKafkaClient, topics: list[str]) -> dict[str, int]:
-    """Ask for metadata with auto-creation on until every topic has leaders; their partition counts."""
+async def _partition_counts(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, int]:
+    """Partition counts of topics that exist (describing a missing topic may auto-create it)."""
+    return {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(topics)
+            if t["error_code"] in (_NO_ERROR, _LEADER_NOT_AVAILABLE)}
+
+
+async def _auto_create_on_the_mock(admin: AIOKafkaAdminClient, specs: list[TopicSpec],
+                                   result: EnsureResult) -> EnsureResult:
+    """The fallback for a broker without CreateTopics (librdkafka's mock, which the demo and the
+    fast tests run on): a Metadata request (the admin client's describe_topics, which lets the
+    broker auto-create) until every topic has leaders. Partition counts and configs
+    (`cleanup.policy=compact`) are the broker's defaults, not the specs'."""
+    topics = [s.name for s in specs]
     for _ in range(100):
-        resp = await client.send(client.get_random_node(),
-                                 MetadataRequest(topics, allow_auto_topic_creation=True))
-        pending = [t for code, t, *_ in resp.topics if code == _LEADER_NOT_AVAILABLE]
-        failed = {t: code for code, t, *_ in resp.topics
-                  if code not in (_NO_ERROR, _LEADER_NOT_AVAILABLE)}
+        described = await admin.describe_topics(topics)
+        failed = [(t["topic"], t["error_code"]) for t in described
+                  if t["error_code"] not in (_NO_ERROR, _LEADER_NOT_AVAILABLE)]
         if failed:
-            topic, code = next(iter(failed.items()))
+            topic, code = failed[0]
             raise for_code(code)(f"auto-creating topic {topic!r}")
-        if not pending:
-            return {t["topic"]: len(t["partitions"]) for t in resp.to_object()["topics"]}
+        if all(t["error_code"] == _NO_ERROR and t["partitions"] for t in described):
+            result.auto_created = topics
+            result.partitions.update({t["topic"]: len(t["partitions"]) for t in described})
+            return result
         await asyncio.sleep(0.05)
     raise KafkaError(f"topics {topics} got no leaders")
+
+
+async def topic_partitions(options: dict[str, Any], topic: str) -> set[int] | None:
+    """The partitions of `topic`, None when the cluster has no such topic (never creates it).
+    `options`: :func:`client_options` or :func:`consumer_options`."""
+    admin = AIOKafkaAdminClient(**admin_options(options))
+    await admin.start()
+    try:
+        if topic not in await admin.list_topics():
+            return None
+        (described,) = await admin.describe_topics([topic])
+        return {p["partition"] for p in described["partitions"]}
+    finally:
+        await admin.close()
 
 
 async def ensure_topics(kafka: KafkaConfig, sasl_password: Secret | None, fills_topics: list[str], *,
@@ -239,9 +249,9 @@ async def ensure_topics(kafka: KafkaConfig, sasl_password: Secret | None, fills_
 
 
 async def _broker_count(options: dict[str, Any]) -> int:
-    client = AIOKafkaClient(**options)
-    await client.bootstrap()
+    admin = AIOKafkaAdminClient(**options)
+    await admin.start()
     try:
-        return max(1, len(client.cluster.brokers()))
+        return max(1, len((await admin.describe_cluster())["brokers"]))
     finally:
-        await client.close()
+        await admin.close()

@@ -26,7 +26,13 @@ from publisher.checkpoint import Checkpoint, decode_checkpoint, decode_part, enc
 from publisher.config import KafkaConfig
 from publisher.event import DeadLetter, FillEvent
 from publisher.metrics import Metrics
-from publisher.sink import ProducerFencedError, SourceBatch, TransactionalSink
+from publisher.sink import (
+    ProducerFencedError,
+    SourceBatch,
+    TransactionalIdFencedError,
+    TransactionalIdNotAuthorisedError,
+    TransactionalSink,
+)
 from publisher.sink.batching import partition_for
 from publisher.sink.held import HeldSources
 from publisher.sink.records import record_budget
@@ -187,9 +193,10 @@ async def test_a_hung_transaction_is_given_up_at_its_deadline_and_the_producer_r
     assert await stop(sink, task)
 
 
-@pytest.mark.parametrize("error", [ProducerFenced(), TransactionalIdAuthorizationFailed()])
+@pytest.mark.parametrize(("error", "lost"), [(ProducerFenced(), TransactionalIdFencedError),
+                                             (TransactionalIdAuthorizationFailed(), TransactionalIdNotAuthorisedError)])
 async def test_a_lost_transactional_id_is_final_and_sends_nothing_more(
-        world: World, sink: TransactionalSink, error: KafkaError) -> None:
+        world: World, sink: TransactionalSink, error: KafkaError, lost: type[Exception]) -> None:
     done = Committed()
     sink.submit(done.batch("a"))
     task = await running(sink)
@@ -197,8 +204,9 @@ async def test_a_lost_transactional_id_is_final_and_sends_nothing_more(
     world.faults["begin"] = [error]
     sent = len(world.sent)
     sink.submit(done.batch("b"))
-    with pytest.raises(ProducerFencedError):
+    with pytest.raises(lost) as raised:
         await asyncio.wait_for(task, 2)
+    assert isinstance(raised.value, ProducerFencedError)  # what app.py turns into exit 3
     assert len(world.sent) == sent and done.calls == ["a"] and not sink.healthy
     assert sink.pending_fills == 2  # kept for the instance that owns the id
     assert not await stop(sink, task)

@@ -7,6 +7,18 @@ One concern per module: :mod:`~publisher.sink.records` (the contract's record la
 """
 
 from publisher.sink.commit import SourceBatch, TransactionalSink
-from publisher.sink.producer import ProducerFencedError
+from publisher.sink.producer import (
+    ProducerFencedError,
+    TransactionalIdFencedError,
+    TransactionalIdLostError,
+    TransactionalIdNotAuthorisedError,
+)
 
-__all__ = ["ProducerFencedError", "SourceBatch", "TransactionalSink"]
+__all__ = [
+    "ProducerFencedError",
+    "SourceBatch",
+    "TransactionalIdFencedError",
+    "TransactionalIdLostError",
+    "TransactionalIdNotAuthorisedError",
+    "TransactionalSink",
+]

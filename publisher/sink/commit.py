@@ -17,7 +17,7 @@ Failure handling, in the order it matters:
   transaction hangs, until the next commit succeeds;
 - memory is bounded: :meth:`wait_for_capacity` holds pollers back while `max_pending_fills` fetched
   fills are waiting, so an outage pauses polling instead of buffering without limit;
-- fencing (another instance took our transactional id) is final: :class:`ProducerFencedError` is
+- fencing (another instance took our transactional id) is final: :class:`~publisher.sink.producer.TransactionalIdLostError` is
   raised out of :meth:`run` and the process exits non-zero, so a zombie never publishes.
 
 The sink knows Kafka and the contract's record layout (:mod:`publisher.sink.records`), nothing
@@ -44,7 +44,14 @@ from publisher.metrics import Metrics
 from publisher.secret import Secret
 from publisher.sink.batching import PartitionBatches, partition_for
 from publisher.sink.held import HeldSources
-from publisher.sink.producer import FATAL, REBUILD, RECORD_ERRORS, ProducerFencedError, TransactionalProducer, reason
+from publisher.sink.producer import (
+    FATAL,
+    REBUILD,
+    RECORD_ERRORS,
+    TransactionalIdLostError,
+    TransactionalProducer,
+    reason,
+)
 from publisher.sink.records import (
     common_fill_headers,
     dead_letter_headers,
@@ -184,7 +191,7 @@ class TransactionalSink:
 
     async def start(self, stop: asyncio.Event | None = None) -> None:
         """Initialise the transactional producer, retrying with backoff until the cluster answers
-        (see :meth:`TransactionalProducer.start`). Raises :class:`ProducerFencedError` when the id
+        (see :meth:`TransactionalProducer.start`). Raises :class:`~publisher.sink.producer.TransactionalIdLostError` when the id
         is not ours to use, and CancelledError when `stop` is set first."""
         try:
             await self._producers.start(stop)
@@ -192,14 +199,14 @@ class TransactionalSink:
             raise self._fatal(exc) from exc
         self._healthy = True
 
-    def _fatal(self, exc: BaseException) -> ProducerFencedError:
+    def _fatal(self, exc: BaseException) -> TransactionalIdLostError:
         self._healthy = False
         return self._producers.fatal(exc)
 
     # ------------------------------------------------------------------ commit loop
 
     async def run(self) -> None:
-        """Commit queued batches until :meth:`close`; raises :class:`ProducerFencedError`."""
+        """Commit queued batches until :meth:`close`; raises :class:`~publisher.sink.producer.TransactionalIdLostError`."""
         while True:
             due = self._held.due(time.monotonic())
             if due is not None:

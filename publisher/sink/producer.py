@@ -9,7 +9,6 @@ and rebuild if the abort fails; the commit loop decides).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 
@@ -36,6 +35,7 @@ from publisher.config import ConfigError, KafkaConfig
 from publisher.kafkaclient import client_options, rejected_credentials
 from publisher.metrics import Metrics
 from publisher.secret import Secret
+from publisher.sink.aiokafka_shim import tear_down
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,27 @@ RECORD_ERRORS = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLar
 _BROKER_TXN_TIMEOUT_MARGIN_S = 30.0
 
 
-class ProducerFencedError(RuntimeError):
-    """Another producer with our transactional id exists; this instance must stop publishing."""
+class TransactionalIdLostError(RuntimeError):
+    """This instance may no longer use its transactional id and must stop publishing (final:
+    `fill-publisher run` exits 3). :attr:`reason` says why."""
+
+    reason = "lost"
+
+
+class TransactionalIdFencedError(TransactionalIdLostError):
+    """Another producer took our transactional id (ProducerFenced)."""
+
+    reason = "fenced"
+
+
+class TransactionalIdNotAuthorisedError(TransactionalIdLostError):
+    """The cluster does not let us use our transactional id (TransactionalIdAuthorizationFailed)."""
+
+    reason = "not_authorised"
+
+
+#: the name importers used before the reasons were told apart: any lost transactional id
+ProducerFencedError = TransactionalIdLostError
 
 
 def reason(exc: BaseException) -> str:
@@ -164,20 +183,7 @@ class TransactionalProducer:
             return
         except Exception as exc:  # noqa: BLE001 - it is being discarded anyway
             log.debug("producer did not stop cleanly (%s); tearing it down", type(exc).__name__)
-        # aiokafka 0.14 internals, each optional: fail what the accumulator holds (releases the
-        # flush that stop() left waiting), cancel the sender, close the connections
-        sender = getattr(producer, "_sender", None)
-        task = getattr(sender, "sender_task", None)
-        accumulator = getattr(producer, "_message_accumulator", None)
-        with contextlib.suppress(Exception):
-            if accumulator is not None:
-                accumulator.fail_all(KafkaError("producer discarded"))
-        if task is not None and not task.done():
-            task.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(producer.client.close(), 1.0)
-        if task is not None and not task.done():
-            await asyncio.wait({task}, timeout=1.0)
+        await tear_down(producer)
 
     async def rebuild(self) -> None:
         """Drop the producer and make a new one.
@@ -207,17 +213,20 @@ class TransactionalProducer:
             f"as longer than its transaction.max.timeout.ms; lower kafka.transaction_timeout_s or raise "
             f"transaction.max.timeout.ms on every broker"))
 
-    def fatal(self, exc: BaseException) -> ProducerFencedError:
+    def fatal(self, exc: BaseException) -> TransactionalIdLostError:
         """Count and log a final error; the caller raises the result."""
         self._metrics.publish_errors.labels(reason=reason(exc)).inc()
         tid = self.transactional_id
+        error: TransactionalIdLostError
         if isinstance(exc, TransactionalIdAuthorizationFailed):
             message = f"not authorised to use transactional id {tid!r} ({type(exc).__name__})"
+            error = TransactionalIdNotAuthorisedError(message)
         else:
             message = (f"producer fenced: another instance uses transactional id {tid!r} "
                        f"({type(exc).__name__}); this one stops publishing")
+            error = TransactionalIdFencedError(message)
         log.critical(message)
-        return ProducerFencedError(message)
+        return error
 
     def backoff(self, attempt: int) -> float:
         """The delay before try `attempt + 1`."""
