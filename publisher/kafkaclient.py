@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import IncompatibleBrokerVersion, KafkaError, for_code
+from aiokafka.conn import create_conn
+from aiokafka.errors import IncompatibleBrokerVersion, KafkaError, SaslAuthenticationFailed, for_code
 from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.admin import CreateTopicsRequest
 from aiokafka.protocol.metadata import MetadataRequest
@@ -29,8 +30,8 @@ _LEADER_NOT_AVAILABLE = 5
 _TOPIC_ALREADY_EXISTS = 36
 _NOT_CONTROLLER = 41
 
-#: checkpoints carry the dedupe window, which can reach megabytes for very busy sources
-CHECKPOINT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+#: real Kafka's default max.message.bytes (message.max.bytes on the broker)
+KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1048588
 
 
 def client_options(kafka: KafkaConfig, sasl_password: Secret | None) -> dict[str, Any]:
@@ -50,6 +51,33 @@ def client_options(kafka: KafkaConfig, sasl_password: Secret | None) -> dict[str
         options["sasl_plain_username"] = kafka.sasl_username
         options["sasl_plain_password"] = sasl_password.reveal() if sasl_password else None
     return options
+
+
+async def rejected_credentials(kafka: KafkaConfig, sasl_password: Secret | None) -> str | None:
+    """Whether the brokers reject our SASL credentials: a description naming the mechanism and the
+    user (never the password), or None when they do not (or SASL is not used).
+
+    aiokafka logs why a bootstrap failed and raises a bare KafkaConnectionError, which reads like
+    an unreachable cluster; after such a failure this opens one connection itself to tell a login
+    the brokers refused apart from a network problem.
+    """
+    if kafka.security_protocol not in ("SASL_PLAINTEXT", "SASL_SSL"):
+        return None
+    options = client_options(kafka, sasl_password)
+    options.pop("bootstrap_servers")
+    for server in kafka.bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            conn = await asyncio.wait_for(create_conn(host.strip("[]"), int(port), **options),
+                                          kafka.request_timeout_s)
+        except SaslAuthenticationFailed as exc:
+            return (f"SASL {kafka.sasl_mechanism} login of user {kafka.sasl_username!r} refused: "
+                    f"{exc.args[0] if exc.args else type(exc).__name__}")
+        except Exception:  # noqa: BLE001 - not a login problem on this broker: try the next
+            continue
+        conn.close()
+        return None
+    return None
 
 
 def consumer_options(kafka: KafkaConfig, sasl_password: Secret | None) -> dict[str, Any]:
@@ -77,6 +105,8 @@ class EnsureResult:
     created: list[str] = field(default_factory=list)
     existing: list[str] = field(default_factory=list)
     auto_created: list[str] = field(default_factory=list)
+    #: partition count of each topic that already existed or was created, where the broker said
+    partitions: dict[str, int] = field(default_factory=dict)
 
 
 async def create_topics(options: dict[str, Any], specs: list[TopicSpec]) -> EnsureResult:
@@ -110,8 +140,10 @@ async def _create(client: AIOKafkaClient, specs: list[TopicSpec], timeout_ms: in
     # topics that exist already are left alone: no CreateTopics (which a cluster may forbid) at all
     resp = await client.send(client.get_random_node(),
                              MetadataRequest([s.name for s in specs], allow_auto_topic_creation=False))
-    present = {t for code, t, *_ in resp.topics if code in (_NO_ERROR, _LEADER_NOT_AVAILABLE)}
+    present = {t["topic"]: len(t["partitions"]) for t in resp.to_object()["topics"]
+               if t["error_code"] in (_NO_ERROR, _LEADER_NOT_AVAILABLE)}
     result.existing = [s.name for s in specs if s.name in present]
+    result.partitions = {name: present[name] for name in result.existing}
     specs = [s for s in specs if s.name not in present]
     if not specs:
         return result
@@ -129,7 +161,9 @@ async def _create(client: AIOKafkaClient, specs: list[TopicSpec], timeout_ms: in
             resp = await client.send(node, request)
         except IncompatibleBrokerVersion:
             # no CreateTopics on this broker (librdkafka's mock): fall back to auto-creation
-            result.auto_created = await _auto_create(client, [s.name for s in specs])
+            counts = await _auto_create(client, [s.name for s in specs])
+            result.auto_created = list(counts)
+            result.partitions.update(counts)
             return result
         errors = {topic: code for topic, code, *_ in resp.topic_errors}
         if any(code == _NOT_CONTROLLER for code in errors.values()):
@@ -137,6 +171,7 @@ async def _create(client: AIOKafkaClient, specs: list[TopicSpec], timeout_ms: in
         for topic, code in errors.items():
             if code == _NO_ERROR:
                 result.created.append(topic)
+                result.partitions[topic] = next(s.partitions for s in specs if s.name == topic)
             elif code == _TOPIC_ALREADY_EXISTS:
                 result.existing.append(topic)
             else:
@@ -145,8 +180,8 @@ async def _create(client: AIOKafkaClient, specs: list[TopicSpec], timeout_ms: in
     raise KafkaError("no broker accepted CreateTopics (NOT_CONTROLLER everywhere)")
 
 
-async def _auto_create(client: AIOKafkaClient, topics: list[str]) -> list[str]:
-    """Ask for metadata with auto-creation on until every topic has leaders."""
+async def _auto_create(client: AIOKafkaClient, topics: list[str]) -> dict[str, int]:
+    """Ask for metadata with auto-creation on until every topic has leaders; their partition counts."""
     for _ in range(100):
         resp = await client.send(client.get_random_node(),
                                  MetadataRequest(topics, allow_auto_topic_creation=True))
@@ -157,16 +192,21 @@ async def _auto_create(client: AIOKafkaClient, topics: list[str]) -> list[str]:
             topic, code = next(iter(failed.items()))
             raise for_code(code)(f"auto-creating topic {topic!r}")
         if not pending:
-            return topics
+            return {t["topic"]: len(t["partitions"]) for t in resp.to_object()["topics"]}
         await asyncio.sleep(0.05)
     raise KafkaError(f"topics {topics} got no leaders")
 
 
-async def ensure_topics(kafka: KafkaConfig, sasl_password: Secret | None, fills_topics: list[str]) -> None:
-    """Create the fills, DLQ and (compacted) checkpoint topics when they do not exist.
+async def ensure_topics(kafka: KafkaConfig, sasl_password: Secret | None, fills_topics: list[str], *,
+                        checkpoint_partitions: int = 1) -> EnsureResult | None:
+    """Create the fills, DLQ and (compacted) checkpoint topics when they do not exist; the
+    checkpoint topic with `checkpoint_partitions` partitions (one per shard).
 
-    Failure is logged, not fatal: clusters that forbid topic creation by clients are common, and
-    the topics may have been created by an operator (the compose stack and the chart's docs do).
+    Returns what was done, with the partition count of each topic that exists (an existing
+    checkpoint topic keeps the count it has: compare it with the shards), or None when creation
+    failed. Failure is logged, not fatal: clusters that forbid topic creation by clients are
+    common, and the topics may have been created by an operator (the compose stack and the
+    chart's docs do).
     """
     options = client_options(kafka, sasl_password)
     options["client_id"] = f"{kafka.client_id}-admin"
@@ -176,22 +216,26 @@ async def ensure_topics(kafka: KafkaConfig, sasl_password: Secret | None, fills_
             # CreateTopics as aiokafka speaks it cannot ask for the broker default (-1); Kafka's
             # usual default is 3, and a smaller cluster cannot hold more replicas than brokers
             replication = min(3, await _broker_count(options))
-        specs = [TopicSpec(name, kafka.topic_partitions, replication) for name in [*fills_topics, kafka.dlq_topic]]
-        specs.append(TopicSpec(kafka.checkpoint_topic, 1, replication, {
-            "cleanup.policy": "compact",
-            "max.message.bytes": str(CHECKPOINT_MAX_MESSAGE_BYTES),
-        }))
+        # records are at most max_record_bytes (checkpoints are split to fit): topics need say
+        # more than the broker's default only when the setting does
+        size = ({"max.message.bytes": str(kafka.max_record_bytes)}
+                if kafka.max_record_bytes > KAFKA_DEFAULT_MAX_MESSAGE_BYTES else {})
+        specs = [TopicSpec(name, kafka.topic_partitions, replication, dict(size))
+                 for name in [*fills_topics, kafka.dlq_topic]]
+        specs.append(TopicSpec(kafka.checkpoint_topic, checkpoint_partitions, replication,
+                               {"cleanup.policy": "compact", **size}))
         result = await create_topics(options, specs)
     except Exception as exc:  # noqa: BLE001 - creation is best effort, see docstring
         log.warning("could not create topics (%s: %s); relying on existing or auto-created topics",
                     type(exc).__name__, exc)
-        return
+        return None
     if result.created:
         log.info("created topics %s", ", ".join(result.created))
     if result.auto_created:
         log.warning("the broker does not support CreateTopics: topics %s were auto-created with the broker's "
                     "defaults (checkpoint topic NOT compacted); create them yourself on a real cluster",
                     ", ".join(result.auto_created))
+    return result
 
 
 async def _broker_count(options: dict[str, Any]) -> int:

@@ -38,6 +38,35 @@ class VenueError(Exception):
         self.reason: ErrorReason = reason
         self.retry_after_s = retry_after_s
 
+    #: what went wrong, in words, for the log line (the contract's `reason` is coarser)
+    kind: ClassVar[str | None] = None
+
+
+class VenueDecodeError(VenueError):
+    """The venue's answer is not a page we can read: not its JSON, nested too deeply, a corrupt or
+    unsupported content encoding, an unexpected status such as a redirect. Counted as `decode`."""
+
+    kind = "unreadable answer"
+
+    def __init__(self, message: str):
+        super().__init__("decode", message)
+
+
+class ResponseTooLarge(VenueDecodeError):
+    """The venue's answer exceeds the source's `max_response_bytes`, raw or decompressed."""
+
+    kind = "answer too large"
+
+
+class PagingError(VenueError):
+    """The venue's paging does not end: a cursor comes back, or a poll needs more pages than the
+    adapter's guard allows. Counted as `decode` (the contract has no finer reason)."""
+
+    kind = "paging does not end"
+
+    def __init__(self, message: str):
+        super().__init__("decode", message)
+
 
 @dataclass(slots=True)
 class InvalidFill:
@@ -310,6 +339,12 @@ class VenueAdapter(abc.ABC):
 
 SOURCE_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 
+#: room per fill in the default response limit: a fill with every identifier at its longest
+#: (:data:`MAX_TEXT_LENGTH`), JSON-escaped, stays well below it; real fills are under 1 KiB
+RESPONSE_BYTES_PER_FILL = 8192
+#: room for a page's envelope (cursor, counts) and for error bodies
+RESPONSE_ENVELOPE_BYTES = 65536
+
 
 class SourceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="venue"):
     """Settings common to every source; each venue module subclasses it with `tag=<venue name>`.
@@ -322,16 +357,28 @@ class SourceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag
 
     name: Annotated[str, msgspec.Meta(pattern=SOURCE_NAME_PATTERN, max_length=100)]
     base_url: str
-    poll_interval_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 1.0
+    poll_interval_s: Annotated[float, msgspec.Meta(ge=0.01, le=3600)] = 1.0
     lookback_s: Annotated[float, msgspec.Meta(ge=0, le=90 * 86400)] = 300.0
     page_limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 200
-    max_requests_per_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
-    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+    max_requests_per_s: Annotated[float, msgspec.Meta(ge=0.001, le=100_000)] = 10.0
+    #: the whole request (connect, send, every read of the answer), not each step of it
+    timeout_s: Annotated[float, msgspec.Meta(ge=0.01, le=300)] = 10.0
+    #: the largest venue answer read, compressed and decompressed alike; None: derived from
+    #: `page_limit` (see :attr:`response_limit`)
+    max_response_bytes: Annotated[int, msgspec.Meta(ge=4096, le=1 << 30)] | None = None
     #: pin the source to a shard (`cluster.shards`); None: a stable hash of the name picks it
     shard: Annotated[int, msgspec.Meta(ge=0)] | None = None
     #: RFC 3339 time: a first start (no checkpoint) publishes every fill executed since then
     #: instead of the last `lookback_s`; ignored once the source has a checkpoint
     backfill_from: str | None = None
+
+    @property
+    def response_limit(self) -> int:
+        """`max_response_bytes`, or by default room for `page_limit` fills of
+        :data:`RESPONSE_BYTES_PER_FILL` each plus :data:`RESPONSE_ENVELOPE_BYTES`."""
+        if self.max_response_bytes is not None:
+            return self.max_response_bytes
+        return self.page_limit * RESPONSE_BYTES_PER_FILL + RESPONSE_ENVELOPE_BYTES
 
     @property
     def venue_name(self) -> str:

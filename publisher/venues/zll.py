@@ -59,6 +59,7 @@ from publisher.venues.base import (
     FetchResult,
     FillCollector,
     InvalidFill,
+    PagingError,
     SourceConfig,
     VenueAdapter,
     VenueError,
@@ -429,7 +430,7 @@ class _Poll:
         """Fetch, decode and collect the page at `offset`."""
         self._pages += 1
         if self._pages > self._adapter.max_pages:
-            raise VenueError("decode", f"more than {self._adapter.max_pages} pages in one poll; the venue keeps paging")
+            raise PagingError(f"more than {self._adapter.max_pages} pages in one poll; the venue keeps paging")
         body = await self._adapter.client.get(FILLS_PATH, params=self._adapter.params(offset))
         self._check_progress(offset, body)
         return await self.read(body, self._clock_ns())
