@@ -107,6 +107,8 @@ async def test_second_look_answered_by_another_subaccount_is_not_published() -> 
 @pytest.mark.parametrize(("field", "value", "reason"), [
     ("market", "BTC\x1b[31m-PERP", "control or non-printable"),
     ("id", "abc\x00def", "control or non-printable"),
+    ("market", "BTC\x7f-PERP", "control or non-printable"),  # DEL needs no escape in JSON
+    ("request_id", "r\u2028r", "control or non-printable"),  # a line separator, not ASCII
     ("market", "M" * 100_000, "longer than 256"),
     ("request_id", "R" * 100_000, "longer than 256"),
 ])
@@ -142,3 +144,9 @@ async def test_two_copies_with_different_values_in_one_page_are_a_conflict() -> 
     assert sorted(f.fill_id for f in result.fills) == sorted([first["id"], fill(2, T)["id"]])
     [(kept, dropped)] = result.conflicts  # the identical copy of fill 2 is a plain repeat
     assert isinstance(kept, FillEvent) and (kept.price, dropped.price) == ("64998.5", "1.5")
+
+
+def test_plain_ascii_is_the_fast_path_only_for_printable_ascii() -> None:
+    assert zll.plain_ascii(enc(fill(1, T)))
+    for odd in ('"\\u001b"', '"\\n"', '"\x7f"', '"\u00e9"'):
+        assert not zll.plain_ascii(b"[" + odd.encode() + b"]"), odd
