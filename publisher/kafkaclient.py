@@ -33,7 +33,8 @@ _NOT_CONTROLLER = 41
 CHECKPOINT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
-def client_options(kafka: KafkaConfig, sasl_password: Secret | None) -> dict[str, Any]:
+def client_options(kafka: KafkaConfig, sasl_password: Secret | None,
+                   ssl_key_password: Secret | None = None) -> dict[str, Any]:
     """Keyword arguments shared by AIOKafkaProducer, AIOKafkaConsumer and AIOKafkaAdminClient."""
     options: dict[str, Any] = {
         "bootstrap_servers": kafka.bootstrap_servers,
@@ -43,7 +44,8 @@ def client_options(kafka: KafkaConfig, sasl_password: Secret | None) -> dict[str
     }
     if kafka.security_protocol in ("SSL", "SASL_SSL"):
         options["ssl_context"] = create_ssl_context(
-            cafile=kafka.ssl_cafile, certfile=kafka.ssl_certfile, keyfile=kafka.ssl_keyfile
+            cafile=kafka.ssl_cafile, certfile=kafka.ssl_certfile, keyfile=kafka.ssl_keyfile,
+            password=ssl_key_password.reveal() if ssl_key_password is not None else None,
         )
     if kafka.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
         options["sasl_mechanism"] = kafka.sasl_mechanism
@@ -52,9 +54,23 @@ def client_options(kafka: KafkaConfig, sasl_password: Secret | None) -> dict[str
     return options
 
 
-def consumer_options(kafka: KafkaConfig, sasl_password: Secret | None) -> dict[str, Any]:
+def producer_options(kafka: KafkaConfig, sasl_password: Secret | None, ssl_key_password: Secret | None = None,
+                     **service: Any) -> dict[str, Any]:
+    """:func:`client_options`, the service's own producer settings (`service`), then the
+    operator's `compression_type` and `producer_options` (which config validation limits to
+    settings the service does not depend on)."""
+    options = client_options(kafka, sasl_password, ssl_key_password)
+    options.update(service)
+    if kafka.compression_type != "none":
+        options["compression_type"] = kafka.compression_type
+    options.update(kafka.producer_options)
+    return options
+
+
+def consumer_options(kafka: KafkaConfig, sasl_password: Secret | None,
+                     ssl_key_password: Secret | None = None) -> dict[str, Any]:
     """:func:`client_options` plus the consumer-only settings."""
-    options = client_options(kafka, sasl_password)
+    options = client_options(kafka, sasl_password, ssl_key_password)
     # librdkafka's mock broker writes transaction markers with CRC 0; real brokers never do
     options["check_crcs"] = kafka.check_crcs
     return options
@@ -162,13 +178,14 @@ async def _auto_create(client: AIOKafkaClient, topics: list[str]) -> list[str]:
     raise KafkaError(f"topics {topics} got no leaders")
 
 
-async def ensure_topics(kafka: KafkaConfig, sasl_password: Secret | None, fills_topics: list[str]) -> None:
+async def ensure_topics(kafka: KafkaConfig, sasl_password: Secret | None, fills_topics: list[str],
+                        ssl_key_password: Secret | None = None) -> None:
     """Create the fills, DLQ and (compacted) checkpoint topics when they do not exist.
 
     Failure is logged, not fatal: clusters that forbid topic creation by clients are common, and
     the topics may have been created by an operator (the compose stack and the chart's docs do).
     """
-    options = client_options(kafka, sasl_password)
+    options = client_options(kafka, sasl_password, ssl_key_password)
     options["client_id"] = f"{kafka.client_id}-admin"
     try:
         replication = kafka.replication_factor

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from publisher import logs
 from publisher.checkpoint import Checkpoint, encode_checkpoint
 from publisher.dedupe import SeenWindow, fill_key, fill_keys
 from publisher.event import DeadLetter, FillEvent
@@ -135,6 +136,7 @@ class Poller:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until `stop` is set. Never raises on venue or adapter errors."""
+        logs.bind_source(self.source.name)  # this task's log lines are about this source
         interval = self.source.poll_interval_s
         # spread the first polls of many sources over (up to) one interval: started together, a
         # thousand sources would poll in lockstep and every round would start with a queue

@@ -48,7 +48,7 @@ from aiokafka.errors import (
 
 from publisher.config import KafkaConfig, fills_topic
 from publisher.event import SCHEMA_VERSION, DeadLetter, FillEvent, encode
-from publisher.kafkaclient import CHECKPOINT_MAX_MESSAGE_BYTES, client_options
+from publisher.kafkaclient import CHECKPOINT_MAX_MESSAGE_BYTES, producer_options
 from publisher.metrics import Metrics
 from publisher.secret import Secret
 
@@ -163,9 +163,11 @@ class TransactionalSink:
         metrics: Metrics,
         *,
         max_backoff_s: float = 10.0,
+        ssl_key_password: Secret | None = None,
     ):
         self._kafka = kafka
         self._sasl_password = sasl_password
+        self._ssl_key_password = ssl_key_password
         self._metrics = metrics
         self._max_backoff_s = max_backoff_s
         self._queue: deque[SourceBatch] = deque()
@@ -220,8 +222,8 @@ class TransactionalSink:
 
     def _new_producer(self) -> AIOKafkaProducer:
         kafka = self._kafka
-        return AIOKafkaProducer(
-            **client_options(kafka, self._sasl_password),
+        return AIOKafkaProducer(**producer_options(
+            kafka, self._sasl_password, self._ssl_key_password,
             transactional_id=kafka.transactional_id_prefix,
             enable_idempotence=True,
             acks="all",
@@ -230,7 +232,7 @@ class TransactionalSink:
             # fills of one poll arrive together: batch them without waiting for stragglers
             linger_ms=0,
             max_batch_size=1024 * 1024,
-        )
+        ))
 
     async def start(self, stop: asyncio.Event | None = None) -> None:
         """Initialise the transactional producer, retrying with backoff until the cluster answers.
