@@ -8,25 +8,14 @@ import asyncio
 import io
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli import assert_config_error, cli
+from test_cli import assert_config_error, cli, restore_logging  # noqa: F401 - restore_logging is a fixture
 from test_config import base_config, write_config
 
 from publisher import logs
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    names = ["", "aiokafka", "kafka", "httpx", "httpcore"]
-    saved = [(logging.getLogger(n), logging.getLogger(n).handlers[:], logging.getLogger(n).level) for n in names]
-    yield
-    for logger, handlers, level in saved:
-        logger.handlers[:] = handlers
-        logger.setLevel(level)
 
 
 def json_lines(stream: io.StringIO) -> list[dict[str, Any]]:
