@@ -25,7 +25,8 @@ def json_lines(stream: io.StringIO) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def stream(restore_logging: None) -> io.StringIO:
+def stream(request: pytest.FixtureRequest) -> io.StringIO:
+    request.getfixturevalue("restore_logging")
     out = io.StringIO()
     logs.configure_logging("INFO", stream=out, environ={"FILLPUB_LOG_FORMAT": "json"})
     return out
@@ -76,14 +77,16 @@ def test_secrets_masked_even_where_json_would_escape_them(stream: io.StringIO) -
     assert second["exc"] == "ValueError: bad ***" and "test_logs_json.py:" in second["at"]
 
 
-def test_text_format_does_not_repeat_the_source(restore_logging: None) -> None:
+@pytest.mark.usefixtures("restore_logging")
+def test_text_format_does_not_repeat_the_source() -> None:
     out = io.StringIO()
     logs.configure_logging("INFO", stream=out, environ={})
     logging.getLogger("publisher.app").warning("source %s: no checkpoint", "k", extra={"source": "k"})
     assert out.getvalue().rstrip().endswith("publisher.app source k: no checkpoint")
 
 
-def test_aiokafka_records_only_at_debug(restore_logging: None) -> None:
+@pytest.mark.usefixtures("restore_logging")
+def test_aiokafka_records_only_at_debug() -> None:
     out = io.StringIO()
     logs.configure_logging("INFO", stream=out, environ={"FILLPUB_LOG_FORMAT": "json"})
     logging.getLogger("aiokafka.conn").error("Unable connect to node with id 1")
