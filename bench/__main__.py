@@ -10,6 +10,7 @@ See bench/README.md for what each row means.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import signal
@@ -135,7 +136,7 @@ class Child:
 def http(method: str, url: str, body: Any = None) -> bytes:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method)
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(request, timeout=10) as response:
         return response.read()
 
 
@@ -391,7 +392,7 @@ def bench_scale(env: Env, n_sources: int, duration: float) -> None:
     stats = json.loads(stats_path.read_text())
     delays = [d * 1000 for t, d in stats["delays"] if t0 <= t < t1]
     polls = sum(1 for starts in stats["starts"].values() for t in starts if t0 <= t < t1)
-    gaps = [b - a for starts in stats["starts"].values() for a, b in zip(starts, starts[1:]) if t0 <= a and b < t1]
+    gaps = [b - a for starts in stats["starts"].values() for a, b in itertools.pairwise(starts) if t0 <= a and b < t1]
     cpu = (cpu1 - cpu0) / (t1 - t0)
     mean_gap = sum(gaps) / max(1, len(gaps))
     kept = mean_gap <= 1.1  # polls that overrun make the next one due at once: no "delay", but no schedule

@@ -35,7 +35,7 @@ async def main(spec: dict[str, Any]) -> None:
                                 enable_idempotence=True, acks="all", linger_ms=0, max_batch_size=1024 * 1024,
                                 max_request_size=17 * 1024 * 1024)
     await producer.start()
-    await producer.client._wait_on_metadata(topic)  # noqa: SLF001
+    await producer.client._wait_on_metadata(topic)
     print("ready", flush=True)
     sys.stdin.readline()  # the parent says go once its consumer is ready
     txn = int(spec["txn"])
@@ -54,7 +54,7 @@ async def main(spec: dict[str, Any]) -> None:
             for key, value, headers in chunk:
                 partition = partition_of.get(key)
                 if partition is None:
-                    partition = partition_of[key] = producer._partition(topic, None, key, value, key, value)  # noqa: SLF001
+                    partition = partition_of[key] = producer._partition(topic, None, key, value, key, value)
                 batch = batches.get(partition)
                 if batch is None:
                     batch = batches[partition] = producer.create_batch()

@@ -49,7 +49,7 @@ async def main(spec: dict[str, Any]) -> None:
                 found = consumer.partitions_for_topic(topic)
                 if found:
                     break
-                await consumer._client.force_metadata_update()  # noqa: SLF001
+                await consumer._client.force_metadata_update()
                 await asyncio.sleep(0.05)
             parts += [TopicPartition(topic, p) for p in sorted(found or ())]
         consumer.assign(parts)

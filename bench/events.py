@@ -22,11 +22,11 @@ def make_fills(n: int, sources: int = 10) -> list[FillEvent]:
     for i in range(n):
         source = f"src-{i % sources}"
         if i % 2 == 0:
-            wire = msgspec.Raw(msgspec.json.encode(ksim._new_fill(ksim._rng, now + i, now, {}).wire()))  # noqa: SLF001
+            wire = msgspec.Raw(msgspec.json.encode(ksim._new_fill(ksim._rng, now + i, now, {}).wire()))
             event = kalshi.decode_fill(wire, source=source, observed_at_ns=now)
         else:
-            wire = msgspec.Raw(msgspec.json.encode(zsim._new_fill(zsim._rng, now + i, now, {}).wire()))  # noqa: SLF001
-            event = zll._decode_item(wire, source=source, observed_at_ns=now).outcome  # noqa: SLF001
+            wire = msgspec.Raw(msgspec.json.encode(zsim._new_fill(zsim._rng, now + i, now, {}).wire()))
+            event = zll._decode_item(wire, source=source, observed_at_ns=now).outcome
         assert isinstance(event, FillEvent)
         out.append(event)
     return out

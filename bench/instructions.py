@@ -72,8 +72,8 @@ def _pages(n: int) -> tuple[list[bytes], list[bytes], int]:
     ksim = KalshiSimulator(public_key=public_pem, key_id="bench", shape="current", seed=7)
     zsim = ZllSimulator(api_key="bench", seed=8)
     step = SPAN_NS // n
-    kfills = [ksim._new_fill(ksim._rng, T0_NS + i * step, T0_NS, {}).wire() for i in range(n)][::-1]  # noqa: SLF001
-    zfills = [zsim._new_fill(zsim._rng, T0_NS + i * step, T0_NS, {}).wire() for i in range(n)][::-1]  # noqa: SLF001
+    kfills = [ksim._new_fill(ksim._rng, T0_NS + i * step, T0_NS, {}).wire() for i in range(n)][::-1]
+    zfills = [zsim._new_fill(zsim._rng, T0_NS + i * step, T0_NS, {}).wire() for i in range(n)][::-1]
     kpages = [msgspec.json.encode({"fills": kfills[i : i + PAGE], "cursor": f"p{i // PAGE + 1}" if i + PAGE < n else ""})
               for i in range(0, n, PAGE)]
     zpages = [msgspec.json.encode(zfills[i : i + PAGE]) for i in range(0, n, PAGE)]
@@ -125,7 +125,7 @@ class _Producer:
         return BatchBuilder(BATCH_BYTES, 0, is_transactional=True)
 
     async def send_batch(self, batch: BatchBuilder, topic: str, *, partition: int) -> asyncio.Future[None]:
-        batch._build()  # noqa: SLF001 - the bytes the sender would put on the wire
+        batch._build()
         return _done()
 
     async def send(self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None) -> asyncio.Future[None]:
@@ -140,7 +140,7 @@ def _done() -> asyncio.Future[None]:
 
 def _memo_caches() -> list[Any]:
     return [obj for obj in gc.get_objects()
-            if isinstance(obj, functools._lru_cache_wrapper) and obj.__module__.startswith("publisher.venues.")]  # noqa: SLF001
+            if isinstance(obj, functools._lru_cache_wrapper) and obj.__module__.startswith("publisher.venues.")]
 
 
 class _Round:
@@ -168,7 +168,7 @@ class _Round:
             state = SourceState(source, None, now_ns)
             self.pollers.append(Poller(source, adapter, state, self.collect, metrics, wall_clock_ns=clock))  # type: ignore[arg-type]
         self.sink = TransactionalSink(KafkaConfig(bootstrap_servers="bench.test:9092"), None, self.metrics)
-        self.sink._producer = _Producer()  # type: ignore[assignment]  # noqa: SLF001
+        self.sink._producer = _Producer()  # type: ignore[assignment]
         self.now_ns = now_ns
 
     async def poll(self) -> None:
@@ -176,7 +176,7 @@ class _Round:
             assert await poller.poll_once() is None
 
     async def records(self) -> None:
-        await self.sink._transaction(self.collect.batches)  # noqa: SLF001
+        await self.sink._transaction(self.collect.batches)
 
     def commit(self) -> None:
         for batch in self.collect.batches:
@@ -205,11 +205,11 @@ def _ceiling(records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]]) -> Non
         if batch is None:
             batch = batches[partition] = BatchBuilder(BATCH_BYTES, 0, is_transactional=True)
         if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-            batch._build()  # noqa: SLF001
+            batch._build()
             batch = batches[partition] = BatchBuilder(BATCH_BYTES, 0, is_transactional=True)
             batch.append(key=key, value=value, timestamp=None, headers=headers)
     for batch in batches.values():
-        batch._build()  # noqa: SLF001
+        batch._build()
 
 
 def measure(n: int) -> list[str]:

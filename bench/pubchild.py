@@ -38,7 +38,7 @@ _LATENCY = os.environ.get("BENCH_LATENCY") == "1"
 
 def instrument() -> None:
     orig_poll_once = poll.Poller.poll_once
-    orig_accept = poll.Poller._accept  # noqa: SLF001
+    orig_accept = poll.Poller._accept
     orig_submit = sink.TransactionalSink.submit
 
     async def poll_once(self: poll.Poller) -> float | None:
@@ -75,7 +75,7 @@ def instrument() -> None:
         orig_submit(self, batch)
 
     poll.Poller.poll_once = poll_once  # type: ignore[method-assign]
-    poll.Poller._accept = _accept  # type: ignore[method-assign]  # noqa: SLF001
+    poll.Poller._accept = _accept  # type: ignore[method-assign]
     sink.TransactionalSink.submit = submit  # type: ignore[method-assign]
 
 

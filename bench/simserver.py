@@ -45,7 +45,7 @@ def seed_backlog(sim: Simulator[Any], field: str, n: int, span_s: float, subacco
     step = int(span_s * 1e9) // max(n, 1)
     for i in range(n):
         sim.add_fills(1, executed_at_ns=start + i * step, **{field: i % subaccounts})
-    sim._render_page(sim._store)  # noqa: SLF001 - warm the simulator's wire cache
+    sim._render_page(sim._store)
 
 
 async def main(spec: dict[str, Any]) -> None:

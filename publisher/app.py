@@ -116,7 +116,7 @@ class Publisher:
         if kafka.create_topics:
             venues = sorted({s.venue_name for s in settings.config.sources})
             await ensure_topics(kafka, settings.sasl_password, [fills_topic(kafka, v) for v in venues],
-                                settings.ssl_key_password)
+                                ssl_key_password=settings.ssl_key_password)
         backoff = Backoff(base_s=0.5, cap_s=30.0)
         while not stop.is_set():
             try:

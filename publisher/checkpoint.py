@@ -53,9 +53,10 @@ def decode_checkpoint(data: bytes) -> Checkpoint:
 
 
 async def read_checkpoints(
-    topic: str, sources: Iterable[str], consumer_options: dict[str, Any]
+    topic: str, sources: Iterable[str], consumer_options: dict[str, Any], *, partitions: Iterable[int] | None = None
 ) -> dict[str, Checkpoint]:
-    """The newest committed checkpoint of each named source, read from the whole topic.
+    """The newest committed checkpoint of each named source, read from the whole topic, or only from
+    `partitions` of it (a shard's partition); a named partition the topic lacks is an error.
 
     Reads with `isolation_level=read_committed` from the beginning up to the end offsets taken at
     the start, so checkpoints of aborted or still-open transactions are never restored (on real
@@ -64,6 +65,7 @@ async def read_checkpoints(
     back and make this read wait for the transaction timeout.
     """
     wanted = set(sources)
+    only = None if partitions is None else set(partitions)
     found: dict[str, Checkpoint] = {}
     consumer = AIOKafkaConsumer(
         **consumer_options,
@@ -75,12 +77,18 @@ async def read_checkpoints(
     await consumer.start()
     try:
         # topics() refreshes a metadata copy the consumer does not keep, so ask the client directly
-        cluster = await consumer._client.fetch_all_metadata()
-        partitions = cluster.partitions_for_topic(topic)
-        if not partitions:
+        cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001 - replaced by the sink rework
+        present: set[int] = cluster.partitions_for_topic(topic) or set()
+        if not present:
             log.warning("checkpoint topic %s does not exist yet: every source starts fresh", topic)
             return found
-        assignment = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if only is not None:
+            missing = only - present
+            if missing:
+                raise LookupError(f"checkpoint topic {topic} has no partition {sorted(missing)} "
+                                  f"(it has {len(present)})")
+            present = only
+        assignment = [TopicPartition(topic, p) for p in sorted(present)]
         consumer.assign(assignment)
         await consumer.seek_to_beginning(*assignment)
         end = await consumer.end_offsets(assignment)

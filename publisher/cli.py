@@ -132,7 +132,7 @@ def _summary(path: str, settings: Settings) -> str:
 def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "schema":
-        from publisher.event import json_schema_text
+        from publisher.event import json_schema_text  # noqa: PLC0415 - keep the CLI start light
 
         sys.stdout.write(json_schema_text())
         return 0
@@ -149,11 +149,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
             return _status(_load(args.config), args.json)
         if args.command == "run":
             settings = _load(args.config)
-            from publisher.app import run  # heavy (Kafka, HTTP clients): only when actually running
+            from publisher.app import run  # noqa: PLC0415 - heavy (Kafka, HTTP clients): only when actually running
 
             return run(settings)
         if args.command == "demo":
-            from publisher.demo import main as demo_main
+            from publisher.demo import main as demo_main  # noqa: PLC0415 - needs the demo extra
 
             return demo_main(args.duration, args.http_port)
     except ConfigError as exc:

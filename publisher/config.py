@@ -34,7 +34,7 @@ import string
 import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import msgspec
 import yaml
@@ -212,7 +212,11 @@ class HttpConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
 
 
 #: any venue's source config, told apart by its `venue` field
-AnySource = Union[SOURCE_CONFIG_TYPES]  # noqa: UP007 - a tuple of types cannot use `|`
+if TYPE_CHECKING:
+    # statically, every source is a SourceConfig; msgspec decodes the tagged union below
+    AnySource = SourceConfig
+else:
+    AnySource = Union[SOURCE_CONFIG_TYPES]  # noqa: UP007 - a tuple of types cannot use `|`
 
 
 class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -342,7 +346,7 @@ def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError("config", f"{os.fspath(path)!r} is not UTF-8 text") from None
     try:
-        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        raw = yaml.load(text, Loader=_StrictLoader)
     except yaml.MarkedYAMLError as exc:
         # only the position and the parser's problem, never the snippet of the file it quotes
         mark = exc.problem_mark or exc.context_mark
@@ -362,8 +366,11 @@ def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
 _SECTIONS: dict[str, type[msgspec.Struct]] = {"kafka": KafkaConfig, "http": HttpConfig}
 _VENUE_TYPES: dict[str, type[SourceConfig]] = {cls.__struct_config__.tag: cls for cls in SOURCE_CONFIG_TYPES}
 #: pairs where giving one half in the environment replaces whichever half the file gave
-_SECRET_PAIRS = (("sasl_password_file", "sasl_password_env"), ("ssl_key_password_file", "ssl_key_password_env"),
-                 *((f"{cls.secret_field}_file", f"{cls.secret_field}_env") for cls in SOURCE_CONFIG_TYPES))
+_SECRET_PAIRS = (
+    ("sasl_password_file", "sasl_password_env"),
+    ("ssl_key_password_file", "ssl_key_password_env"),
+    *((f"{cls.secret_field}_file", f"{cls.secret_field}_env") for cls in SOURCE_CONFIG_TYPES),
+)
 
 
 def env_source_name(name: str) -> str:

@@ -43,7 +43,7 @@ class SeenWindow:
     floor's own second are kept: the venue filters on whole seconds.
     """
 
-    __slots__ = ("_keys", "_buckets", "_floor_s", "_packed")
+    __slots__ = ("_buckets", "_floor_s", "_keys", "_packed")
 
     def __init__(self, floor_ns: int = 0):
         self._keys: set[bytes] = set()

@@ -279,7 +279,7 @@ def main(duration: float | None, http_port: int | None) -> int:
         return asyncio.run(_run(duration, http_port))
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # noqa: BLE001 - a demo should explain, not dump a traceback
+    except Exception as exc:
         with contextlib.suppress(Exception):
             logging.getLogger(__name__).debug("demo failed", exc_info=True)
         print(f"fill-publisher demo: {type(exc).__name__}: {exc}", file=sys.stderr)

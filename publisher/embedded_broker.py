@@ -330,7 +330,7 @@ def _find_librdkafka() -> str | None:
 
 def _start_with_producer(num_brokers: int) -> tuple[object, str]:
     """Fallback: the `test.mock.num.brokers` shortcut; the producer must be kept alive."""
-    import confluent_kafka
+    import confluent_kafka  # noqa: PLC0415 - optional dependency (the demo extra)
 
     producer = confluent_kafka.Producer({"test.mock.num.brokers": num_brokers,
                                          "bootstrap.servers": "", "log_level": 3})
@@ -348,12 +348,11 @@ def _serve(num_brokers: int, control: bool, exit_with_parent: bool) -> int:
     lib_path = _find_librdkafka()
     cluster: _MockCluster | None = None
     # The fallback's producer owns the mock cluster: this reference keeps it alive while we serve.
-    keepalive: object = None
     if lib_path is not None:
         cluster = _MockCluster(lib_path, num_brokers)
         bootstrap = cluster.bootstrap
     else:
-        keepalive, bootstrap = _start_with_producer(num_brokers)
+        _keepalive, bootstrap = _start_with_producer(num_brokers)
 
     if control:
         _emit(sys.stdout, {"bootstrap": bootstrap, "create_topic": cluster is not None})

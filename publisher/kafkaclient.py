@@ -8,8 +8,8 @@ consumer helper can never disagree on how to reach the cluster. Topic creation
 
 from __future__ import annotations
 
-import logging
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +93,8 @@ class EnsureResult:
     created: list[str] = field(default_factory=list)
     existing: list[str] = field(default_factory=list)
     auto_created: list[str] = field(default_factory=list)
+    #: partition count of each topic that already existed or was created, where the broker said
+    partitions: dict[str, int] = field(default_factory=dict)
 
 
 async def create_topics(options: dict[str, Any], specs: list[TopicSpec]) -> EnsureResult:
@@ -126,8 +128,10 @@ async def _create(client: AIOKafkaClient, specs: list[TopicSpec], timeout_ms: in
     # topics that exist already are left alone: no CreateTopics (which a cluster may forbid) at all
     resp = await client.send(client.get_random_node(),
                              MetadataRequest([s.name for s in specs], allow_auto_topic_creation=False))
-    present = {t for code, t, *_ in resp.topics if code in (_NO_ERROR, _LEADER_NOT_AVAILABLE)}
+    present = {t["topic"]: len(t["partitions"]) for t in resp.to_object()["topics"]
+               if t["error_code"] in (_NO_ERROR, _LEADER_NOT_AVAILABLE)}
     result.existing = [s.name for s in specs if s.name in present]
+    result.partitions = {name: present[name] for name in result.existing}
     specs = [s for s in specs if s.name not in present]
     if not specs:
         return result
@@ -145,7 +149,9 @@ async def _create(client: AIOKafkaClient, specs: list[TopicSpec], timeout_ms: in
             resp = await client.send(node, request)
         except IncompatibleBrokerVersion:
             # no CreateTopics on this broker (librdkafka's mock): fall back to auto-creation
-            result.auto_created = await _auto_create(client, [s.name for s in specs])
+            counts = await _auto_create(client, [s.name for s in specs])
+            result.auto_created = list(counts)
+            result.partitions.update(counts)
             return result
         errors = {topic: code for topic, code, *_ in resp.topic_errors}
         if any(code == _NOT_CONTROLLER for code in errors.values()):
@@ -153,6 +159,7 @@ async def _create(client: AIOKafkaClient, specs: list[TopicSpec], timeout_ms: in
         for topic, code in errors.items():
             if code == _NO_ERROR:
                 result.created.append(topic)
+                result.partitions[topic] = next(s.partitions for s in specs if s.name == topic)
             elif code == _TOPIC_ALREADY_EXISTS:
                 result.existing.append(topic)
             else:
@@ -161,8 +168,8 @@ async def _create(client: AIOKafkaClient, specs: list[TopicSpec], timeout_ms: in
     raise KafkaError("no broker accepted CreateTopics (NOT_CONTROLLER everywhere)")
 
 
-async def _auto_create(client: AIOKafkaClient, topics: list[str]) -> list[str]:
-    """Ask for metadata with auto-creation on until every topic has leaders."""
+async def _auto_create(client: AIOKafkaClient, topics: list[str]) -> dict[str, int]:
+    """Ask for metadata with auto-creation on until every topic has leaders; their partition counts."""
     for _ in range(100):
         resp = await client.send(client.get_random_node(),
                                  MetadataRequest(topics, allow_auto_topic_creation=True))
@@ -173,17 +180,22 @@ async def _auto_create(client: AIOKafkaClient, topics: list[str]) -> list[str]:
             topic, code = next(iter(failed.items()))
             raise for_code(code)(f"auto-creating topic {topic!r}")
         if not pending:
-            return topics
+            return {t["topic"]: len(t["partitions"]) for t in resp.to_object()["topics"]}
         await asyncio.sleep(0.05)
     raise KafkaError(f"topics {topics} got no leaders")
 
 
-async def ensure_topics(kafka: KafkaConfig, sasl_password: Secret | None, fills_topics: list[str],
-                        ssl_key_password: Secret | None = None) -> None:
-    """Create the fills, DLQ and (compacted) checkpoint topics when they do not exist.
+async def ensure_topics(kafka: KafkaConfig, sasl_password: Secret | None, fills_topics: list[str], *,
+                        checkpoint_partitions: int = 1,
+                        ssl_key_password: Secret | None = None) -> EnsureResult | None:
+    """Create the fills, DLQ and (compacted) checkpoint topics when they do not exist; the
+    checkpoint topic with `checkpoint_partitions` partitions (one per shard).
 
-    Failure is logged, not fatal: clusters that forbid topic creation by clients are common, and
-    the topics may have been created by an operator (the compose stack and the chart's docs do).
+    Returns what was done, with the partition count of each topic that exists (an existing
+    checkpoint topic keeps the count it has: compare it with the shards), or None when creation
+    failed. Failure is logged, not fatal: clusters that forbid topic creation by clients are
+    common, and the topics may have been created by an operator (the compose stack and the
+    chart's docs do).
     """
     options = client_options(kafka, sasl_password, ssl_key_password)
     options["client_id"] = f"{kafka.client_id}-admin"
@@ -194,21 +206,22 @@ async def ensure_topics(kafka: KafkaConfig, sasl_password: Secret | None, fills_
             # usual default is 3, and a smaller cluster cannot hold more replicas than brokers
             replication = min(3, await _broker_count(options))
         specs = [TopicSpec(name, kafka.topic_partitions, replication) for name in [*fills_topics, kafka.dlq_topic]]
-        specs.append(TopicSpec(kafka.checkpoint_topic, 1, replication, {
+        specs.append(TopicSpec(kafka.checkpoint_topic, checkpoint_partitions, replication, {
             "cleanup.policy": "compact",
             "max.message.bytes": str(CHECKPOINT_MAX_MESSAGE_BYTES),
         }))
         result = await create_topics(options, specs)
-    except Exception as exc:  # noqa: BLE001 - creation is best effort, see docstring
+    except Exception as exc:
         log.warning("could not create topics (%s: %s); relying on existing or auto-created topics",
                     type(exc).__name__, exc)
-        return
+        return None
     if result.created:
         log.info("created topics %s", ", ".join(result.created))
     if result.auto_created:
         log.warning("the broker does not support CreateTopics: topics %s were auto-created with the broker's "
                     "defaults (checkpoint topic NOT compacted); create them yourself on a real cluster",
                     ", ".join(result.auto_created))
+    return result
 
 
 async def _broker_count(options: dict[str, Any]) -> int:

@@ -204,7 +204,7 @@ def configure_logging(level: str | None = None, *, stream: TextIO | None = None,
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_fillpub", False)]:
         root.removeHandler(old)
-    handler._fillpub = True  # type: ignore[attr-defined]
+    handler._fillpub = True  # type: ignore[attr-defined]  # noqa: SLF001 - our own marker attribute
     root.addHandler(handler)
     root.setLevel(name)
     debug = name == "DEBUG"

@@ -149,8 +149,17 @@ class Metrics:
 class SourceMetrics:
     """A source's labelled children, resolved once instead of on every observation."""
 
-    __slots__ = ("published", "duplicate", "invalid", "requests", "errors", "last_success", "lag", "poll_duration",
-                 "poll_interval")
+    __slots__ = (
+        "duplicate",
+        "errors",
+        "invalid",
+        "lag",
+        "last_success",
+        "poll_duration",
+        "poll_interval",
+        "published",
+        "requests",
+    )
 
     def __init__(self, metrics: Metrics, venue: str, source: str):
         labels = {"venue": venue, "source": source}

@@ -26,12 +26,12 @@ import operator
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from publisher import logs
 from publisher.checkpoint import Checkpoint, encode_checkpoint
 from publisher.dedupe import SeenWindow, fill_key, fill_keys
-from publisher.event import DeadLetter, FillEvent
+from publisher.event import DeadLetter, FillEvent, Venue
 from publisher.metrics import SourceMetrics
 from publisher.sink import SourceBatch, TransactionalSink
 from publisher.venues.base import InvalidFill, SourceConfig, VenueAdapter, VenueError
@@ -211,7 +211,7 @@ class Poller:
             # would expire while the fill is still served, and the dead letter would come again.
             # Without a readable time, this poll's start is the best stamp there is.
             if window.admit(fill_key("dlq:" + bad.key), max(poll_start_ns, floor) if when is None else when):
-                letters.append(DeadLetter(source=state.name, venue=state.venue, error=bad.error, raw=bad.raw))
+                letters.append(DeadLetter(source=state.name, venue=cast(Venue, state.venue), error=bad.error, raw=bad.raw))
         if duplicates:
             self._metrics.duplicate.inc(duplicates)
         fresh.sort(key=_sort_key)

@@ -35,8 +35,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
-from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.errors import (
     InvalidProducerEpoch,
     KafkaError,
@@ -45,6 +43,8 @@ from aiokafka.errors import (
     TransactionalIdAuthorizationFailed,
     UnknownProducerId,
 )
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from publisher.config import KafkaConfig, fills_topic
 from publisher.event import SCHEMA_VERSION, DeadLetter, FillEvent, encode
@@ -114,7 +114,7 @@ class _PartitionBatches:
     still go through `send()` (few, and it checks their size).
     """
 
-    __slots__ = ("_producer", "_open", "_partition_of", "futures")
+    __slots__ = ("_open", "_partition_of", "_producer", "futures")
 
     def __init__(self, producer: AIOKafkaProducer):
         self._producer = producer
@@ -163,9 +163,16 @@ class TransactionalSink:
         metrics: Metrics,
         *,
         max_backoff_s: float = 10.0,
+        transactional_id: str | None = None,
+        checkpoint_partition: int | None = None,
         ssl_key_password: Secret | None = None,
     ):
         self._kafka = kafka
+        #: the producer's transactional id (one per shard); default `kafka.transactional_id_prefix`
+        self.transactional_id = kafka.transactional_id_prefix if transactional_id is None else transactional_id
+        #: the checkpoint topic's partition every checkpoint record of this sink goes to (a shard's
+        #: partition); None: the default partitioner's choice by source name
+        self.checkpoint_partition = checkpoint_partition
         self._sasl_password = sasl_password
         self._ssl_key_password = ssl_key_password
         self._metrics = metrics
@@ -224,7 +231,7 @@ class TransactionalSink:
         kafka = self._kafka
         return AIOKafkaProducer(**producer_options(
             kafka, self._sasl_password, self._ssl_key_password,
-            transactional_id=kafka.transactional_id_prefix,
+            transactional_id=self.transactional_id,
             enable_idempotence=True,
             acks="all",
             transaction_timeout_ms=int((kafka.transaction_timeout_s + _BROKER_TXN_TIMEOUT_MARGIN_S) * 1000),
@@ -250,7 +257,7 @@ class TransactionalSink:
                 return
             except _FATAL as exc:
                 raise self._fatal(exc) from exc
-            except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, KafkaError, OSError) as exc:
                 attempt += 1
                 self._metrics.publish_errors.labels(reason=_reason(exc)).inc()
                 delay = self._backoff(attempt)
@@ -259,7 +266,7 @@ class TransactionalSink:
                     try:
                         await asyncio.wait_for(stop.wait(), delay)
                         raise asyncio.CancelledError("stopped before kafka became reachable")
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
                 else:
                     await asyncio.sleep(delay)
@@ -272,7 +279,7 @@ class TransactionalSink:
             await self._discard(producer, 0.5)  # it never worked: nothing to flush
             raise
         self._producer = producer
-        log.info("transactional producer ready (transactional id %s)", self._kafka.transactional_id_prefix)
+        log.info("transactional producer ready (transactional id %s)", self.transactional_id)
 
     async def _discard(self, producer: AIOKafkaProducer, timeout_s: float = 2.0) -> None:
         """Stop `producer` within about `timeout_s`, even when it is wedged.
@@ -320,7 +327,7 @@ class TransactionalSink:
         """Count and log a final error; the caller raises the result."""
         self._healthy = False
         self._metrics.publish_errors.labels(reason=_reason(exc)).inc()
-        tid = self._kafka.transactional_id_prefix
+        tid = self.transactional_id
         if isinstance(exc, TransactionalIdAuthorizationFailed):
             message = f"not authorised to use transactional id {tid!r} ({type(exc).__name__})"
         else:
@@ -460,7 +467,8 @@ class TransactionalSink:
             checkpoints[batch.source] = batch.checkpoint  # a later batch of a source supersedes
         await records.flush()
         for name, checkpoint in checkpoints.items():
-            futures.append(await producer.send(kafka.checkpoint_topic, checkpoint, key=name.encode()))
+            futures.append(await producer.send(kafka.checkpoint_topic, checkpoint, key=name.encode(),
+                                               partition=self.checkpoint_partition))
         await asyncio.gather(*futures)
         await producer.commit_transaction()
 

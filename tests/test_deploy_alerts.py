@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "deploy"))
-import deploy_support as ds  # noqa: E402
+import deploy_support as ds
 
 EXPECTED_ALERTS = {
     "FillPublisherDown",

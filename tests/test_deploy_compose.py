@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "deploy"))
-import deploy_support as ds  # noqa: E402
+import deploy_support as ds
 
 REPO = ds.REPO
 COMPOSE_FILE = REPO / "docker-compose.yml"

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "deploy"))
-import deploy_support as ds  # noqa: E402
+import deploy_support as ds
 
 KUBE_VERSIONS = ("1.29", "1.33")
 NAMESPACE = "trading"

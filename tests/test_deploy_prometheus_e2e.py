@@ -34,7 +34,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "deploy"))
-import deploy_support as ds  # noqa: E402
+import deploy_support as ds
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +48,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float, procs: dict[str, "Proc"]) -> T:
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float, procs: dict[str, Proc]) -> T:
     """Poll `probe` until it returns something truthy; fail (with the children's logs) on timeout."""
     deadline = time.monotonic() + timeout
     while True:
@@ -72,7 +72,7 @@ class Proc:
         self.name = name
         self.log = workdir / f"{name}.log"
         self._log = self.log.open("w")
-        self.popen = subprocess.Popen(  # noqa: S603
+        self.popen = subprocess.Popen(
             argv, stdout=subprocess.PIPE if name in ("broker", "kalshi", "zll") else self._log,
             stderr=self._log, text=True, cwd=workdir, env=env,
         )
@@ -115,7 +115,7 @@ class Proc:
 def http_json(url: str, method: str = "GET", body: dict[str, Any] | None = None) -> Any:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(req, timeout=5) as resp:
         text = resp.read().decode()
     return json.loads(text) if text.strip() else None
 
@@ -184,7 +184,7 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
         metrics_url = f"http://127.0.0.1:{http_port}"
 
         def ready() -> bool:
-            with urllib.request.urlopen(f"{metrics_url}/readyz", timeout=2) as r:  # noqa: S310
+            with urllib.request.urlopen(f"{metrics_url}/readyz", timeout=2) as r:
                 return r.status == 200
 
         wait_for("fill-publisher /readyz", ready, 60, procs)
@@ -272,7 +272,7 @@ def test_prometheus_scrapes_the_publisher_and_a_venue_fault_fires_the_alert(stac
     assert [a for a in alerts(prom, "FillPublisherPollErrorRatioHigh") if a.get("source") == "zll-e2e"] == []
     # the publisher itself stays up and ready through a venue fault
     assert alerts(prom, "FillPublisherDown") == []
-    with urllib.request.urlopen(f"{stack['metrics']}/readyz", timeout=2) as r:  # noqa: S310
+    with urllib.request.urlopen(f"{stack['metrics']}/readyz", timeout=2) as r:
         assert r.status == 200
 
     # 4. and clears when the venue recovers

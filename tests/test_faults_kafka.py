@@ -468,7 +468,7 @@ async def test_sigkill_at_random_moments_exactly_once(broker: EmbeddedBroker, to
         if i % 2:
             proxy.slow(0.03)
             try:
-                await until("a batch in flight", lambda: pending_fills(proc), 5, every_s=0.01)
+                await until("a batch in flight", lambda proc=proc: pending_fills(proc), 5, every_s=0.01)
                 in_flight_kills += 1
             except AssertionError:
                 pass  # killed anyway, at a random point

@@ -216,7 +216,7 @@ async def test_one_bad_fill_is_invalid_and_the_rest_published(private_key: rsa.R
     )
     result = await adapter(venue, private_key).fetch(SINCE_NS, None, lambda: 1)
     assert [f.fill_id for f in result.fills] == ["f-1", "f-3", "f-4"]
-    assert [i.key for i in result.invalid][0] == "f-2"
+    assert next(i.key for i in result.invalid) == "f-2"
     assert all(i.key.startswith("sha256:") for i in result.invalid[1:])
     assert len(result.invalid) == 3
     assert msgspec.json.decode(result.invalid[0].raw) == bad  # the fill verbatim, for the DLQ

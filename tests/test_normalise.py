@@ -384,7 +384,7 @@ def test_zll_invalid(fields: dict[str, Any], error: str) -> None:
 def _reference_plain(text: str) -> str | None:
     """What decimal_text must give, from Decimal itself; None for text that is not plain notation."""
     body = text[1:] if text[:1] in ("-", "+") else text
-    whole, dot, fraction = body.partition(".")
+    whole, _dot, fraction = body.partition(".")
     digits = set("0123456789")
     if not (whole or fraction) or not set(whole + fraction) <= digits or "." in fraction:
         return None

@@ -310,7 +310,7 @@ async def exchange(port: int, data: bytes, *, half_close: bool = False) -> bytes
         if half_close:
             writer.write_eof()
         return await asyncio.wait_for(reader.read(), 5)
-    except (ConnectionError, asyncio.TimeoutError):
+    except (TimeoutError, ConnectionError):
         return b""
     finally:
         writer.close()

@@ -7,7 +7,7 @@ standalone with `python -m publisher.sim kalshi|zll ...`.
 """
 
 from publisher.sim.base import SimFill, Simulator
-from publisher.sim.faults import FAULT_KINDS, Faults, FaultKind
+from publisher.sim.faults import FAULT_KINDS, FaultKind, Faults
 from publisher.sim.kalshi import KalshiFill, KalshiSimulator, generate_key_pair
 from publisher.sim.zll import ZllFill, ZllSimulator
 

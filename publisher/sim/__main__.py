@@ -56,7 +56,7 @@ def zll_api_key(key_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def build(args: argparse.Namespace) -> Simulator:  # type: ignore[type-arg]
+def build(args: argparse.Namespace) -> Simulator:
     """The simulator the command line asks for (not started)."""
     key_dir = Path(args.key_dir)
     if args.venue == "kalshi":

@@ -86,7 +86,7 @@ def shape_for(fill_id: str, mode: str) -> KalshiShape:
         return SHAPES[digest[0] % len(SHAPES)]
     if mode not in SHAPES:
         raise ValueError(f"unknown Kalshi shape {mode!r}; known: {', '.join(SHAPE_MODES)}")
-    return mode  # type: ignore[return-value]
+    return mode
 
 
 def _fits(value: Decimal, quantum: Decimal) -> bool:

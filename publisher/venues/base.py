@@ -152,7 +152,7 @@ def text_problem(field: str, text: str, max_length: int = MAX_TEXT_LENGTH) -> st
     if len(text) > max_length:
         return f"{field} is longer than {max_length} characters ({len(text)})"
     if not text.isprintable():
-        return f"{field} holds control or non-printable characters: {ascii(text[:40])}"
+        return f"{field} holds control or non-printable characters: {text[:40]!a}"
     return None
 
 

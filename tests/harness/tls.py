@@ -20,7 +20,7 @@ def _name(common_name: str) -> x509.Name:
 def _issue(subject: str, issuer_key: Any, issuer: x509.Name, *, ca: bool = False,
            san: list[x509.GeneralName] | None = None) -> tuple[Any, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(issuer)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
                .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
