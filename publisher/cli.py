@@ -7,6 +7,7 @@ A bad config or an unreadable secret ends the process with status 2 and one line
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Sequence
 
@@ -164,9 +165,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 def _connect(settings: Settings) -> int:
-    import asyncio
-
-    from publisher.probe import check_all
+    from publisher.probe import check_all  # noqa: PLC0415 - Kafka and HTTP clients: only for --connect
 
     print("connecting (nothing is published):", flush=True)
     checks = asyncio.run(check_all(settings))
@@ -176,9 +175,7 @@ def _connect(settings: Settings) -> int:
 
 
 def _status(settings: Settings, as_json: bool) -> int:
-    import asyncio
-
-    from publisher.status import read_status, render
+    from publisher.status import read_status, render  # noqa: PLC0415 - the Kafka client: only for status
 
     timeout = settings.config.kafka.request_timeout_s * 2
     try:
@@ -187,7 +184,7 @@ def _status(settings: Settings, as_json: bool) -> int:
         print(f"{PROG}: kafka: no answer from {settings.config.kafka.bootstrap_servers} within {timeout:g}s",
               file=sys.stderr)
         return EXIT_FAILED
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever Kafka's client raised, said in one line
         print(logs.redact(f"{PROG}: kafka: {type(exc).__name__}: {exc}"), file=sys.stderr)
         return EXIT_FAILED
     print(render(statuses, as_json))

@@ -249,7 +249,7 @@ class Settings:
 
 
 def _codec_available(codec: str) -> bool:
-    from aiokafka import codec as codecs
+    from aiokafka import codec as codecs  # noqa: PLC0415 - aiokafka only when compression is asked for
 
     return bool(getattr(codecs, f"has_{codec}")())
 

@@ -211,7 +211,7 @@ async def ensure_topics(kafka: KafkaConfig, sasl_password: Secret | None, fills_
             "max.message.bytes": str(CHECKPOINT_MAX_MESSAGE_BYTES),
         }))
         result = await create_topics(options, specs)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - creation is best effort, see docstring
         log.warning("could not create topics (%s: %s); relying on existing or auto-created topics",
                     type(exc).__name__, exc)
         return None

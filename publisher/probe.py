@@ -65,7 +65,7 @@ async def check_source(settings: Settings, source: SourceConfig) -> Check:
         return Check(what, f"{exc.reason}: {redact(str(exc))}")
     except TimeoutError:
         return Check(what, f"timeout: no answer within {source.timeout_s * 3:g}s")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the report names whatever went wrong
         return Check(what, _cause(exc))
     finally:
         await adapter.aclose()
@@ -85,7 +85,7 @@ async def check_kafka(settings: Settings) -> Check:
         cluster = await asyncio.wait_for(client.fetch_all_metadata(), timeout=kafka.request_timeout_s)
     except TimeoutError:
         return Check(what, f"timeout: no metadata within {kafka.request_timeout_s:g}s")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the report names whatever went wrong
         return Check(what, _cause(exc))
     finally:
         await client.close()
