@@ -297,7 +297,13 @@ def _resolve(config: Config, environ: Mapping[str, str]) -> Settings:
         problem = proxy_problem(source.base_url)
         if problem is not None:
             raise ConfigError(prefix + "base_url", problem)
-    kafka = config.kafka
+    sasl_password, ssl_key_password = _resolve_kafka(config.kafka, environ)
+    return Settings(config=config, source_secrets=types.MappingProxyType(secrets), sasl_password=sasl_password,
+                    ssl_key_password=ssl_key_password)
+
+
+def _resolve_kafka(kafka: KafkaConfig, environ: Mapping[str, str]) -> tuple[Secret | None, Secret | None]:
+    """The SASL password and the SSL key password the `kafka:` section names, read; TLS files checked."""
     sasl_password: Secret | None = None
     if kafka.security_protocol in _SASL_PROTOCOLS:
         sasl_password, _ = _read_secret("kafka.sasl_password_file", kafka.sasl_password_file,
@@ -310,8 +316,25 @@ def _resolve(config: Config, environ: Mapping[str, str]) -> Settings:
             ssl_key_password, _ = _read_secret("kafka.ssl_key_password_file", kafka.ssl_key_password_file,
                                                "kafka.ssl_key_password_env", kafka.ssl_key_password_env, environ)
         _check_tls_files(kafka, ssl_key_password)
-    return Settings(config=config, source_secrets=types.MappingProxyType(secrets), sasl_password=sasl_password,
-                    ssl_key_password=ssl_key_password)
+    return sasl_password, ssl_key_password
+
+
+def load_kafka_settings(
+    raw: Mapping[str, Any], environ: Mapping[str, str] = os.environ
+) -> tuple[KafkaConfig, Secret | None, Secret | None]:
+    """A `kafka:` section on its own (for the consumer helper): validated, its secrets read.
+
+    Returns the section, the SASL password and the SSL key password; raises :class:`ConfigError`
+    naming `kafka.<field>`.
+    """
+    try:
+        kafka = msgspec.convert(dict(raw), KafkaConfig)
+    except msgspec.ValidationError as exc:
+        field, problem = _translate(str(exc).replace(" - at `$", " - at `$.kafka", 1), {"kafka": dict(raw)})
+        if not field.startswith("kafka"):
+            field = f"kafka.{field}" if field != "config" else "kafka"
+        raise ConfigError(field, problem) from None
+    return (kafka, *_resolve_kafka(kafka, environ))
 
 
 # --- reading the file -------------------------------------------------------------------------
