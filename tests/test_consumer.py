@@ -44,18 +44,23 @@ def test_positions_are_signed_exact_sums_per_source_and_instrument() -> None:
     assert "KX-2" in book.table() and "-2" in book.table()
 
 
-@pytest.mark.integration
-async def test_consumer_reads_committed_fills_decoded_into_the_event_type(broker: Any, topic_prefix: str) -> None:
-    topic = f"{topic_prefix}fills.kalshi"
+async def publish(broker: Any, topic_prefix: str, topic: str, fills: list[FillEvent]) -> None:
+    """Commit `fills` to `topic` in one transaction, as the publisher would."""
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers, transactional_id=f"{topic_prefix}tx",
                                 enable_idempotence=True)
     await producer.start()
     try:
         async with producer.transaction():
-            for n in range(5):
-                await producer.send(topic, encode(fill(n)), key=b"kalshi-main:KX-1")
+            for event in fills:
+                await producer.send(topic, encode(event), key=b"kalshi-main:KX-1")
     finally:
         await producer.stop()
+
+
+@pytest.mark.integration
+async def test_consumer_reads_committed_fills_decoded_into_the_event_type(broker: Any, topic_prefix: str) -> None:
+    topic = f"{topic_prefix}fills.kalshi"
+    await publish(broker, topic_prefix, topic, [fill(n) for n in range(5)])
     got: list[FillEvent] = []
     async with FillConsumer(broker.bootstrap_servers, [topic], check_crcs=False) as consumer:
         async for batch in consumer.batches(timeout_ms=200):
@@ -117,15 +122,7 @@ async def test_from_settings_uses_the_publishers_client_settings(tmp_path: Path)
 @pytest.mark.integration
 async def test_consumer_cli_reads_with_a_publisher_config(broker: Any, topic_prefix: str, tmp_path: Path) -> None:
     topic = f"{topic_prefix}fills.kalshi"
-    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers, transactional_id=f"{topic_prefix}tx",
-                                enable_idempotence=True)
-    await producer.start()
-    try:
-        async with producer.transaction():
-            for n in range(3):
-                await producer.send(topic, encode(fill(n, fee=None if n == 0 else "0.01")), key=b"kalshi-main:KX-1")
-    finally:
-        await producer.stop()
+    await publish(broker, topic_prefix, topic, [fill(n, fee=None if n == 0 else "0.01") for n in range(3)])
     # a whole publisher config: the consumer uses its kafka: section and ignores the rest
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({
