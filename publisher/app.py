@@ -62,11 +62,20 @@ class Publisher:
 
     @property
     def ready(self) -> bool:
-        return self._restored and self.sink.healthy
+        return self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        """None when ready (/readyz 200), else what start-up waits for or what is wrong (its 503 body)."""
+        if not self._restored:
+            # the sink turns healthy once its producer is initialised, the step before the restore
+            return "restoring checkpoints" if self.sink.healthy else "waiting for Kafka: producer not initialised"
+        if not self.sink.healthy:
+            return "Kafka unavailable: the last transaction failed or is taking too long"
+        return None
 
     async def serve(self, stop: asyncio.Event) -> int:
         config = self.settings.config
-        self.http = HttpServer(make_handler(self.metrics, lambda: self.ready), config.http.host, config.http.port)
+        self.http = HttpServer(make_handler(self.metrics, self.not_ready_reason), config.http.host, config.http.port)
         await self.http.start()
         log.info("fill-publisher %s serving /metrics /healthz /readyz on %s", __version__, self.http.url)
         transports: list[SourceTransport] = []

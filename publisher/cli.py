@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "window_fills, written_at}")
 
     commands.add_parser("schema", help="print the JSON Schema of the published event")
+
+    audit = commands.add_parser("audit", help="compare the venues' fills with the committed records on Kafka")
+    audit.add_argument("--config", required=True, metavar="PATH", help="YAML config file")
+    audit.add_argument("--source", action="append", default=[], metavar="NAME", help="audit only this source (repeatable)")
+    audit.add_argument("--since", type=_positive_float, metavar="SECONDS", help="window length (default: lookback_s)")
+    audit.add_argument("--json", action="store_true", help="print the contract's JSON document")
     return parser
 
 
@@ -153,6 +159,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
             from publisher.app import run  # noqa: PLC0415 - heavy (Kafka, HTTP clients): only when actually running
 
             return run(settings)
+        if args.command == "audit":
+            from publisher.audit import main as audit_main  # noqa: PLC0415 - heavy, as for run
+
+            return audit_main(_load(args.config), args.source, args.since, args.json)
         if args.command == "demo":
             from publisher.demo import main as demo_main  # noqa: PLC0415 - needs the demo extra
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import re
 import ssl
+import stat
 import string
 import types
 from collections.abc import Iterator, Mapping
@@ -116,16 +117,16 @@ class KafkaConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     check_crcs: bool = True
     #: fills fetched but not yet committed; above this, polling pauses (memory stays bounded while
     #: Kafka is down, and nothing fetched is dropped)
-    max_pending_fills: Annotated[int, msgspec.Meta(ge=1)] = 100_000
+    max_pending_fills: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 100_000
     #: used only when the publisher creates missing topics itself
-    topic_partitions: Annotated[int, msgspec.Meta(ge=1)] = 6
+    topic_partitions: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 6
     #: None: the broker's default.replication.factor
-    replication_factor: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    replication_factor: Annotated[int, msgspec.Meta(ge=1, le=100)] | None = None
     create_topics: bool = True
     request_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
     transaction_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
     #: fills per Kafka transaction at most; a larger backlog is committed in several transactions
-    max_batch_fills: Annotated[int, msgspec.Meta(ge=1)] = 50_000
+    max_batch_fills: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 50_000
 
     def __post_init__(self) -> None:
         # Messages start with the field name; load_settings turns that into the full field path.
@@ -346,9 +347,12 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    # the mapping's own keys must be unique; keys merged in with `<<: *base` may be overridden by
+    # them (flatten_mapping puts merged pairs first, so the mapping's own value wins)
+    own = [key_node for key_node, _ in node.value if key_node.tag != "tag:yaml.org,2002:merge"]
     loader.flatten_mapping(node)
     seen: set[Any] = set()
-    for key_node, _ in node.value:
+    for key_node in own:
         key = loader.construct_object(key_node, deep=True)
         if isinstance(key, str):
             if key in seen:
@@ -360,14 +364,56 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[An
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+#: the largest file read as the config; anything bigger is not one (or not a file: /dev/zero)
+MAX_CONFIG_BYTES = 16 << 20
+#: the largest secret file (an RSA-4096 key in PEM is ~3.3 KB)
+MAX_SECRET_BYTES = 1 << 20
+#: the largest TLS file (a bundle of every public root CA is ~300 KB)
+MAX_TLS_FILE_BYTES = 16 << 20
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _read_file(field: str, path: str | os.PathLike[str], limit: int) -> bytes:
+    """The bytes of the regular file at `path` (symlinks followed), at most `limit` of them;
+    :class:`ConfigError` for `field` otherwise. A FIFO, a device or an endless file would hang
+    or exhaust the service at start, so only regular files are read."""
+    shown = repr(os.fspath(path))
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        # non-blocking: opening a FIFO nobody writes to would wait forever
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise ConfigError("config", f"cannot read {os.fspath(path)!r}: {exc.strerror or type(exc).__name__}") from None
+        raise ConfigError(field, f"cannot read {shown}: {exc.strerror or type(exc).__name__}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+            raise ConfigError(field, f"cannot read {shown}: it is {kind}, not a regular file")
+        data = b""
+        while len(data) <= limit:
+            chunk = os.read(fd, limit + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    except OSError as exc:
+        raise ConfigError(field, f"cannot read {shown}: {exc.strerror or type(exc).__name__}") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ConfigError(field, f"cannot read {shown}: larger than {limit} bytes")
+    return data
+
+
+def _read_text(field: str, path: str | os.PathLike[str], limit: int) -> str:
+    try:
+        return _read_file(field, path, limit).decode("utf-8")
     except UnicodeDecodeError:
-        raise ConfigError("config", f"{os.fspath(path)!r} is not UTF-8 text") from None
+        raise ConfigError(field, f"{os.fspath(path)!r} is not UTF-8 text") from None
+
+
+def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    text = _read_text("config", path, MAX_CONFIG_BYTES)
     try:
         raw = yaml.load(text, Loader=_StrictLoader)
     except yaml.MarkedYAMLError as exc:
@@ -613,13 +659,7 @@ def _read_secret(
 ) -> tuple[Secret, str]:
     """Read a secret from its file or variable; returns it and the field it came from."""
     if path is not None:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                value = fh.read().strip()
-        except OSError as exc:
-            raise ConfigError(file_field, f"cannot read {path!r}: {exc.strerror or type(exc).__name__}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(file_field, f"{path!r} is not UTF-8 text") from None
+        value = _read_text(file_field, path, MAX_SECRET_BYTES).strip()
         if not value:
             raise ConfigError(file_field, f"{path!r} is empty")
         return Secret(value), file_field
@@ -647,12 +687,8 @@ def _check_venue_secret(venue: str, secret: Secret, field: str) -> None:
 def _check_readable(field: str, path: str | None) -> None:
     if path is None:
         return
-    try:
-        # open, not os.access: it also catches directories and gives the OS's reason
-        with open(path, "rb"):
-            pass
-    except OSError as exc:
-        raise ConfigError(field, f"cannot read {path!r}: {exc.strerror or type(exc).__name__}") from None
+    # read, not os.access: it also catches directories, FIFOs and devices and gives the OS's reason
+    _read_file(field, path, MAX_TLS_FILE_BYTES)
 
 
 def _check_tls_files(kafka: KafkaConfig, key_password: Secret | None = None) -> None:

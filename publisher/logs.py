@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
 LEVEL_ENV = "FILLPUB_LOG_LEVEL"
@@ -79,8 +79,16 @@ def register_secret(value: str) -> None:
         _pattern = re.compile("|".join(re.escape(s) for s in ordered))
 
 
-def redact(text: str) -> str:
-    """`text` with every registered secret replaced by `***`."""
+def redact(text: str, extra: Iterable[str] = ()) -> str:
+    """`text` with every registered secret, and every value of `extra`, replaced by `***`.
+
+    `extra` is for credentials that live for one request (a Kalshi signature, an API key header)
+    and are not worth registering for good. Redact before cutting a text short: a secret cut in
+    half no longer matches, and its first half would be shown.
+    """
+    for value in extra:
+        if len(value) >= _MIN_SECRET_LENGTH:
+            text = text.replace(value, MASK)
     pattern = _pattern
     return pattern.sub(MASK, text) if pattern is not None else text
 

@@ -1,6 +1,6 @@
 """What both venue simulators share: the canonical fill store, faults, rate limit, control surface.
 
-A simulator is a real HTTP server (:class:`publisher.httpserver.HttpServer`) running in the caller's
+A simulator is a real HTTP server (:class:`publisher.sim.httpserver.HttpServer`) running in the caller's
 event loop. It keeps the ground truth as canonical fills (:class:`SimFill` subclasses, sorted by
 execution time then id, as a venue's database would order them) and renders them to the venue's
 wire format on every request, so the same truth can be served in several shapes and with faults.
@@ -38,9 +38,9 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 
 import msgspec
 
-from publisher.httpserver import DropConnection, HttpServer, Request, Response
 from publisher.sim.faults import Faults, malform
 from publisher.sim.generator import run_generator
+from publisher.sim.httpserver import DropConnection, HttpServer, Request, Response
 
 
 class SimFill(msgspec.Struct, kw_only=True, frozen=True):

@@ -35,6 +35,7 @@ from publisher.venues.base import (
     FetchResult,
     FillCollector,
     InvalidFill,
+    PagingError,
     SourceConfig,
     VenueAdapter,
     VenueError,
@@ -600,9 +601,9 @@ class KalshiAdapter(VenueAdapter):
             if not cursor:
                 return collector.result
             if cursor in seen_cursors:
-                raise VenueError("decode", "the venue returned a cursor it had already returned (paging loop)")
+                raise PagingError("the venue returned a cursor it had already returned (paging loop)")
             seen_cursors.add(cursor)
-        raise VenueError("decode", f"more than {self._max_pages} pages in one poll; the venue keeps paging")
+        raise PagingError(f"more than {self._max_pages} pages in one poll; the venue keeps paging")
 
     async def _read_page(self, body: bytes, collector: FillCollector, observed_at_ns: int) -> str | None:
         """Decode one page into `collector` and return its cursor.
