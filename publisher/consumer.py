@@ -7,8 +7,8 @@ async with FillConsumer("kafka:9092", ["fills.kalshi", "fills.zll"], group_id="r
 ```
 
 Consumers read with `isolation_level="read_committed"`, so records of aborted or unfinished
-transactions are never delivered (on real Kafka; see the README on the test broker) and every fill
-arrives exactly once per consumer group. Values decode straight into :class:`FillEvent` with
+transactions are never delivered (on real Kafka; docs/delivery-guarantees.md says what the test
+broker shows) and every fill arrives exactly once per consumer group. Values decode straight into :class:`FillEvent` with
 msgspec; prices, sizes and fees stay decimal strings (`decimal.Decimal(fill.price)` to compute).
 
 Run `python -m publisher.consumer --bootstrap-servers HOST:PORT` to print fills as they arrive;
