@@ -207,9 +207,9 @@ class Publisher:
         if drained:
             log.info("stopped: everything fetched was committed (%d fills were in flight at the signal)", pending)
         else:
-            log.warning("stopped with %d fetched fills not committed (Kafka unavailable); their sources' "
+            log.warning("stopped with %d fetched fills not committed (%s); their sources' "
                         "checkpoints did not move, so the next start fetches them again",
-                        self.sink.pending_fills)
+                        self.sink.pending_fills, self.sink.held or "Kafka unavailable")
         return EXIT_OK
 
 

@@ -127,6 +127,10 @@ class KafkaConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     transaction_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
     #: fills per Kafka transaction at most; a larger backlog is committed in several transactions
     max_batch_fills: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 50_000
+    #: the largest record batch the publisher sends (a record's key, value, headers and framing):
+    #: at most the topics' max.message.bytes (real Kafka's default 1048588). Larger dead letters
+    #: are truncated, larger checkpoints split, so no record can fail a shared transaction
+    max_record_bytes: Annotated[int, msgspec.Meta(ge=65536, le=64 * 1024 * 1024)] = 1_000_000
 
     def __post_init__(self) -> None:
         # Messages start with the field name; load_settings turns that into the full field path.

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import IncompatibleBrokerVersion, KafkaError, for_code
+from aiokafka.conn import create_conn
+from aiokafka.errors import IncompatibleBrokerVersion, KafkaError, SaslAuthenticationFailed, for_code
 from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.admin import CreateTopicsRequest
 from aiokafka.protocol.metadata import MetadataRequest
@@ -29,8 +30,8 @@ _LEADER_NOT_AVAILABLE = 5
 _TOPIC_ALREADY_EXISTS = 36
 _NOT_CONTROLLER = 41
 
-#: checkpoints carry the dedupe window, which can reach megabytes for very busy sources
-CHECKPOINT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+#: real Kafka's default max.message.bytes (message.max.bytes on the broker)
+KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1048588
 
 
 def client_options(kafka: KafkaConfig, sasl_password: Secret | None,
@@ -65,6 +66,34 @@ def producer_options(kafka: KafkaConfig, sasl_password: Secret | None, ssl_key_p
         options["compression_type"] = kafka.compression_type
     options.update(kafka.producer_options)
     return options
+
+
+async def rejected_credentials(kafka: KafkaConfig, sasl_password: Secret | None,
+                               ssl_key_password: Secret | None = None) -> str | None:
+    """Whether the brokers reject our SASL credentials: a description naming the mechanism and the
+    user (never the password), or None when they do not (or SASL is not used).
+
+    aiokafka logs why a bootstrap failed and raises a bare KafkaConnectionError, which reads like
+    an unreachable cluster; after such a failure this opens one connection itself to tell a login
+    the brokers refused apart from a network problem.
+    """
+    if kafka.security_protocol not in ("SASL_PLAINTEXT", "SASL_SSL"):
+        return None
+    options = client_options(kafka, sasl_password, ssl_key_password)
+    options.pop("bootstrap_servers")
+    for server in kafka.bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            conn = await asyncio.wait_for(create_conn(host.strip("[]"), int(port), **options),
+                                          kafka.request_timeout_s)
+        except SaslAuthenticationFailed as exc:
+            return (f"SASL {kafka.sasl_mechanism} login of user {kafka.sasl_username!r} refused: "
+                    f"{exc.args[0] if exc.args else type(exc).__name__}")
+        except Exception:  # noqa: BLE001 - not a login problem on this broker: try the next
+            continue
+        conn.close()
+        return None
+    return None
 
 
 def consumer_options(kafka: KafkaConfig, sasl_password: Secret | None,
@@ -205,11 +234,14 @@ async def ensure_topics(kafka: KafkaConfig, sasl_password: Secret | None, fills_
             # CreateTopics as aiokafka speaks it cannot ask for the broker default (-1); Kafka's
             # usual default is 3, and a smaller cluster cannot hold more replicas than brokers
             replication = min(3, await _broker_count(options))
-        specs = [TopicSpec(name, kafka.topic_partitions, replication) for name in [*fills_topics, kafka.dlq_topic]]
-        specs.append(TopicSpec(kafka.checkpoint_topic, checkpoint_partitions, replication, {
-            "cleanup.policy": "compact",
-            "max.message.bytes": str(CHECKPOINT_MAX_MESSAGE_BYTES),
-        }))
+        # records are at most max_record_bytes (checkpoints are split to fit): topics need say
+        # more than the broker's default only when the setting does
+        size = ({"max.message.bytes": str(kafka.max_record_bytes)}
+                if kafka.max_record_bytes > KAFKA_DEFAULT_MAX_MESSAGE_BYTES else {})
+        specs = [TopicSpec(name, kafka.topic_partitions, replication, dict(size))
+                 for name in [*fills_topics, kafka.dlq_topic]]
+        specs.append(TopicSpec(kafka.checkpoint_topic, checkpoint_partitions, replication,
+                               {"cleanup.policy": "compact", **size}))
         result = await create_topics(options, specs)
     except Exception as exc:  # noqa: BLE001 - creation is best effort, see docstring
         log.warning("could not create topics (%s: %s); relying on existing or auto-created topics",

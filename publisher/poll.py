@@ -83,7 +83,9 @@ class SourceState:
             self.paging_state: Any = None
         else:
             self.watermark_ns = checkpoint.watermark_ns
-            self.window = SeenWindow.from_packed(self.floor_ns, checkpoint.seen)
+            # the window knows no fill below the floor it had: a lookback_s raised since then must
+            # not make those fills look new (they would be published again)
+            self.window = SeenWindow.from_packed(max(self.floor_ns, checkpoint.floor_ns), checkpoint.seen)
             self.paging_state = checkpoint.paging_state
         self.last_checkpoint_ns = now_ns
         # what rewind() returns to: the start, then each checkpoint handed to the sink

@@ -19,7 +19,7 @@ import pytest
 from publisher.embedded_broker import EmbeddedBroker, confluent_kafka_available
 
 if TYPE_CHECKING:
-    from tests.harness.kafka import KafkaCluster
+    from tests.harness.kafka import KafkaCluster, ScramUser
 
 T = TypeVar("T")
 
@@ -69,6 +69,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "realkafka: runs against a real Apache Kafka broker (JVM, KRaft)")
 
 
+def _scram_users() -> tuple[ScramUser, ...]:
+    from tests.harness.kafka import ScramUser
+
+    return (ScramUser("fill-publisher", os.urandom(16).hex()),)
+
+
 def require_real_kafka() -> None:
     """Skip with the one reason real Kafka cannot run here; fail instead when CI requires it."""
     from tests.harness import kafka
@@ -90,11 +96,17 @@ def _in_thread(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
 @pytest.fixture(scope="session")
 def real_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
     """One single-node real Kafka for the whole session: shared, so never stop, kill or
-    reconfigure it (use `kafka_cluster`), and name topics with `topic_prefix`."""
-    from tests.harness.kafka import KafkaCluster
+    reconfigure it (use `kafka_cluster`), and name topics with `topic_prefix`.
+
+    Besides PLAINTEXT it has a SASL_SSL listener (`sasl_bootstrap`) with the SCRAM-SHA-512 users
+    in `cluster.sasl_ssl.users` (random passwords, so a leak is recognisable in any output) and
+    its certificate from `cluster.sasl_ssl.pki` (one JVM for both listeners)."""
+    from tests.harness.kafka import KafkaCluster, SaslSsl
+    from tests.harness.tls import Pki
 
     require_real_kafka()
-    cluster = KafkaCluster(tmp_path_factory.mktemp("real-kafka"), 1)
+    home = tmp_path_factory.mktemp("real-kafka")
+    cluster = KafkaCluster(home, 1, sasl_ssl=SaslSsl(Pki(home), list(_scram_users())))
     try:
         _in_thread(cluster.start)
         yield cluster

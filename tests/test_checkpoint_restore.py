@@ -1,8 +1,12 @@
-"""Checkpoint restore against the embedded broker: restriction to a shard's partitions, and the
-checkpoint topic's partition count as topic creation reports it."""
+"""Checkpoint restore against the embedded broker: restriction to a shard's partitions, the
+checkpoint topic's partition count as topic creation reports it, and a split checkpoint written
+by the real sink and producer read back whole."""
 
 from __future__ import annotations
 
+import asyncio
+
+import msgspec
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -10,6 +14,8 @@ from publisher.checkpoint import Checkpoint, encode_checkpoint, read_checkpoints
 from publisher.config import KafkaConfig
 from publisher.embedded_broker import EmbeddedBroker
 from publisher.kafkaclient import consumer_options, ensure_topics
+from publisher.metrics import Metrics
+from publisher.sink import SourceBatch, TransactionalSink
 
 pytestmark = pytest.mark.integration
 
@@ -52,3 +58,24 @@ async def test_ensure_topics_reports_the_checkpoint_topics_partitions(broker: Em
     # an existing topic keeps its count (the caller compares it with its shards)
     assert result.partitions[kafka.checkpoint_topic] == 3
     assert kafka.checkpoint_topic in result.existing
+
+
+async def test_a_split_checkpoint_written_by_the_sink_restores_whole(broker: EmbeddedBroker, topic_prefix: str) -> None:
+    kafka = msgspec.structs.replace(_kafka(broker, topic_prefix), max_record_bytes=65536,
+                                    transactional_id_prefix=f"{topic_prefix}tx")
+    for topic in (kafka.checkpoint_topic, kafka.dlq_topic, f"{topic_prefix}fills.kalshi"):
+        assert broker.create_topic(topic, partitions=3)
+    keys = [i.to_bytes(16, "big") for i in range(20_000)]
+    seen = {1_700_000_000 + s: b"".join(keys[s * 1000:(s + 1) * 1000]) for s in range(20)}
+    sink = TransactionalSink(kafka, None, Metrics())
+    await sink.start()
+    runner = asyncio.create_task(sink.run())
+    committed = asyncio.Event()
+    sink.submit(SourceBatch(source="a", venue="kalshi", fills=[], dead_letters=[],
+                            checkpoint=encode_checkpoint(Checkpoint(source="a", venue="kalshi", watermark_ns=7,
+                                                                    floor_ns=0, seen=seen)),
+                            on_commit=lambda _ns: committed.set()))
+    await asyncio.wait_for(committed.wait(), 20)
+    assert await sink.close(runner, 5)
+    restored = await read_checkpoints(kafka.checkpoint_topic, ["a"], consumer_options(kafka, None))
+    assert restored["a"].seen == seen and restored["a"].watermark_ns == 7

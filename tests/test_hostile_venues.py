@@ -1,7 +1,7 @@
 """Hostile venues against `fill-publisher run` in a child process, over real HTTP on 127.0.0.1.
 
 One Kalshi source polls a :class:`~tests.harness.hostile.HostileVenue` that goes through every
-hostile mode in turn (an endless body, 200 MB, a gzip bomb, a drip, JSON nested 100,000 deep,
+hostile mode in turn (endless headers, an endless body, 200 MB, a gzip bomb, a drip, JSON nested 100,000 deep,
 corrupt gzip, a redirect, `Retry-After: 1e12`), answering normally in between; two more sources
 (Kalshi and ZLL) poll venues that answer 401 with our own request headers echoed into the error
 message, the credential placed across the cut of the logged text. Meanwhile a healthy Kalshi and a
@@ -40,6 +40,7 @@ HOSTILE = {**HEALTHY, "timeout_s": 1.0}
 
 #: (mode, the reason its poll error is counted as, what the log line says)
 CASES: list[tuple[Mode, str, str]] = [
+    ("endless_headers", "connect", "RemoteProtocolError"),
     ("endless_chunked", "decode", "answer too large"),
     ("huge_body", "decode", "answer too large"),
     ("gzip_bomb", "decode", "answer too large"),

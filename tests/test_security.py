@@ -215,7 +215,7 @@ async def test_the_sinks_producer_carries_security_and_transaction_settings(pki:
     kafka = tls_kafka(pki, "SASL_SSL", sasl_mechanism="SCRAM-SHA-512", sasl_username="fillpub",
                       sasl_password_env="UNUSED", transactional_id_prefix="fp-eu-1", client_id="fp-client",
                       request_timeout_s=12, transaction_timeout_s=45)
-    producer: AIOKafkaProducer = TransactionalSink(kafka, Secret(SASL_PASSWORD), Metrics())._new_producer()
+    producer: AIOKafkaProducer = TransactionalSink(kafka, Secret(SASL_PASSWORD), Metrics())._producers.build()
     try:
         client = producer.client
         assert client._bootstrap_servers == "kafka-0:9093,kafka-1:9093"

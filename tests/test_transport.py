@@ -230,6 +230,7 @@ def test_proxy_resolution_is_httpxs(monkeypatch: pytest.MonkeyPatch, env: dict[s
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     client = httpx.AsyncClient()
+    tls = ssl.create_default_context()
     for url in _URLS:
         chosen = client._transport_for_url(httpx.URL(url))  # httpx's own choice (an internal, fine in a test)
         theirs = None
@@ -239,7 +240,7 @@ def test_proxy_resolution_is_httpxs(monkeypatch: pytest.MonkeyPatch, env: dict[s
         proxy = environment_proxy(url)
         ours = None if proxy is None else (proxy.url.scheme, proxy.url.host, proxy.url.port)
         assert ours == theirs, url
-        pool = SourceTransport(url, ssl.create_default_context()).pool
+        pool = SourceTransport(url, tls).pool
         assert isinstance(pool, httpcore.AsyncSOCKSProxy) == (ours is not None and ours[0].startswith("socks"))
         assert isinstance(pool, httpcore.AsyncHTTPProxy) == (ours is not None and ours[0].startswith("http"))
 

@@ -213,6 +213,15 @@ async def test_connect_errors_say_their_cause(unused_tcp_port: int, tmp_path: Pa
     assert "refused the connection" in str(proxied) and "hunter2" not in str(proxied)
 
 
+async def test_an_endless_header_section_ends_the_request(venue: HostileVenue) -> None:
+    venue.mode = "endless_headers"  # h11 refuses a header section beyond its 16 KiB limit
+    started = time.monotonic()
+    with pytest.raises(VenueError) as caught:
+        await client(venue.url).get("/fills")
+    assert caught.value.reason == "connect" and "RemoteProtocolError" in str(caught.value), caught.value
+    assert time.monotonic() - started < 2
+
+
 @pytest.mark.parametrize(("mode", "needle"), [
     ("corrupt_gzip", "corrupt gzip body"),
     ("redirect", "HTTP 301 to 'https://elsewhere.example/trade-api'"),
@@ -264,3 +273,15 @@ def test_httpcore_errors_map_through_httpxs_own_table(error: type[Exception]) ->
     assert type(mapped).__name__ == error.__name__ and type(mapped).__module__.startswith("httpx")
     assert str(mapped) == "boom"
     assert isinstance(_as_httpx_error(KeyError("x")), KeyError)  # not httpcore's: unchanged
+
+
+@pytest.mark.parametrize("size", [0, 1, 999, 1000, 1001, 4000, 65_537])
+async def test_inflating_in_steps_gives_the_whole_body(monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    from publisher.venues import http
+
+    monkeypatch.setattr(http, "INFLATE_STEP_BYTES", 1000)  # step boundaries inside and at the body's end
+    body = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    assert await http._decoded(gzip.compress(body), "gzip", 1 << 20) == body
+    assert await http._decoded(zlib.compress(body), "deflate", 1 << 20) == body
+    with pytest.raises(VenueDecodeError, match=r"truncated gzip body|corrupt gzip body"):
+        await http._decoded(gzip.compress(body)[:-12], "gzip", 1 << 20)

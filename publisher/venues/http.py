@@ -344,15 +344,16 @@ async def _inflate(data: bytes, wbits: int, limit: int, name: str) -> bytes:
     size = 0
     pending = data
     try:
-        while True:
-            part = inflater.decompress(pending, min(INFLATE_STEP_BYTES, limit + 1 - size))
+        while not inflater.eof:
+            want = min(INFLATE_STEP_BYTES, limit + 1 - size)
+            part = inflater.decompress(pending, want)
             size += len(part)
             if size > limit:
                 raise ResponseTooLarge(f"the decompressed answer exceeds {limit} bytes")
             parts.append(part)
             pending = inflater.unconsumed_tail
-            if inflater.eof or not pending:
-                break
+            if not pending and len(part) < want:
+                break  # every input byte used and no output held back: truncated unless at eof
             await asyncio.sleep(0)  # a big answer: let the other sources run between steps
     except zlib.error as exc:
         raise VenueDecodeError(f"corrupt {name} body ({exc})") from None

@@ -4,6 +4,7 @@ Each mode is one way a venue (or whatever answers in its name) can try to wedge,
 mislead a poller; the mode can be switched while a publisher polls it. `ok` answers an empty
 Kalshi page, so a Kalshi source pointed at the server polls successfully between hostile cases.
 
+- `endless_headers`: a 200 whose header section never ends;
 - `endless_chunked`: a 200 whose chunked body never ends;
 - `huge_body`: a 200 announcing (and sending) 200 MB;
 - `gzip_bomb`: a 200 of ~1.5 MB gzip that inflates to 1.5 GB;
@@ -27,7 +28,7 @@ import json
 import zlib
 from typing import Literal
 
-Mode = Literal["ok", "endless_chunked", "huge_body", "gzip_bomb", "drip", "retry_after_forever", "echo_401",
+Mode = Literal["ok", "endless_headers", "endless_chunked", "huge_body", "gzip_bomb", "drip", "retry_after_forever", "echo_401",
                "deep_json", "corrupt_gzip", "redirect"]
 
 OK_PAGE = b'{"fills": [], "cursor": ""}'
@@ -114,6 +115,11 @@ class HostileVenue:
         """Answer one request; False when the connection is done."""
         if mode == "ok":
             writer.write(_response(200, OK_PAGE))
+        elif mode == "endless_headers":
+            writer.write(b"HTTP/1.1 200 OK\r\n")
+            while True:
+                writer.write(b"x-filler: " + b"a" * 1000 + b"\r\n")
+                await writer.drain()
         elif mode == "endless_chunked":
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
                          + _chunk(b'{"fills": ['))

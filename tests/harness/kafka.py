@@ -45,6 +45,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.client import AIOKafkaClient, CoordinationType
+from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.structs import ConsumerRecord
 
 from tests.harness.stack import free_port
@@ -326,7 +327,7 @@ class KafkaCluster:
         return self
 
     def _spawn(self, node: KafkaNode) -> None:
-        out = open(node.home / "stdout.log", "ab")  # the child owns it from here
+        out = open(node.home / "stdout.log", "ab")  # noqa: SIM115 - the child owns it from here
         node.proc = subprocess.Popen(self._java(node, "kafka.Kafka", str(node.config_path)),
                                      stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
@@ -418,7 +419,7 @@ class KafkaCluster:
                 if node_ids <= listed:
                     return
                 last = f"metadata lists {sorted(listed)}"
-            except Exception as exc:  # not up yet
+            except Exception as exc:  # noqa: BLE001 - not up yet
                 last = exc
             finally:
                 await client.close()
@@ -435,17 +436,19 @@ class KafkaCluster:
             try:
                 await asyncio.wait_for(self._warm_up(topic), max(1.0, deadline - time.monotonic()))
                 return
-            except Exception as exc:  # the state topic may still be electing leaders
+            except Exception as exc:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"warm-up transaction failed: {exc!r}\n{self.log_tail()}") from exc
                 await asyncio.sleep(0.5)
 
     async def _warm_up(self, topic: str) -> None:
         marker = uuid.uuid4().hex.encode()
+        # a short transaction timeout: tests may give the broker a small transaction.max.timeout.ms
         producer = AIOKafkaProducer(bootstrap_servers=self._alive_bootstrap(), transactional_id="harness-warmup",
-                                    enable_idempotence=True, acks="all", request_timeout_ms=10000)
-        await producer.start()
+                                    enable_idempotence=True, acks="all", request_timeout_ms=10000,
+                                    transaction_timeout_ms=10000)
         try:
+            await producer.start()
             async with producer.transaction():
                 await producer.send_and_wait(topic, marker)
         finally:
@@ -475,6 +478,31 @@ class KafkaCluster:
             return int(await client.coordinator_lookup(CoordinationType.TRANSACTION, transactional_id))
         finally:
             await client.close()
+
+    async def wait_in_sync(self, topics: Sequence[str], timeout_s: float = 60.0) -> float:
+        """Until every partition of `topics` has all its replicas in sync (a restarted node caught
+        up); seconds it took. Internal topics count too, e.g. `__transaction_state`."""
+        started = time.monotonic()
+        deadline = started + timeout_s
+        last: object = None
+        while True:
+            client = self._client()
+            try:
+                await client.bootstrap()
+                resp = await client.send(client.get_random_node(),
+                                         MetadataRequest(list(topics), allow_auto_topic_creation=False))
+                lagging = [(topic, p_id) for _err, topic, _internal, partitions, *_ in resp.topics
+                           for _p_err, p_id, _leader, replicas, isr, *_ in partitions if set(isr) != set(replicas)]
+                if not lagging:
+                    return time.monotonic() - started
+                last = f"out of sync: {lagging[:5]}"
+            except Exception as exc:  # noqa: BLE001 - a node is still starting
+                last = exc
+            finally:
+                await client.close()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"replicas not in sync after {timeout_s}s ({last})")
+            await asyncio.sleep(0.3)
 
     async def create_topic(self, name: str, partitions: int = 1, configs: dict[str, str] | None = None) -> None:
         from tests.harness.broker import TopicSpec, ensure_topics
