@@ -272,7 +272,8 @@ def test_build_context_builds_the_wheel(tmp_path: Path) -> None:
         names = zf.namelist()
         (ep,) = [n for n in names if n.endswith("entry_points.txt")]
         assert "fill-publisher = publisher.cli:main" in zf.read(ep).decode()
-        for module in ("publisher/cli.py", "publisher/sim/__main__.py", "publisher/consumer.py"):
+        for module in ("publisher/cli.py", "publisher/sim/__main__.py", "publisher/consumer.py",
+                       "publisher/py.typed", "publisher/healthcheck.py"):
             assert module in names, module
 
 
