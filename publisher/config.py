@@ -53,6 +53,18 @@ _TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
+CompressionType = Literal["none", "gzip", "snappy", "lz4", "zstd"]
+
+#: producer settings `kafka.producer_options` may pass to aiokafka, with their lower bounds; the
+#: rest are set by the service itself (transactions, idempotence, acks, timeouts) or by own keys
+PRODUCER_OPTIONS: Mapping[str, int] = types.MappingProxyType({
+    "linger_ms": 0,
+    "max_batch_size": 1024,
+    "metadata_max_age_ms": 1000,
+    "retry_backoff_ms": 1,
+    "connections_max_idle_ms": 1000,
+})
+
 _TLS_PROTOCOLS = ("SSL", "SASL_SSL")
 _SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
 
@@ -94,6 +106,13 @@ class KafkaConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    #: the password of an encrypted ssl_keyfile: a secret, from a file or a variable
+    ssl_key_password_file: str | None = None
+    ssl_key_password_env: str | None = None
+    #: producer record-batch compression (snappy, lz4 and zstd come from cramjam, a dependency)
+    compression_type: CompressionType = "none"
+    #: further AIOKafkaProducer settings, by aiokafka's names; only PRODUCER_OPTIONS are accepted
+    producer_options: dict[str, Any] = msgspec.field(default_factory=dict)
     #: librdkafka's mock broker writes transaction markers with CRC 0; only tests turn this off
     check_crcs: bool = True
     #: fills fetched but not yet committed; above this, polling pauses (memory stays bounded while
@@ -129,6 +148,18 @@ class KafkaConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
             raise ValueError("checkpoint_topic: must differ from dlq_topic")
         self._check_sasl()
         self._check_tls()
+        self._check_producer()
+
+    def _check_producer(self) -> None:
+        if self.compression_type != "none" and not _codec_available(self.compression_type):
+            raise ValueError(f"compression_type: {self.compression_type} is not available (the cramjam package "
+                             f"is missing)")
+        for name, value in self.producer_options.items():
+            if name not in PRODUCER_OPTIONS:
+                raise ValueError(f"producer_options.{name}: unknown or not settable here "
+                                 f"(allowed: {', '.join(PRODUCER_OPTIONS)})")
+            if not isinstance(value, int) or isinstance(value, bool) or value < PRODUCER_OPTIONS[name]:
+                raise ValueError(f"producer_options.{name}: must be an integer >= {PRODUCER_OPTIONS[name]}")
 
     def _check_topic_template(self) -> None:
         try:
@@ -161,7 +192,8 @@ class KafkaConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
 
     def _check_tls(self) -> None:
         if self.security_protocol not in _TLS_PROTOCOLS:
-            for field in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            for field in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password_file",
+                          "ssl_key_password_env"):
                 if getattr(self, field) is not None:
                     raise ValueError(f"{field}: set, but security_protocol {self.security_protocol} does not use TLS")
             return
@@ -169,6 +201,12 @@ class KafkaConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
             missing = "ssl_keyfile" if self.ssl_keyfile is None else "ssl_certfile"
             other = "ssl_certfile" if missing == "ssl_keyfile" else "ssl_keyfile"
             raise ValueError(f"{missing}: required when {other} is set (client certificate and key go together)")
+        if self.ssl_keyfile is None:
+            for field in ("ssl_key_password_file", "ssl_key_password_env"):
+                if getattr(self, field) is not None:
+                    raise ValueError(f"{field}: set, but there is no ssl_keyfile")
+        elif self.ssl_key_password_file is not None and self.ssl_key_password_env is not None:
+            raise ValueError("ssl_key_password_file: give only one of ssl_key_password_file or ssl_key_password_env")
 
 
 class HttpConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -211,6 +249,14 @@ class Settings:
     config: Config
     source_secrets: Mapping[str, Secret]  # by source name
     sasl_password: Secret | None
+    #: the password of an encrypted Kafka client key (kafka.ssl_key_password_*)
+    ssl_key_password: Secret | None = None
+
+
+def _codec_available(codec: str) -> bool:
+    from aiokafka import codec as codecs  # noqa: PLC0415 - aiokafka only when compression is asked for
+
+    return bool(getattr(codecs, f"has_{codec}")())
 
 
 def fills_topic(kafka: KafkaConfig, venue: str) -> str:
@@ -256,16 +302,44 @@ def _resolve(config: Config, environ: Mapping[str, str]) -> Settings:
         problem = proxy_problem(source.base_url)
         if problem is not None:
             raise ConfigError(prefix + "base_url", problem)
-    kafka = config.kafka
+    sasl_password, ssl_key_password = _resolve_kafka(config.kafka, environ)
+    return Settings(config=config, source_secrets=types.MappingProxyType(secrets), sasl_password=sasl_password,
+                    ssl_key_password=ssl_key_password)
+
+
+def _resolve_kafka(kafka: KafkaConfig, environ: Mapping[str, str]) -> tuple[Secret | None, Secret | None]:
+    """The SASL password and the SSL key password the `kafka:` section names, read; TLS files checked."""
     sasl_password: Secret | None = None
     if kafka.security_protocol in _SASL_PROTOCOLS:
         sasl_password, _ = _read_secret("kafka.sasl_password_file", kafka.sasl_password_file,
                                         "kafka.sasl_password_env", kafka.sasl_password_env, environ)
+    ssl_key_password: Secret | None = None
     if kafka.security_protocol in _TLS_PROTOCOLS:
         for field in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
             _check_readable(f"kafka.{field}", getattr(kafka, field))
-        _check_tls_files(kafka)
-    return Settings(config=config, source_secrets=types.MappingProxyType(secrets), sasl_password=sasl_password)
+        if kafka.ssl_key_password_file is not None or kafka.ssl_key_password_env is not None:
+            ssl_key_password, _ = _read_secret("kafka.ssl_key_password_file", kafka.ssl_key_password_file,
+                                               "kafka.ssl_key_password_env", kafka.ssl_key_password_env, environ)
+        _check_tls_files(kafka, ssl_key_password)
+    return sasl_password, ssl_key_password
+
+
+def load_kafka_settings(
+    raw: Mapping[str, Any], environ: Mapping[str, str] = os.environ
+) -> tuple[KafkaConfig, Secret | None, Secret | None]:
+    """A `kafka:` section on its own (for the consumer helper): validated, its secrets read.
+
+    Returns the section, the SASL password and the SSL key password; raises :class:`ConfigError`
+    naming `kafka.<field>`.
+    """
+    try:
+        kafka = msgspec.convert(dict(raw), KafkaConfig)
+    except msgspec.ValidationError as exc:
+        field, problem = _translate(str(exc).replace(" - at `$", " - at `$.kafka", 1), {"kafka": dict(raw)})
+        if not field.startswith("kafka"):
+            field = f"kafka.{field}" if field != "config" else "kafka"
+        raise ConfigError(field, problem) from None
+    return (kafka, *_resolve_kafka(kafka, environ))
 
 
 # --- reading the file -------------------------------------------------------------------------
@@ -367,6 +441,7 @@ _VENUE_TYPES: dict[str, type[SourceConfig]] = {cls.__struct_config__.tag: cls fo
 #: pairs where giving one half in the environment replaces whichever half the file gave
 _SECRET_PAIRS = (
     ("sasl_password_file", "sasl_password_env"),
+    ("ssl_key_password_file", "ssl_key_password_env"),
     *((f"{cls.secret_field}_file", f"{cls.secret_field}_env") for cls in SOURCE_CONFIG_TYPES),
 )
 
@@ -495,7 +570,7 @@ _ERROR = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTA
 _PATH_TOKEN = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 _FIELD_PREFIX = re.compile(r"^(?P<field>[a-z_][a-z0-9_]*(?:\[\d+\])?(?:\.[a-z_][a-z0-9_]*)*): (?P<problem>.+)$", re.DOTALL)
 _NAMED_FIELD = re.compile(r"^Object (?P<kind>missing required|contains unknown) field `(?P<name>[^`]+)`$")
-_INLINE_SECRETS = {"sasl_password"} | {cls.secret_field for cls in SOURCE_CONFIG_TYPES}
+_INLINE_SECRETS = {"sasl_password", "ssl_key_password"} | {cls.secret_field for cls in SOURCE_CONFIG_TYPES}
 
 
 def _decode(raw: dict[str, Any], origins: Mapping[str, str]) -> Config:
@@ -620,7 +695,7 @@ def _check_readable(field: str, path: str | None) -> None:
     _read_file(field, path, MAX_TLS_FILE_BYTES)
 
 
-def _check_tls_files(kafka: KafkaConfig) -> None:
+def _check_tls_files(kafka: KafkaConfig, key_password: Secret | None = None) -> None:
     """Load the TLS files the way the Kafka client will, so a file that is readable but holds no
     certificate or key is a config error now rather than an endless "kafka not reachable" later."""
     context = ssl.create_default_context()
@@ -632,7 +707,8 @@ def _check_tls_files(kafka: KafkaConfig) -> None:
                                                   f"({type(exc).__name__})") from None
     if kafka.ssl_certfile is not None:
         try:
-            context.load_cert_chain(kafka.ssl_certfile, kafka.ssl_keyfile)
+            context.load_cert_chain(kafka.ssl_certfile, kafka.ssl_keyfile,
+                                    key_password.reveal() if key_password is not None else None)
         except (ssl.SSLError, ValueError) as exc:
             # the library's text can quote neither key nor file content; the class name is enough
             raise ConfigError("kafka.ssl_certfile", f"client certificate and key do not load "

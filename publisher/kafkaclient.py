@@ -32,7 +32,8 @@ _TOPIC_ALREADY_EXISTS = 36
 KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1048588
 
 
-def client_options(kafka: KafkaConfig, sasl_password: Secret | None) -> dict[str, Any]:
+def client_options(kafka: KafkaConfig, sasl_password: Secret | None,
+                   ssl_key_password: Secret | None = None) -> dict[str, Any]:
     """Keyword arguments shared by AIOKafkaProducer, AIOKafkaConsumer and AIOKafkaAdminClient."""
     options: dict[str, Any] = {
         "bootstrap_servers": kafka.bootstrap_servers,
@@ -42,7 +43,8 @@ def client_options(kafka: KafkaConfig, sasl_password: Secret | None) -> dict[str
     }
     if kafka.security_protocol in ("SSL", "SASL_SSL"):
         options["ssl_context"] = create_ssl_context(
-            cafile=kafka.ssl_cafile, certfile=kafka.ssl_certfile, keyfile=kafka.ssl_keyfile
+            cafile=kafka.ssl_cafile, certfile=kafka.ssl_certfile, keyfile=kafka.ssl_keyfile,
+            password=ssl_key_password.reveal() if ssl_key_password is not None else None,
         )
     if kafka.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
         options["sasl_mechanism"] = kafka.sasl_mechanism
@@ -51,7 +53,21 @@ def client_options(kafka: KafkaConfig, sasl_password: Secret | None) -> dict[str
     return options
 
 
-async def rejected_credentials(kafka: KafkaConfig, sasl_password: Secret | None) -> str | None:
+def producer_options(kafka: KafkaConfig, sasl_password: Secret | None, ssl_key_password: Secret | None = None,
+                     **service: Any) -> dict[str, Any]:
+    """:func:`client_options`, the service's own producer settings (`service`), then the
+    operator's `compression_type` and `producer_options` (which config validation limits to
+    settings the service does not depend on)."""
+    options = client_options(kafka, sasl_password, ssl_key_password)
+    options.update(service)
+    if kafka.compression_type != "none":
+        options["compression_type"] = kafka.compression_type
+    options.update(kafka.producer_options)
+    return options
+
+
+async def rejected_credentials(kafka: KafkaConfig, sasl_password: Secret | None,
+                               ssl_key_password: Secret | None = None) -> str | None:
     """Whether the brokers reject our SASL credentials: a description naming the mechanism and the
     user (never the password), or None when they do not (or SASL is not used).
 
@@ -61,7 +77,7 @@ async def rejected_credentials(kafka: KafkaConfig, sasl_password: Secret | None)
     """
     if kafka.security_protocol not in ("SASL_PLAINTEXT", "SASL_SSL"):
         return None
-    options = client_options(kafka, sasl_password)
+    options = client_options(kafka, sasl_password, ssl_key_password)
     options.pop("bootstrap_servers")
     for server in kafka.bootstrap_servers.split(","):
         host, _, port = server.strip().rpartition(":")
@@ -78,9 +94,10 @@ async def rejected_credentials(kafka: KafkaConfig, sasl_password: Secret | None)
     return None
 
 
-def consumer_options(kafka: KafkaConfig, sasl_password: Secret | None) -> dict[str, Any]:
+def consumer_options(kafka: KafkaConfig, sasl_password: Secret | None,
+                     ssl_key_password: Secret | None = None) -> dict[str, Any]:
     """:func:`client_options` plus the consumer-only settings."""
-    options = client_options(kafka, sasl_password)
+    options = client_options(kafka, sasl_password, ssl_key_password)
     # librdkafka's mock broker writes transaction markers with CRC 0; real brokers never do
     options["check_crcs"] = kafka.check_crcs
     return options
@@ -208,7 +225,8 @@ async def topic_partitions(options: dict[str, Any], topic: str) -> set[int] | No
 
 
 async def ensure_topics(kafka: KafkaConfig, sasl_password: Secret | None, fills_topics: list[str], *,
-                        checkpoint_partitions: int = 1) -> EnsureResult | None:
+                        checkpoint_partitions: int = 1,
+                        ssl_key_password: Secret | None = None) -> EnsureResult | None:
     """Create the fills, DLQ and (compacted) checkpoint topics when they do not exist; the
     checkpoint topic with `checkpoint_partitions` partitions (one per shard).
 
@@ -218,7 +236,7 @@ async def ensure_topics(kafka: KafkaConfig, sasl_password: Secret | None, fills_
     common, and the topics may have been created by an operator (the compose stack and the
     chart's docs do).
     """
-    options = client_options(kafka, sasl_password)
+    options = client_options(kafka, sasl_password, ssl_key_password)
     options["client_id"] = f"{kafka.client_id}-admin"
     try:
         replication = kafka.replication_factor

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
+from publisher import logs
 from publisher.checkpoint import Checkpoint, encode_checkpoint
 from publisher.dedupe import SeenWindow, fill_key, fill_keys
 from publisher.event import DeadLetter, FillEvent, Venue
@@ -163,6 +164,7 @@ class Poller:
         """Poll until `stop` is set. Never raises: should the loop itself fail, the failure is
         logged and counted, and the loop starts over after a backoff from the last state handed
         to the sink."""
+        logs.bind_source(self.source.name)  # this task's log lines are about this source
         while True:
             try:
                 await self._loop(stop)

@@ -244,6 +244,17 @@ class Simulator(abc.ABC, Generic[F]):
         """Add one fill (see :meth:`add_fills` for the arguments) and return it."""
         return self.add_fills(1, **fields)[0]
 
+    def add_bad_fill(self, mode: str = "non_numeric_price", **fields: Any) -> F:
+        """Add one new fill that the venue serves malformed (`mode` as for `bad_fill`) in every
+        answer, so the publisher never sees it well: it must go to the DLQ (arguments as
+        :meth:`add_fills`)."""
+        if mode not in BAD_FILL_MODES:
+            raise ValueError(f"mode must be one of {', '.join(BAD_FILL_MODES)}")
+        fill = self.add_fill(**fields)
+        # synchronous with the insert: no answer can be rendered in between
+        self.bad_fills[fill.fill_id] = mode
+        return fill
+
     def _insert(self, fill: F) -> None:
         if fill.fill_id in self._by_id:
             raise ValueError(f"duplicate fill id {fill.fill_id}")

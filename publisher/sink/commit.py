@@ -104,6 +104,7 @@ class TransactionalSink:
         max_backoff_s: float = 10.0,
         transactional_id: str | None = None,
         checkpoint_partition: int | None = None,
+        ssl_key_password: Secret | None = None,
     ):
         self._kafka = kafka
         #: the checkpoint topic's partition every checkpoint record of this sink goes to (a shard's
@@ -114,7 +115,7 @@ class TransactionalSink:
         self._producers = TransactionalProducer(
             kafka, sasl_password, metrics,
             kafka.transactional_id_prefix if transactional_id is None else transactional_id,
-            max_backoff_s=max_backoff_s)
+            max_backoff_s=max_backoff_s, ssl_key_password=ssl_key_password)
         self._queue: deque[SourceBatch] = deque()
         self._work = asyncio.Event()
         self._capacity = asyncio.Event()

@@ -32,7 +32,7 @@ from aiokafka.errors import (
 )
 
 from publisher.config import ConfigError, KafkaConfig
-from publisher.kafkaclient import client_options, rejected_credentials
+from publisher.kafkaclient import producer_options, rejected_credentials
 from publisher.metrics import Metrics
 from publisher.secret import Secret
 from publisher.sink.aiokafka_shim import tear_down
@@ -91,9 +91,10 @@ class TransactionalProducer:
     """Owns the current AIOKafkaProducer of one transactional id: builds, starts, replaces it."""
 
     def __init__(self, kafka: KafkaConfig, sasl_password: Secret | None, metrics: Metrics, transactional_id: str,
-                 *, max_backoff_s: float = 10.0):
+                 *, max_backoff_s: float = 10.0, ssl_key_password: Secret | None = None):
         self._kafka = kafka
         self._sasl_password = sasl_password
+        self._ssl_key_password = ssl_key_password
         self._metrics = metrics
         self.transactional_id = transactional_id
         self._max_backoff_s = max_backoff_s
@@ -105,8 +106,9 @@ class TransactionalProducer:
     def build(self) -> AIOKafkaProducer:
         """A new, unstarted producer with the transactional settings."""
         kafka = self._kafka
-        return AIOKafkaProducer(
-            **client_options(kafka, self._sasl_password),
+        # compression_type and the operator's producer_options come last (kafkaclient.producer_options)
+        return AIOKafkaProducer(**producer_options(
+            kafka, self._sasl_password, self._ssl_key_password,
             transactional_id=self.transactional_id,
             enable_idempotence=True,
             acks="all",
@@ -117,7 +119,7 @@ class TransactionalProducer:
             # fills of one poll arrive together: batch them without waiting for stragglers
             linger_ms=0,
             max_batch_size=min(1024 * 1024, kafka.max_record_bytes),
-        )
+        ))
 
     async def start(self, stop: asyncio.Event | None = None) -> None:
         """Initialise the transactional producer, retrying with backoff until the cluster answers.
@@ -140,7 +142,7 @@ class TransactionalProducer:
                 raise self.timeout_rejected() from exc
             except (TimeoutError, KafkaError, OSError) as exc:
                 attempt += 1
-                refused = await rejected_credentials(self._kafka, self._sasl_password) \
+                refused = await rejected_credentials(self._kafka, self._sasl_password, self._ssl_key_password) \
                     if isinstance(exc, KafkaConnectionError) else None
                 delay = self.backoff(attempt)
                 if refused is not None:

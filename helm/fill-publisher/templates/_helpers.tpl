@@ -30,6 +30,22 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/component: publisher
 app.kubernetes.io/part-of: fill-publisher
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The scrape job of this release's publisher: what the ServiceMonitor sets and the alert rules select. */}}
+{{- define "fill-publisher.job" -}}
+{{- default (include "fill-publisher.fullname" .) .Values.prometheusRule.job -}}
+{{- end -}}
+
+{{/* files/alerts.yml scoped to this release: its job and namespace, and for kube-state-metrics'
+     series its namespace and the Deployment's pods (<fullname>-<replicaset hash>-<suffix>). */}}
+{{- define "fill-publisher.alertRules" -}}
+{{- $job := printf "job=%q, namespace=%q" (include "fill-publisher.job" .) .Release.Namespace -}}
+{{- $pods := printf "container=\"fill-publisher\", namespace=%q, pod=~%q" .Release.Namespace (printf "%s-[a-z0-9]+-[a-z0-9]+" (include "fill-publisher.fullname" .)) -}}
+{{- .Files.Get "files/alerts.yml" | replace "job=\"fill-publisher\"" $job | replace "container=\"fill-publisher\"" $pods -}}
 {{- end -}}
 
 {{- define "fill-publisher.serviceAccountName" -}}
@@ -88,8 +104,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 # Kafka brokers
 - ports:
     {{- range $np.kafka.ports }}
+    {{- if kindIs "map" . }}
+    - port: {{ .port }}
+      {{- with .endPort }}
+      endPort: {{ . }}
+      {{- end }}
+      protocol: TCP
+    {{- else }}
     - port: {{ . }}
       protocol: TCP
+    {{- end }}
     {{- end }}
   {{- with $np.kafka.to }}
   to:
@@ -123,4 +147,7 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/component: audit
 app.kubernetes.io/part-of: fill-publisher
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
