@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.client import AIOKafkaClient
 from aiokafka.conn import create_conn
 from aiokafka.errors import IncompatibleBrokerVersion, KafkaError, SaslAuthenticationFailed, for_code
 from aiokafka.helpers import create_ssl_context
