@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from publisher import __version__, logs
 from publisher.config import ConfigError, Settings, fills_topic, load_settings, secret_fields, venue_of
+from publisher.venues import VENUES
 
 PROG = "fill-publisher"
 EXIT_OK = 0
@@ -132,7 +133,9 @@ def _summary(path: str, settings: Settings) -> str:
             if getattr(source, file_field) is not None
             else f"{env_field}={getattr(source, env_field)}"
         )
-        lines.append(f"  {source.name}: venue={venue_of(source)} base_url={source.base_url} {origin} (secret ok)")
+        describe = getattr(VENUES[venue_of(source)], "describe_secret", None)
+        kind = f", {describe(settings.source_secrets[source.name])}" if describe is not None else ""
+        lines.append(f"  {source.name}: venue={venue_of(source)} base_url={source.base_url} {origin} (secret ok{kind})")
     return "\n".join(lines)
 
 

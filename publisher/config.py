@@ -42,7 +42,7 @@ import yaml
 
 from publisher.secret import Secret
 from publisher.venues import SOURCE_CONFIG_TYPES, VENUES
-from publisher.venues.base import SOURCE_NAME_PATTERN, SourceConfig
+from publisher.venues.base import SOURCE_NAME_PATTERN, SourceConfig, parse_rfc3339_ns
 from publisher.venues.transport import proxy_problem
 
 ENV_PREFIX = "FILLPUB_"
@@ -281,11 +281,45 @@ def load_settings(path: str | os.PathLike[str], environ: Mapping[str, str] = os.
     origins = _apply_env_overrides(raw, environ)
     config = _decode(raw, origins)
     try:
+        _check_backfill_from(config)
+        _check_overlapping_sources(config)
         return _resolve(config, environ)
     except ConfigError as exc:
         if exc.field in origins:
             raise ConfigError(exc.field, f"{exc.problem} (set by {origins[exc.field]})") from None
         raise
+
+
+def _check_backfill_from(config: Config) -> None:
+    """`backfill_from` must be an RFC 3339 time with its UTC offset (e.g. `2026-10-01T00:00:00Z`)."""
+    for source in config.sources:
+        if source.backfill_from is not None:
+            try:
+                parse_rfc3339_ns(source.backfill_from)
+            except ValueError as exc:
+                raise ConfigError(f"sources[{source.name}].backfill_from",
+                                  f"not an RFC 3339 time with a UTC offset ({exc})") from None
+
+
+def _check_overlapping_sources(config: Config) -> None:
+    """Two sources reading the same part of one venue account would publish each fill twice under
+    two names: a venue module's `account_scope(source)` says what a source reads, as (account,
+    part), part None meaning the whole account (Kalshi: api_key_id and subaccount)."""
+    claimed: dict[tuple[str, str], list[tuple[SourceConfig, Any]]] = {}
+    for source in config.sources:
+        scope_of = getattr(VENUES[venue_of(source)], "account_scope", None)
+        if scope_of is None:
+            continue
+        account, part = scope_of(source)
+        others = claimed.setdefault((venue_of(source), account), [])
+        for other, other_part in others:
+            if part is None or other_part is None or part == other_part:
+                what = "all subaccounts" if part is None or other_part is None else f"subaccount {part}"
+                raise ConfigError(f"sources[{source.name}]",
+                                  f"overlaps sources[{other.name}]: both read {what} of the same account "
+                                  "(the same API key), so each fill would be published twice; give each "
+                                  "source its own subaccount")
+        others.append((source, part))
 
 
 def _resolve(config: Config, environ: Mapping[str, str]) -> Settings:

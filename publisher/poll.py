@@ -39,7 +39,14 @@ from publisher.event import DeadLetter, FillEvent, Venue
 from publisher.floor import BelowFloor
 from publisher.metrics import SourceMetrics
 from publisher.sink import SourceBatch, TransactionalSink
-from publisher.venues.base import InvalidFill, SourceConfig, VenueAdapter, VenueDecodeError, VenueError
+from publisher.venues.base import (
+    InvalidFill,
+    SourceConfig,
+    VenueAdapter,
+    VenueDecodeError,
+    VenueError,
+    parse_rfc3339_ns,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +84,14 @@ class SourceState:
         self.venue = source.venue_name
         self.lookback_ns = int(source.lookback_s * _NS)
         if checkpoint is None:
-            # first start: publish what was executed in the last lookback_s, then carry on
-            self.watermark_ns = now_ns
-            self.window = SeenWindow(now_ns - self.lookback_ns)
+            # first start: publish what was executed in the last lookback_s (or since
+            # backfill_from, when that is earlier), then carry on; the first poll's floor is
+            # watermark - lookback, and every later poll's the usual one
+            start_ns = now_ns - self.lookback_ns
+            if source.backfill_from is not None:
+                start_ns = min(start_ns, parse_rfc3339_ns(source.backfill_from))
+            self.watermark_ns = start_ns + self.lookback_ns
+            self.window = SeenWindow(start_ns)
             self.paging_state: Any = None
         else:
             self.watermark_ns = checkpoint.watermark_ns

@@ -268,6 +268,7 @@ def test_env_override_of_unknown_thing_names_the_variable(
 def test_env_override_of_ambiguous_source_name(tmp_path: Path, cfg: dict[str, Any]) -> None:
     extra = copy.deepcopy(kalshi(cfg))
     extra["name"] = "kalshi.main"
+    kalshi(cfg)["subaccount"], extra["subaccount"] = 0, 1  # one key's sources read distinct subaccounts
     cfg["sources"].append(extra)
     load(tmp_path, cfg)  # both names are fine until an override needs to tell them apart
     error = config_error(tmp_path, cfg, {"FILLPUB_SOURCES__KALSHI_MAIN__PAGE_LIMIT": "5"})

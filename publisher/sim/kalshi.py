@@ -17,7 +17,16 @@ plausible answer and makes the others switchable:
   its filters with a cursor gets unfiltered pages, exactly as the real venue.
 - the last page carries `"cursor": ""` (`last_cursor="omit"` drops the key, `"null"` sends null).
 - `limit` above `max_limit` (1000 since April 2026; 200 before) is a 400.
-- not simulated: `/historical/fills` and the live window, the WebSocket feed, write endpoints.
+- keys are RSA (RSA-PSS as above) or Ed25519 (the message bytes signed directly); a key added
+  with a `subaccount` is restricted to it: an omitted `subaccount` means that one, another is 403.
+- `ticker` takes up to 100 comma-separated tickers; fills carry `exchange_index` shards
+  (`exchange_indexes`), and `fee_cost` has 6 decimals in the current shapes.
+- historical tier: fills executed before `fills_cutoff_ns` (None: none) are served only by
+  `GET /historical/fills` (same Fill object and cursor; `ticker`, `min_ts`, `max_ts`, `limit`,
+  `cursor`, `subaccount`; no `exchange_index` filter), and `GET /historical/cutoff` reports the
+  cutoff as `trades_created_ts` (RFC 3339). :meth:`KalshiSimulator.move_cutoff_after` moves it
+  after a number of requests, as when the venue migrates fills while a client pages.
+- not simulated: the WebSocket feed, write endpoints.
 
 Shapes (`KalshiShape`), oldest first: `seed` (Nov 2025: integer cents and counts, `*_fixed`
 strings, `side`/`action`, whole-second `created_time`), `transition` (seed plus `count_fp`,
@@ -42,7 +51,7 @@ from typing import Any, Literal, get_args
 import msgspec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
 from publisher.event import plain
 from publisher.httpserver import Request, Response
@@ -168,7 +177,8 @@ class KalshiFill(SimFill, kw_only=True, frozen=True):
             wire["no_price_dollars"] = _dollars(self.no_price)
         wire["is_taker"] = self.is_taker
         if shape in _WITH_FEE and self.fee is not None:
-            wire["fee_cost"] = str(self.fee.quantize(_FIXED))
+            # 6 decimals since the fixed-point migration, 4 before
+            wire["fee_cost"] = str(self.fee.quantize(_MICRO if shape in _WITH_OUTCOME else _FIXED))
         wire["created_time"] = _rfc3339(self.executed_at_ns, fraction=shape != "seed")
         wire["ts"] = self.executed_at_ns // _SECOND_NS
         if shape in _WITH_OUTCOME:
@@ -220,13 +230,17 @@ def check_representable(shape: KalshiShape, count: Decimal, yes_price: Decimal, 
         raise ValueError(f"count {count} cannot be written in the {shape} shape (step {count_quantum})")
     if not _fits(yes_price, price_quantum):
         raise ValueError(f"yes_price {yes_price} cannot be written in the {shape} shape (step {price_quantum})")
-    if fee is not None and (fee < 0 or not _fits(fee, _FIXED)):
-        raise ValueError(f"fee {fee} must be non-negative with at most 4 decimals")
+    fee_quantum = _MICRO if shape in _WITH_OUTCOME else _FIXED
+    if fee is not None and (fee < 0 or not _fits(fee, fee_quantum)):
+        raise ValueError(f"fee {fee} must be non-negative with at most {6 if fee_quantum == _MICRO else 4} decimals")
 
 
-def generate_key_pair() -> tuple[bytes, bytes]:
-    """A new RSA-2048 key pair as (private PEM (PKCS#8, unencrypted), public PEM)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+def generate_key_pair(kind: Literal["rsa", "ed25519"] = "rsa") -> tuple[bytes, bytes]:
+    """A new key pair, RSA-2048 or Ed25519, as (private PEM (PKCS#8, unencrypted), public PEM)."""
+    key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048) if kind == "rsa"
+        else ed25519.Ed25519PrivateKey.generate()
+    )
     private_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -236,15 +250,16 @@ def generate_key_pair() -> tuple[bytes, bytes]:
     return private_pem, public_pem
 
 
-PublicKeyInput = bytes | str | rsa.RSAPublicKey
+PublicKey = rsa.RSAPublicKey | ed25519.Ed25519PublicKey
+PublicKeyInput = bytes | str | PublicKey
 
 
-def _load_public_key(key: PublicKeyInput) -> rsa.RSAPublicKey:
-    if isinstance(key, rsa.RSAPublicKey):
+def _load_public_key(key: PublicKeyInput) -> PublicKey:
+    if isinstance(key, rsa.RSAPublicKey | ed25519.Ed25519PublicKey):
         return key
     loaded = serialization.load_pem_public_key(key.encode() if isinstance(key, str) else key)
-    if not isinstance(loaded, rsa.RSAPublicKey):
-        raise ValueError("Kalshi keys are RSA keys")
+    if not isinstance(loaded, rsa.RSAPublicKey | ed25519.Ed25519PublicKey):
+        raise ValueError("Kalshi keys are RSA or Ed25519 keys")
     return loaded
 
 
@@ -277,6 +292,8 @@ class KalshiSimulator(Simulator[KalshiFill]):
         timestamp_window_s: float = 30.0,
         reject_reused_signatures: bool = False,
         tickers: Iterable[str] = DEFAULT_TICKERS,
+        exchange_indexes: Iterable[int] = (0,),
+        fills_cutoff_ns: int | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         seed: int | None = None,
@@ -296,12 +313,28 @@ class KalshiSimulator(Simulator[KalshiFill]):
         self.reject_reused_signatures = reject_reused_signatures
         self._used_signatures: set[str] = set()
         self.tickers = tuple(tickers)
-        self._keys: dict[str, rsa.RSAPublicKey] = {}
+        self.exchange_indexes = tuple(exchange_indexes)
+        #: fills executed before this (ns) are on the historical endpoint only; None: none are
+        self.fills_cutoff_ns = fills_cutoff_ns
+        self._cutoff_moves: list[tuple[int, int]] = []
+        self._keys: dict[str, PublicKey] = {}
+        #: key id -> the subaccount a restricted key is locked to
+        self._restricted: dict[str, int] = {}
         self.add_key(key_id, public_key)
 
-    def add_key(self, key_id: str, public_key: PublicKeyInput) -> None:
-        """Accept requests signed by another API key (all keys see the same account)."""
+    def add_key(self, key_id: str, public_key: PublicKeyInput, *, subaccount: int | None = None) -> None:
+        """Accept requests signed by another API key (RSA or Ed25519; all keys see the same
+        account); with `subaccount`, a key restricted to that subaccount."""
         self._keys[key_id] = _load_public_key(public_key)
+        if subaccount is None:
+            self._restricted.pop(key_id, None)
+        else:
+            self._restricted[key_id] = subaccount
+
+    def move_cutoff_after(self, requests: int, cutoff_ns: int) -> None:
+        """Set :attr:`fills_cutoff_ns` to `cutoff_ns` once `requests` more venue requests were
+        answered (the venue migrating fills to the historical tier while a client pages)."""
+        self._cutoff_moves.append((self.requests + requests, cutoff_ns))
 
     @property
     def url(self) -> str:
@@ -346,7 +379,7 @@ class KalshiSimulator(Simulator[KalshiFill]):
             fee=fee,
             is_taker=is_taker,
             subaccount=pick(rng, fields, "subaccount", (0,), choices="subaccounts"),
-            exchange_index=pick(rng, fields, "exchange_index", (0,), choices="exchange_indexes"),
+            exchange_index=pick(rng, fields, "exchange_index", self.exchange_indexes, choices="exchange_indexes"),
             shape=shape,
             # created_time shows microseconds at best
             executed_at_ns=executed_at_ns // 1000 * 1000,
@@ -372,42 +405,63 @@ class KalshiSimulator(Simulator[KalshiFill]):
     # -- serving -------------------------------------------------------------------------------
 
     async def _serve(self, request: Request) -> Response:
-        if request.path != self.base_path + "/portfolio/fills" or request.method != "GET":
+        for move in [move for move in self._cutoff_moves if move[0] < self.requests]:
+            self.fills_cutoff_ns = move[1]
+            self._cutoff_moves.remove(move)
+        paths = {self.base_path + "/portfolio/fills": False, self.base_path + "/historical/fills": True}
+        cutoff_path = self.base_path + "/historical/cutoff"
+        if request.method != "GET" or (request.path not in paths and request.path != cutoff_path):
             return self._error(404, "not_found", "not found", details=f"{request.method} {request.path}")
-        problem = self._authenticate(request)
+        key_id, problem = self._authenticate(request)
         if problem is not None:
             return self._error(401, "authentication_error", "authentication failed", details=problem)
+        if request.path == cutoff_path:
+            return Response(200, msgspec.json.encode(self._cutoffs()))
+        historical = paths[request.path]
         limit = int_param(request, "limit", default=100, lo=1, hi=self.max_limit)
         min_ts = int_param(request, "min_ts")
         max_ts = int_param(request, "max_ts")
         subaccount = int_param(request, "subaccount", hi=63)
-        exchange_index = int_param(request, "exchange_index")
-        ticker = str_param(request, "ticker")
+        # the historical endpoint has no exchange_index filter (an unknown parameter is ignored)
+        exchange_index = None if historical else int_param(request, "exchange_index")
+        ticker_text = str_param(request, "ticker")
         order_id = str_param(request, "order_id")
         cursor = str_param(request, "cursor")
         assert limit is not None
+        tickers = None if ticker_text is None else set(ticker_text.split(","))
+        if tickers is not None and len(ticker_text.split(",")) > 100:  # type: ignore[union-attr]
+            raise InvalidParameter("ticker takes at most 100 comma-separated tickers")
+        locked = self._restricted.get(key_id or "")
+        if locked is not None:
+            if subaccount is not None and subaccount != locked:
+                return self._error(403, "forbidden", "this API key is restricted to another subaccount")
+            subaccount = locked
 
         store = self._store
-        hi = len(store)
+        lo, hi = 0, len(store)
+        if self.fills_cutoff_ns is not None:
+            split = bisect.bisect_left(store, (self.fills_cutoff_ns, ""), key=SimFill.sort_key)
+            lo, hi = (0, split) if historical else (split, hi)
+        elif historical:
+            hi = 0
         if cursor is not None:
             try:
-                hi = bisect.bisect_left(store, decode_cursor(cursor), key=SimFill.sort_key)
+                hi = min(hi, bisect.bisect_left(store, decode_cursor(cursor), key=SimFill.sort_key))
             except ValueError:
                 raise InvalidParameter("cursor is malformed") from None
         if max_ts is not None:
             bound = (max_ts + 1 if self.max_ts_inclusive else max_ts) * _SECOND_NS
             hi = min(hi, bisect.bisect_left(store, (bound, ""), key=SimFill.sort_key))
-        lo = 0
         if min_ts is not None:
             bound = (min_ts if self.min_ts_inclusive else min_ts + 1) * _SECOND_NS
-            lo = bisect.bisect_left(store, (bound, ""), key=SimFill.sort_key)
+            lo = max(lo, bisect.bisect_left(store, (bound, ""), key=SimFill.sort_key))
 
         page: list[KalshiFill] = []
         more = False
         for index in range(hi - 1, lo - 1, -1):  # newest first
             fill = store[index]
             if (
-                (ticker is not None and fill.ticker != ticker)
+                (tickers is not None and fill.ticker not in tickers)
                 or (order_id is not None and fill.order_id != order_id)
                 or (subaccount is not None and (fill.subaccount or 0) != subaccount)
                 or (exchange_index is not None and fill.exchange_index != exchange_index)
@@ -425,8 +479,16 @@ class KalshiSimulator(Simulator[KalshiFill]):
             document["cursor"] = "" if self.last_cursor == "empty" else None
         return Response(200, self._body(document))
 
-    def _authenticate(self, request: Request) -> str | None:
-        """Why the request's credentials are refused, or None when they are good."""
+    def _cutoffs(self) -> dict[str, Any]:
+        """`GET /historical/cutoff`; fills go by `trades_created_ts` (the epoch: nothing historical)."""
+        fills = _rfc3339(self.fills_cutoff_ns or 0, fraction=True)
+        return {"market_settled_ts": fills, "trades_created_ts": fills, "orders_updated_ts": fills}
+
+    def _authenticate(self, request: Request) -> tuple[str | None, str | None]:
+        """(the key id, why the request's credentials are refused or None when they are good)."""
+        return request.headers.get("kalshi-access-key"), self._check_credentials(request)
+
+    def _check_credentials(self, request: Request) -> str | None:
         key_id = request.headers.get("kalshi-access-key")
         stamp = request.headers.get("kalshi-access-timestamp")
         signature = request.headers.get("kalshi-access-signature")
@@ -445,7 +507,10 @@ class KalshiSimulator(Simulator[KalshiFill]):
             return "KALSHI-ACCESS-SIGNATURE is not base64"
         message = (stamp + request.method + request.path).encode()
         try:
-            public_key.verify(raw_signature, message, _PSS, hashes.SHA256())
+            if isinstance(public_key, ed25519.Ed25519PublicKey):
+                public_key.verify(raw_signature, message)
+            else:
+                public_key.verify(raw_signature, message, _PSS, hashes.SHA256())
         except InvalidSignature:
             return "signature does not verify"
         if self.reject_reused_signatures:

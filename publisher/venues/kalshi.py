@@ -271,6 +271,12 @@ def describe_secret(secret: Secret) -> str:
     return f"{key_kind(load_private_key(secret.reveal()))} key"
 
 
+def account_scope(source: KalshiSource) -> tuple[str, int | None]:
+    """What of the venue account a source reads (config's overlap check): its API key and its
+    subaccount, None for all of them (which overlaps every other source of the key)."""
+    return source.api_key_id, source.subaccount
+
+
 def describe_error(status: int, body: bytes) -> str:
     """`code: message` from Kalshi's `{code, message, details}` or `{"error": ...}` error bodies."""
     # 429 is {"error": "too many requests"}; some errors nest {code, message} under "error"
