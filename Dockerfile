@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1.7
 # fill-publisher image: multi-stage, slim pinned base, non-root, read-only-root friendly.
-#   docker build -t fill-publisher:0.1.0 .
-#   docker run --read-only -v $PWD/config.yaml:/etc/fill-publisher/config.yaml:ro fill-publisher:0.1.0
+#   VERSION=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+#   docker build -t fill-publisher:$VERSION --build-arg VERSION=$VERSION \
+#     --build-arg REVISION=$(git rev-parse HEAD) --build-arg CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ) .
+#   docker run --read-only -v $PWD/config.yaml:/etc/fill-publisher/config.yaml:ro fill-publisher:$VERSION
 # EXTRAS=[demo] adds confluent-kafka so `fill-publisher demo` works in the image.
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
@@ -19,8 +21,19 @@ RUN pip wheel --wheel-dir /wheels ".${EXTRAS}"
 
 # ---------------------------------------------------------------- runtime
 FROM ${PYTHON_IMAGE} AS runtime
+# OCI annotations; the version is pyproject.toml's (the one place it is written), passed in
+ARG PYTHON_IMAGE
+ARG VERSION=unknown
+ARG REVISION=unknown
+ARG CREATED=unknown
 LABEL org.opencontainers.image.title="fill-publisher" \
-      org.opencontainers.image.description="Polls venues' fills endpoints and publishes every fill exactly once to Kafka"
+      org.opencontainers.image.description="Polls venues' fills endpoints and publishes every fill exactly once to Kafka" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.licenses="LicenseRef-Proprietary" \
+      org.opencontainers.image.documentation="README.md, docs/operations.md" \
+      org.opencontainers.image.base.name="${PYTHON_IMAGE}"
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -41,10 +54,11 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
 USER 10001:10001
 WORKDIR /var/lib/fill-publisher
 EXPOSE 9108
-# /healthz on the default http.port; python's urllib because slim has no curl. urlopen raises
-# on a non-2xx answer or a refused connection, which exits non-zero.
+# /healthz on the port the service serves: FILLPUB_HTTP__PORT, else the config's http.port, else
+# 9108 (publisher/healthcheck.py; python's urllib because slim has no curl). A config mounted
+# elsewhere: override the HEALTHCHECK or mount it at /etc/fill-publisher/config.yaml.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9108/healthz', timeout=4)"]
+    CMD ["python", "-m", "publisher.healthcheck", "--config", "/etc/fill-publisher/config.yaml"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["fill-publisher"]
 CMD ["run", "--config", "/etc/fill-publisher/config.yaml"]

@@ -130,7 +130,8 @@ class _Producer:
         batch._build()
         return _done()
 
-    async def send(self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None) -> asyncio.Future[None]:
+    async def send(self, topic: str, value: bytes | None, key: bytes | None = None, headers: Any = None,
+                   partition: int | None = None) -> asyncio.Future[None]:
         return _done()
 
 

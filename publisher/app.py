@@ -54,18 +54,28 @@ class Publisher:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.metrics.ready.set_function(lambda: 1.0 if self.ready else 0.0)
-        self.sink = TransactionalSink(settings.config.kafka, settings.sasl_password, self.metrics)
+        self.sink = TransactionalSink(settings.config.kafka, settings.sasl_password, self.metrics,
+                                      ssl_key_password=settings.ssl_key_password)
         self.pollers: list[Poller] = []
         self.http: HttpServer | None = None
         self._restored = False
 
     @property
     def ready(self) -> bool:
-        return self._restored and self.sink.healthy
+        return self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        """None when ready (/readyz 200), else what start-up waits for or what is wrong (its 503 body)."""
+        if not self._restored:
+            # the sink turns healthy once its producer is initialised, the step before the restore
+            return "restoring checkpoints" if self.sink.healthy else "waiting for Kafka: producer not initialised"
+        if not self.sink.healthy:
+            return "Kafka unavailable: the last transaction failed or is taking too long"
+        return None
 
     async def serve(self, stop: asyncio.Event) -> int:
         config = self.settings.config
-        self.http = HttpServer(make_handler(self.metrics, lambda: self.ready), config.http.host, config.http.port)
+        self.http = HttpServer(make_handler(self.metrics, self.not_ready_reason), config.http.host, config.http.port)
         await self.http.start()
         log.info("fill-publisher %s serving /metrics /healthz /readyz on %s", __version__, self.http.url)
         transports: list[SourceTransport] = []
@@ -114,12 +124,14 @@ class Publisher:
         names = [s.name for s in settings.config.sources]
         if kafka.create_topics:
             venues = sorted({s.venue_name for s in settings.config.sources})
-            await ensure_topics(kafka, settings.sasl_password, [fills_topic(kafka, v) for v in venues])
+            await ensure_topics(kafka, settings.sasl_password, [fills_topic(kafka, v) for v in venues],
+                                ssl_key_password=settings.ssl_key_password)
         backoff = Backoff(base_s=0.5, cap_s=30.0)
         while not stop.is_set():
             try:
                 found = await asyncio.wait_for(
-                    read_checkpoints(kafka.checkpoint_topic, names, consumer_options(kafka, settings.sasl_password)),
+                    read_checkpoints(kafka.checkpoint_topic, names, consumer_options(kafka, settings.sasl_password,
+                                                                                   settings.ssl_key_password)),
                     timeout=max(30.0, kafka.request_timeout_s * 2),
                 )
             except Exception as exc:  # noqa: BLE001 - any failure: retry; polling must not start
@@ -133,11 +145,12 @@ class Publisher:
                 checkpoint = found.get(source.name)
                 if checkpoint is not None and checkpoint.venue != source.venue_name:
                     log.warning("source %s: checkpoint belongs to venue %s, not %s; starting fresh",
-                                source.name, checkpoint.venue, source.venue_name)
+                                source.name, checkpoint.venue, source.venue_name, extra={"source": source.name})
                     found.pop(source.name)
                 elif checkpoint is None:
                     log.warning("source %s: no checkpoint in %s; first start, publishing fills of the last %gs",
-                                source.name, kafka.checkpoint_topic, source.lookback_s)
+                                source.name, kafka.checkpoint_topic, source.lookback_s,
+                                extra={"source": source.name})
             return found
         return None
 
@@ -194,9 +207,9 @@ class Publisher:
         if drained:
             log.info("stopped: everything fetched was committed (%d fills were in flight at the signal)", pending)
         else:
-            log.warning("stopped with %d fetched fills not committed (Kafka unavailable); their sources' "
+            log.warning("stopped with %d fetched fills not committed (%s); their sources' "
                         "checkpoints did not move, so the next start fetches them again",
-                        self.sink.pending_fills)
+                        self.sink.pending_fills, self.sink.held or "Kafka unavailable")
         return EXIT_OK
 
 

@@ -1,4 +1,4 @@
-"""The `fill-publisher` command: run, demo, check-config, schema.
+"""The `fill-publisher` command: run, demo, check-config, status, schema (and `--version`).
 
 A bad config or an unreadable secret ends the process with status 2 and one line on stderr,
 `fill-publisher: config error: <field>: <problem>`, never a traceback and never a secret.
@@ -7,15 +7,35 @@ A bad config or an unreadable secret ends the process with status 2 and one line
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Sequence
 
-from publisher import logs
+from publisher import __version__, logs
 from publisher.config import ConfigError, Settings, fills_topic, load_settings, secret_fields, venue_of
 from publisher.venues import VENUES
 
 PROG = "fill-publisher"
+EXIT_OK = 0
+EXIT_FAILED = 1
 EXIT_CONFIG = 2
+
+RUN_EPILOG = """\
+environment:
+  FILLPUB_<SECTION>__<KEY>        overrides a kafka: or http: setting of the file,
+                                  e.g. FILLPUB_KAFKA__BOOTSTRAP_SERVERS=kafka-0:9092
+  FILLPUB_SOURCES__<NAME>__<KEY>  overrides a setting of the source NAME (upper case,
+                                  - and . as _), e.g. FILLPUB_SOURCES__KALSHI_MAIN__PAGE_LIMIT=500
+  FILLPUB_LOG_LEVEL               DEBUG, INFO (default), WARNING, ERROR, CRITICAL
+  FILLPUB_LOG_FORMAT              text (default) or json (one object per line)
+  HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY
+                                  the proxy for venue requests (http or https proxies)
+
+exit status:
+  0  stopped by SIGTERM/SIGINT after committing what was in flight
+  2  config error or unreadable secret (one line on stderr names the field)
+  3  fenced: another instance took the Kafka transactional id (see docs/runbooks.md)
+"""
 
 
 def _positive_float(text: str) -> float:
@@ -43,9 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Polls trading venues' fills endpoints and publishes every fill exactly once to Kafka."
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run the service until SIGTERM/SIGINT")
+    run = commands.add_parser("run", help="run the service until SIGTERM/SIGINT", epilog=RUN_EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--config", required=True, metavar="PATH", help="YAML config file")
 
     demo = commands.add_parser(
@@ -55,11 +77,28 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--http-port", type=_port, metavar="PORT", help="port for /metrics, /healthz, /readyz")
 
     check = commands.add_parser(
-        "check-config", help="validate a config and read its secrets, without connecting anywhere"
+        "check-config", help="validate a config and read its secrets (--connect: also try the venues and Kafka)",
+        epilog="exit status: 0 ok, 1 a --connect check failed, 2 config error",
     )
     check.add_argument("--config", required=True, metavar="PATH", help="YAML config file")
+    check.add_argument("--connect", action="store_true",
+                       help="ask each source's venue for one page and Kafka for its metadata; publishes nothing")
+
+    status = commands.add_parser(
+        "status", help="each source's committed checkpoint: shard, watermark, dedupe window, when written",
+        epilog="exit status: 0 ok, 1 Kafka could not be read, 2 config error",
+    )
+    status.add_argument("--config", required=True, metavar="PATH", help="YAML config file")
+    status.add_argument("--json", action="store_true", help="a JSON array of {source, shard, watermark, "
+                        "window_fills, written_at}")
 
     commands.add_parser("schema", help="print the JSON Schema of the published event")
+
+    audit = commands.add_parser("audit", help="compare the venues' fills with the committed records on Kafka")
+    audit.add_argument("--config", required=True, metavar="PATH", help="YAML config file")
+    audit.add_argument("--source", action="append", default=[], metavar="NAME", help="audit only this source (repeatable)")
+    audit.add_argument("--since", type=_positive_float, metavar="SECONDS", help="window length (default: lookback_s)")
+    audit.add_argument("--json", action="store_true", help="print the contract's JSON document")
     return parser
 
 
@@ -68,8 +107,9 @@ def _load(path: str) -> Settings:
     # defence in depth: even a careless log call cannot print these
     for secret in settings.source_secrets.values():
         logs.register_secret(secret.reveal())
-    if settings.sasl_password is not None:
-        logs.register_secret(settings.sasl_password.reveal())
+    for kafka_secret in (settings.sasl_password, settings.ssl_key_password):
+        if kafka_secret is not None:
+            logs.register_secret(kafka_secret.reveal())
     return settings
 
 
@@ -112,13 +152,20 @@ def _main(argv: Sequence[str] | None = None) -> int:
         return _config_error(exc)
     try:
         if args.command == "check-config":
-            print(_summary(args.config, _load(args.config)))
-            return 0
+            settings = _load(args.config)
+            print(_summary(args.config, settings), flush=True)
+            return _connect(settings) if args.connect else EXIT_OK
+        if args.command == "status":
+            return _status(_load(args.config), args.json)
         if args.command == "run":
             settings = _load(args.config)
             from publisher.app import run  # noqa: PLC0415 - heavy (Kafka, HTTP clients): only when actually running
 
             return run(settings)
+        if args.command == "audit":
+            from publisher.audit import main as audit_main  # noqa: PLC0415 - heavy, as for run
+
+            return audit_main(_load(args.config), args.source, args.since, args.json)
         if args.command == "demo":
             from publisher.demo import main as demo_main  # noqa: PLC0415 - needs the demo extra
 
@@ -128,6 +175,33 @@ def _main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse accepts only the above
+
+
+def _connect(settings: Settings) -> int:
+    from publisher.probe import check_all  # noqa: PLC0415 - Kafka and HTTP clients: only for --connect
+
+    print("connecting (nothing is published):", flush=True)
+    checks = asyncio.run(check_all(settings))
+    for check in checks:
+        print(f"  {check.line()}")
+    return EXIT_OK if all(check.ok for check in checks) else EXIT_FAILED
+
+
+def _status(settings: Settings, as_json: bool) -> int:
+    from publisher.status import read_status, render  # noqa: PLC0415 - the Kafka client: only for status
+
+    timeout = settings.config.kafka.request_timeout_s * 2
+    try:
+        statuses = asyncio.run(asyncio.wait_for(read_status(settings), timeout))
+    except TimeoutError:
+        print(f"{PROG}: kafka: no answer from {settings.config.kafka.bootstrap_servers} within {timeout:g}s",
+              file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - whatever Kafka's client raised, said in one line
+        print(logs.redact(f"{PROG}: kafka: {type(exc).__name__}: {exc}"), file=sys.stderr)
+        return EXIT_FAILED
+    print(render(statuses, as_json))
+    return EXIT_OK
 
 
 def _config_error(exc: Exception) -> int:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import re
 import ssl
+import stat
 import string
 import types
 from collections.abc import Iterator, Mapping
@@ -51,6 +52,18 @@ _TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+CompressionType = Literal["none", "gzip", "snappy", "lz4", "zstd"]
+
+#: producer settings `kafka.producer_options` may pass to aiokafka, with their lower bounds; the
+#: rest are set by the service itself (transactions, idempotence, acks, timeouts) or by own keys
+PRODUCER_OPTIONS: Mapping[str, int] = types.MappingProxyType({
+    "linger_ms": 0,
+    "max_batch_size": 1024,
+    "metadata_max_age_ms": 1000,
+    "retry_backoff_ms": 1,
+    "connections_max_idle_ms": 1000,
+})
 
 _TLS_PROTOCOLS = ("SSL", "SASL_SSL")
 _SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
@@ -93,20 +106,31 @@ class KafkaConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    #: the password of an encrypted ssl_keyfile: a secret, from a file or a variable
+    ssl_key_password_file: str | None = None
+    ssl_key_password_env: str | None = None
+    #: producer record-batch compression (snappy, lz4 and zstd come from cramjam, a dependency)
+    compression_type: CompressionType = "none"
+    #: further AIOKafkaProducer settings, by aiokafka's names; only PRODUCER_OPTIONS are accepted
+    producer_options: dict[str, Any] = msgspec.field(default_factory=dict)
     #: librdkafka's mock broker writes transaction markers with CRC 0; only tests turn this off
     check_crcs: bool = True
     #: fills fetched but not yet committed; above this, polling pauses (memory stays bounded while
     #: Kafka is down, and nothing fetched is dropped)
-    max_pending_fills: Annotated[int, msgspec.Meta(ge=1)] = 100_000
+    max_pending_fills: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 100_000
     #: used only when the publisher creates missing topics itself
-    topic_partitions: Annotated[int, msgspec.Meta(ge=1)] = 6
+    topic_partitions: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 6
     #: None: the broker's default.replication.factor
-    replication_factor: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    replication_factor: Annotated[int, msgspec.Meta(ge=1, le=100)] | None = None
     create_topics: bool = True
     request_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
     transaction_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
     #: fills per Kafka transaction at most; a larger backlog is committed in several transactions
-    max_batch_fills: Annotated[int, msgspec.Meta(ge=1)] = 50_000
+    max_batch_fills: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 50_000
+    #: the largest record batch the publisher sends (a record's key, value, headers and framing):
+    #: at most the topics' max.message.bytes (real Kafka's default 1048588). Larger dead letters
+    #: are truncated, larger checkpoints split, so no record can fail a shared transaction
+    max_record_bytes: Annotated[int, msgspec.Meta(ge=65536, le=64 * 1024 * 1024)] = 1_000_000
 
     def __post_init__(self) -> None:
         # Messages start with the field name; load_settings turns that into the full field path.
@@ -124,6 +148,18 @@ class KafkaConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
             raise ValueError("checkpoint_topic: must differ from dlq_topic")
         self._check_sasl()
         self._check_tls()
+        self._check_producer()
+
+    def _check_producer(self) -> None:
+        if self.compression_type != "none" and not _codec_available(self.compression_type):
+            raise ValueError(f"compression_type: {self.compression_type} is not available (the cramjam package "
+                             f"is missing)")
+        for name, value in self.producer_options.items():
+            if name not in PRODUCER_OPTIONS:
+                raise ValueError(f"producer_options.{name}: unknown or not settable here "
+                                 f"(allowed: {', '.join(PRODUCER_OPTIONS)})")
+            if not isinstance(value, int) or isinstance(value, bool) or value < PRODUCER_OPTIONS[name]:
+                raise ValueError(f"producer_options.{name}: must be an integer >= {PRODUCER_OPTIONS[name]}")
 
     def _check_topic_template(self) -> None:
         try:
@@ -156,7 +192,8 @@ class KafkaConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
 
     def _check_tls(self) -> None:
         if self.security_protocol not in _TLS_PROTOCOLS:
-            for field in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            for field in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password_file",
+                          "ssl_key_password_env"):
                 if getattr(self, field) is not None:
                     raise ValueError(f"{field}: set, but security_protocol {self.security_protocol} does not use TLS")
             return
@@ -164,6 +201,12 @@ class KafkaConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
             missing = "ssl_keyfile" if self.ssl_keyfile is None else "ssl_certfile"
             other = "ssl_certfile" if missing == "ssl_keyfile" else "ssl_keyfile"
             raise ValueError(f"{missing}: required when {other} is set (client certificate and key go together)")
+        if self.ssl_keyfile is None:
+            for field in ("ssl_key_password_file", "ssl_key_password_env"):
+                if getattr(self, field) is not None:
+                    raise ValueError(f"{field}: set, but there is no ssl_keyfile")
+        elif self.ssl_key_password_file is not None and self.ssl_key_password_env is not None:
+            raise ValueError("ssl_key_password_file: give only one of ssl_key_password_file or ssl_key_password_env")
 
 
 class HttpConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -206,6 +249,14 @@ class Settings:
     config: Config
     source_secrets: Mapping[str, Secret]  # by source name
     sasl_password: Secret | None
+    #: the password of an encrypted Kafka client key (kafka.ssl_key_password_*)
+    ssl_key_password: Secret | None = None
+
+
+def _codec_available(codec: str) -> bool:
+    from aiokafka import codec as codecs  # noqa: PLC0415 - aiokafka only when compression is asked for
+
+    return bool(getattr(codecs, f"has_{codec}")())
 
 
 def fills_topic(kafka: KafkaConfig, venue: str) -> str:
@@ -285,16 +336,44 @@ def _resolve(config: Config, environ: Mapping[str, str]) -> Settings:
         problem = proxy_problem(source.base_url)
         if problem is not None:
             raise ConfigError(prefix + "base_url", problem)
-    kafka = config.kafka
+    sasl_password, ssl_key_password = _resolve_kafka(config.kafka, environ)
+    return Settings(config=config, source_secrets=types.MappingProxyType(secrets), sasl_password=sasl_password,
+                    ssl_key_password=ssl_key_password)
+
+
+def _resolve_kafka(kafka: KafkaConfig, environ: Mapping[str, str]) -> tuple[Secret | None, Secret | None]:
+    """The SASL password and the SSL key password the `kafka:` section names, read; TLS files checked."""
     sasl_password: Secret | None = None
     if kafka.security_protocol in _SASL_PROTOCOLS:
         sasl_password, _ = _read_secret("kafka.sasl_password_file", kafka.sasl_password_file,
                                         "kafka.sasl_password_env", kafka.sasl_password_env, environ)
+    ssl_key_password: Secret | None = None
     if kafka.security_protocol in _TLS_PROTOCOLS:
         for field in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
             _check_readable(f"kafka.{field}", getattr(kafka, field))
-        _check_tls_files(kafka)
-    return Settings(config=config, source_secrets=types.MappingProxyType(secrets), sasl_password=sasl_password)
+        if kafka.ssl_key_password_file is not None or kafka.ssl_key_password_env is not None:
+            ssl_key_password, _ = _read_secret("kafka.ssl_key_password_file", kafka.ssl_key_password_file,
+                                               "kafka.ssl_key_password_env", kafka.ssl_key_password_env, environ)
+        _check_tls_files(kafka, ssl_key_password)
+    return sasl_password, ssl_key_password
+
+
+def load_kafka_settings(
+    raw: Mapping[str, Any], environ: Mapping[str, str] = os.environ
+) -> tuple[KafkaConfig, Secret | None, Secret | None]:
+    """A `kafka:` section on its own (for the consumer helper): validated, its secrets read.
+
+    Returns the section, the SASL password and the SSL key password; raises :class:`ConfigError`
+    naming `kafka.<field>`.
+    """
+    try:
+        kafka = msgspec.convert(dict(raw), KafkaConfig)
+    except msgspec.ValidationError as exc:
+        field, problem = _translate(str(exc).replace(" - at `$", " - at `$.kafka", 1), {"kafka": dict(raw)})
+        if not field.startswith("kafka"):
+            field = f"kafka.{field}" if field != "config" else "kafka"
+        raise ConfigError(field, problem) from None
+    return (kafka, *_resolve_kafka(kafka, environ))
 
 
 # --- reading the file -------------------------------------------------------------------------
@@ -306,9 +385,12 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    # the mapping's own keys must be unique; keys merged in with `<<: *base` may be overridden by
+    # them (flatten_mapping puts merged pairs first, so the mapping's own value wins)
+    own = [key_node for key_node, _ in node.value if key_node.tag != "tag:yaml.org,2002:merge"]
     loader.flatten_mapping(node)
     seen: set[Any] = set()
-    for key_node, _ in node.value:
+    for key_node in own:
         key = loader.construct_object(key_node, deep=True)
         if isinstance(key, str):
             if key in seen:
@@ -320,14 +402,56 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[An
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+#: the largest file read as the config; anything bigger is not one (or not a file: /dev/zero)
+MAX_CONFIG_BYTES = 16 << 20
+#: the largest secret file (an RSA-4096 key in PEM is ~3.3 KB)
+MAX_SECRET_BYTES = 1 << 20
+#: the largest TLS file (a bundle of every public root CA is ~300 KB)
+MAX_TLS_FILE_BYTES = 16 << 20
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _read_file(field: str, path: str | os.PathLike[str], limit: int) -> bytes:
+    """The bytes of the regular file at `path` (symlinks followed), at most `limit` of them;
+    :class:`ConfigError` for `field` otherwise. A FIFO, a device or an endless file would hang
+    or exhaust the service at start, so only regular files are read."""
+    shown = repr(os.fspath(path))
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        # non-blocking: opening a FIFO nobody writes to would wait forever
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise ConfigError("config", f"cannot read {os.fspath(path)!r}: {exc.strerror or type(exc).__name__}") from None
+        raise ConfigError(field, f"cannot read {shown}: {exc.strerror or type(exc).__name__}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+            raise ConfigError(field, f"cannot read {shown}: it is {kind}, not a regular file")
+        data = b""
+        while len(data) <= limit:
+            chunk = os.read(fd, limit + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    except OSError as exc:
+        raise ConfigError(field, f"cannot read {shown}: {exc.strerror or type(exc).__name__}") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ConfigError(field, f"cannot read {shown}: larger than {limit} bytes")
+    return data
+
+
+def _read_text(field: str, path: str | os.PathLike[str], limit: int) -> str:
+    try:
+        return _read_file(field, path, limit).decode("utf-8")
     except UnicodeDecodeError:
-        raise ConfigError("config", f"{os.fspath(path)!r} is not UTF-8 text") from None
+        raise ConfigError(field, f"{os.fspath(path)!r} is not UTF-8 text") from None
+
+
+def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    text = _read_text("config", path, MAX_CONFIG_BYTES)
     try:
         raw = yaml.load(text, Loader=_StrictLoader)
     except yaml.MarkedYAMLError as exc:
@@ -351,6 +475,7 @@ _VENUE_TYPES: dict[str, type[SourceConfig]] = {cls.__struct_config__.tag: cls fo
 #: pairs where giving one half in the environment replaces whichever half the file gave
 _SECRET_PAIRS = (
     ("sasl_password_file", "sasl_password_env"),
+    ("ssl_key_password_file", "ssl_key_password_env"),
     *((f"{cls.secret_field}_file", f"{cls.secret_field}_env") for cls in SOURCE_CONFIG_TYPES),
 )
 
@@ -479,7 +604,7 @@ _ERROR = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTA
 _PATH_TOKEN = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 _FIELD_PREFIX = re.compile(r"^(?P<field>[a-z_][a-z0-9_]*(?:\[\d+\])?(?:\.[a-z_][a-z0-9_]*)*): (?P<problem>.+)$", re.DOTALL)
 _NAMED_FIELD = re.compile(r"^Object (?P<kind>missing required|contains unknown) field `(?P<name>[^`]+)`$")
-_INLINE_SECRETS = {"sasl_password"} | {cls.secret_field for cls in SOURCE_CONFIG_TYPES}
+_INLINE_SECRETS = {"sasl_password", "ssl_key_password"} | {cls.secret_field for cls in SOURCE_CONFIG_TYPES}
 
 
 def _decode(raw: dict[str, Any], origins: Mapping[str, str]) -> Config:
@@ -572,13 +697,7 @@ def _read_secret(
 ) -> tuple[Secret, str]:
     """Read a secret from its file or variable; returns it and the field it came from."""
     if path is not None:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                value = fh.read().strip()
-        except OSError as exc:
-            raise ConfigError(file_field, f"cannot read {path!r}: {exc.strerror or type(exc).__name__}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(file_field, f"{path!r} is not UTF-8 text") from None
+        value = _read_text(file_field, path, MAX_SECRET_BYTES).strip()
         if not value:
             raise ConfigError(file_field, f"{path!r} is empty")
         return Secret(value), file_field
@@ -606,15 +725,11 @@ def _check_venue_secret(venue: str, secret: Secret, field: str) -> None:
 def _check_readable(field: str, path: str | None) -> None:
     if path is None:
         return
-    try:
-        # open, not os.access: it also catches directories and gives the OS's reason
-        with open(path, "rb"):
-            pass
-    except OSError as exc:
-        raise ConfigError(field, f"cannot read {path!r}: {exc.strerror or type(exc).__name__}") from None
+    # read, not os.access: it also catches directories, FIFOs and devices and gives the OS's reason
+    _read_file(field, path, MAX_TLS_FILE_BYTES)
 
 
-def _check_tls_files(kafka: KafkaConfig) -> None:
+def _check_tls_files(kafka: KafkaConfig, key_password: Secret | None = None) -> None:
     """Load the TLS files the way the Kafka client will, so a file that is readable but holds no
     certificate or key is a config error now rather than an endless "kafka not reachable" later."""
     context = ssl.create_default_context()
@@ -626,7 +741,8 @@ def _check_tls_files(kafka: KafkaConfig) -> None:
                                                   f"({type(exc).__name__})") from None
     if kafka.ssl_certfile is not None:
         try:
-            context.load_cert_chain(kafka.ssl_certfile, kafka.ssl_keyfile)
+            context.load_cert_chain(kafka.ssl_certfile, kafka.ssl_keyfile,
+                                    key_password.reveal() if key_password is not None else None)
         except (ssl.SSLError, ValueError) as exc:
             # the library's text can quote neither key nor file content; the class name is enough
             raise ConfigError("kafka.ssl_certfile", f"client certificate and key do not load "

@@ -7,11 +7,14 @@ async with FillConsumer("kafka:9092", ["fills.kalshi", "fills.zll"], group_id="r
 ```
 
 Consumers read with `isolation_level="read_committed"`, so records of aborted or unfinished
-transactions are never delivered (on real Kafka; see the README on the test broker) and every fill
-arrives exactly once per consumer group. Values decode straight into :class:`FillEvent` with
+transactions are never delivered (on real Kafka; docs/delivery-guarantees.md says what the test
+broker shows) and every fill arrives exactly once per consumer group. Values decode straight into :class:`FillEvent` with
 msgspec; prices, sizes and fees stay decimal strings (`decimal.Decimal(fill.price)` to compute).
 
-Run `python -m publisher.consumer --bootstrap-servers HOST:PORT` to print fills as they arrive.
+Run `python -m publisher.consumer --bootstrap-servers HOST:PORT` to print fills as they arrive;
+it takes the publisher's Kafka settings (`--config` reads the `kafka:` section of a publisher
+config; `--security-protocol`, `--sasl-*`, `--ssl-*` give them one by one), so it works against a
+production cluster. :meth:`FillConsumer.from_settings` does the same from code.
 """
 
 from __future__ import annotations
@@ -25,9 +28,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
+import yaml
 from aiokafka import AIOKafkaConsumer
 
+from publisher.config import ConfigError, KafkaConfig, load_kafka_settings
 from publisher.event import FillEvent
+from publisher.kafkaclient import consumer_options
+from publisher.secret import Secret
 
 
 class FillDecodeError(ValueError):
@@ -60,6 +67,16 @@ class FillConsumer:
             **options,
         )
         self._decoder = msgspec.json.Decoder(FillEvent)
+
+    @classmethod
+    def from_settings(cls, kafka: KafkaConfig, topics: list[str], *, sasl_password: Secret | None = None,
+                      ssl_key_password: Secret | None = None, group_id: str | None = None,
+                      auto_offset_reset: str = "earliest") -> FillConsumer:
+        """A consumer with the publisher's own Kafka client settings (TLS, SASL, CRC checks)."""
+        options = consumer_options(kafka, sasl_password, ssl_key_password)
+        options["client_id"] = f"{kafka.client_id}-consumer"
+        return cls(options.pop("bootstrap_servers"), topics, group_id=group_id,
+                   auto_offset_reset=auto_offset_reset, **options)
 
     async def __aenter__(self) -> FillConsumer:
         await self._consumer.start()
@@ -96,18 +113,46 @@ class FillConsumer:
             yield self.decode(record.value, f"{record.topic}[{record.partition}]@{record.offset}")
 
 
-async def _print_fills(args: argparse.Namespace) -> None:
+#: command-line options that set a `kafka:` setting of the same name
+_KAFKA_FLAGS = ("bootstrap_servers", "security_protocol", "sasl_mechanism", "sasl_username", "sasl_password_file",
+                "sasl_password_env", "ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password_file",
+                "ssl_key_password_env", "client_id")
+
+
+def _kafka_section(args: argparse.Namespace) -> dict[str, Any]:
+    """The `kafka:` section of `--config` (if given), overridden by the flags given."""
+    raw: dict[str, Any] = {}
+    if args.config:
+        try:
+            with open(args.config, encoding="utf-8") as fh:
+                document = yaml.safe_load(fh) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError("config", f"cannot read {args.config!r} ({type(exc).__name__})") from None
+        section = document.get("kafka") if isinstance(document, dict) else None
+        if not isinstance(section, dict):
+            raise ConfigError("config", f"{args.config!r} has no kafka: section")
+        # publisher-only settings the consumer does not use, so a full publisher config works as is
+        raw = {k: v for k, v in section.items() if k in KafkaConfig.__struct_fields__}
+    raw.update({flag: getattr(args, flag) for flag in _KAFKA_FLAGS if getattr(args, flag) is not None})
+    if args.no_check_crcs:
+        raw["check_crcs"] = False
+    return raw
+
+
+async def _print_fills(kafka: KafkaConfig, topics: list[str], sasl_password: Secret | None,
+                       ssl_key_password: Secret | None, group_id: str | None) -> None:
+    consumer = FillConsumer.from_settings(kafka, topics, sasl_password=sasl_password,
+                                          ssl_key_password=ssl_key_password, group_id=group_id)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    topics = [t for t in args.topics.split(",") if t]
-    async with FillConsumer(args.bootstrap_servers, topics, group_id=args.group_id,
-                            check_crcs=not args.no_check_crcs) as consumer:
+    async with consumer:
         async def consume() -> None:
             async for fill in consumer:
                 print(f"{fill.venue:6} {fill.source:16} {fill.instrument:24} {fill.side:4} "
-                      f"{fill.quantity:>12} @ {fill.price:<10} fee {fill.fee} id {fill.fill_id}", flush=True)
+                      f"{fill.quantity:>12} @ {fill.price:<10} fee {fill.fee if fill.fee is not None else '-'} "
+                      f"id {fill.fill_id}", flush=True)
 
         task = asyncio.create_task(consume())
         await asyncio.wait({task, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
@@ -116,16 +161,41 @@ async def _print_fills(args: argparse.Namespace) -> None:
             await task
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m publisher.consumer", description="Print fills from Kafka.")
-    parser.add_argument("--bootstrap-servers", required=True)
-    parser.add_argument("--topics", default="fills.kalshi,fills.zll")
-    parser.add_argument("--group-id", default=None)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m publisher.consumer",
+        description="Print fills from Kafka (read_committed). Kafka settings as in the publisher's kafka: section.")
+    parser.add_argument("--config", metavar="PATH", help="a publisher config: its kafka: section is used")
+    parser.add_argument("--bootstrap-servers", metavar="HOST:PORT,...", help="required unless --config gives it")
+    parser.add_argument("--topics", default="fills.kalshi,fills.zll", help="comma-separated (default: %(default)s)")
+    parser.add_argument("--group-id", default=None, help="commit offsets in this group (default: none, replay)")
+    parser.add_argument("--security-protocol", choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"])
+    parser.add_argument("--sasl-mechanism", choices=["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+    parser.add_argument("--sasl-username")
+    parser.add_argument("--sasl-password-file", metavar="PATH")
+    parser.add_argument("--sasl-password-env", metavar="VARIABLE")
+    parser.add_argument("--ssl-cafile", metavar="PATH")
+    parser.add_argument("--ssl-certfile", metavar="PATH")
+    parser.add_argument("--ssl-keyfile", metavar="PATH")
+    parser.add_argument("--ssl-key-password-file", metavar="PATH")
+    parser.add_argument("--ssl-key-password-env", metavar="VARIABLE")
+    parser.add_argument("--client-id")
     parser.add_argument("--no-check-crcs", action="store_true",
                         help="needed only against librdkafka's mock broker (test/demo)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `python -m publisher.consumer`: exit 2 naming the setting for a bad one."""
+    args = build_parser().parse_args(argv)
     try:
-        asyncio.run(_print_fills(args))
+        kafka, sasl_password, ssl_key_password = load_kafka_settings(_kafka_section(args))
+    except ConfigError as exc:
+        print(f"python -m publisher.consumer: config error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    topics = [t for t in args.topics.split(",") if t]
+    try:
+        asyncio.run(_print_fills(kafka, topics, sasl_password, ssl_key_password, args.group_id))
     except KeyboardInterrupt:
         sys.exit(130)
 

@@ -96,15 +96,19 @@ class SeenWindow:
             self._packed.pop(second, None)
         return verdicts
 
-    def advance(self, floor_ns: int) -> None:
-        """Move the floor forward (never back) and forget keys of seconds below it."""
+    def advance(self, floor_ns: int) -> dict[int, list[bytes]]:
+        """Move the floor forward (never back) and forget keys of seconds below it; returns the
+        forgotten keys by second."""
         floor_s = floor_ns // _NS
+        dropped: dict[int, list[bytes]] = {}
         if floor_s <= self._floor_s:
-            return
+            return dropped
         self._floor_s = floor_s
         for second in [s for s in self._buckets if s < floor_s]:
-            self._keys.difference_update(self._buckets.pop(second))
+            keys = dropped[second] = self._buckets.pop(second)
+            self._keys.difference_update(keys)
             self._packed.pop(second, None)
+        return dropped
 
     def packed(self) -> dict[int, bytes]:
         """Second -> concatenated 16-byte keys: the checkpoint's compact form of the window."""

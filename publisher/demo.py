@@ -4,8 +4,14 @@ Starts an embedded Kafka-protocol broker (librdkafka's mock cluster, child proce
 Kalshi venue (RSA-PSS signature checks, mixed fill shapes, late fills) and a simulated ZLL venue
 (API key, newest-first offset pages), runs the real publisher against them, and consumes the fills
 topics with the typed consumer, printing each fill as it lands, the running net positions, and a
-summary at the end. Midway it makes the venues misbehave once (a venue 500 and a malformed fill) so
-the retry and the dead-letter queue can be seen.
+summary at the end. Midway it makes the venues misbehave once, so the retry and the dead-letter
+queue can be seen: ZLL answers one request with a 500, and Kalshi shows one new fill whose price
+is not a number, which lands on the DLQ topic (printed as it arrives) while the rest of its page is
+published.
+
+A few fills executed before the start (history inside the lookback window) are published by the
+first poll; they are marked `history` and kept out of the lag figures. Colour only on a terminal
+(and never with NO_COLOR set).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import uuid
 from typing import Any
 
 import msgspec
+from aiokafka import AIOKafkaConsumer
 
 from publisher.app import Publisher
 from publisher.config import Config, Settings, fills_topic
@@ -39,6 +46,34 @@ from publisher.sim.zll import ZllSimulator
 DEFAULT_HTTP_PORT = 9108
 FILL_RATE_PER_S = 2.0
 POSITIONS_EVERY_S = 5.0
+#: when the venues misbehave (seconds after the first fills), earlier for short runs
+FAULTS_AFTER_S = 5.0
+HISTORY_FILLS = 3
+HEADER = (f"  {'VENUE':6} {'SOURCE':12} {'INSTRUMENT':28} {'SIDE':4} {'QUANTITY':>8}   {'PRICE':<9} "
+          f"{'FEE':<8} {'LAG':>10}")
+
+
+class Style:
+    """ANSI colour when stdout is a terminal (and NO_COLOR is unset); plain text otherwise."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    @classmethod
+    def for_stdout(cls) -> Style:
+        return cls(sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
+
+    def _wrap(self, code: str, text: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.enabled else text
+
+    def bold(self, text: str) -> str:
+        return self._wrap("1", text)
+
+    def dim(self, text: str) -> str:
+        return self._wrap("2", text)
+
+    def red(self, text: str) -> str:
+        return self._wrap("31", text)
 
 
 def _port_free(port: int) -> bool:
@@ -55,7 +90,8 @@ def demo_settings(bootstrap: str, http_port: int, kalshi: KalshiSimulator, kalsh
     """Settings for a publisher polling the two simulators through the embedded broker."""
     common = {"poll_interval_s": 1.0, "lookback_s": 60, "page_limit": 100, "max_requests_per_s": 20, "timeout_s": 5}
     raw: dict[str, Any] = {
-        "kafka": {"bootstrap_servers": bootstrap, "check_crcs": False, "transactional_id_prefix": "fill-publisher-demo"},
+        "kafka": {"bootstrap_servers": bootstrap, "check_crcs": False,
+                  "transactional_id_prefix": "fill-publisher-demo"},
         "http": {"host": "127.0.0.1", "port": http_port},
         "sources": [
             {"name": "kalshi-demo", "venue": "kalshi", "base_url": kalshi.url, "api_key_id": kalshi_key_id,
@@ -69,9 +105,18 @@ def demo_settings(bootstrap: str, http_port: int, kalshi: KalshiSimulator, kalsh
     return Settings(config=config, source_secrets=secrets, sasl_password=None)
 
 
-def _fill_line(fill: Any, lag_s: float) -> str:
+def _fill_line(fill: Any, lag_s: float, history: bool) -> str:
+    fee = fill.fee if fill.fee is not None else "-"
+    lag = "history" if history else f"{lag_s * 1000:.0f} ms"
     return (f"  {fill.venue:6} {fill.source:12} {fill.instrument:28} {fill.side:4} {fill.quantity:>8} @ "
-            f"{fill.price:<9} fee {fill.fee!s:<8} lag {lag_s * 1000:7.0f} ms")
+            f"{fill.price:<9} {fee:<8} {lag:>10}")
+
+
+def _dead_letter_line(value: bytes) -> str:
+    letter = msgspec.json.decode(value)
+    raw = msgspec.json.encode(letter.get("raw")).decode()
+    return (f"  DLQ    {letter.get('source', '?'):12} error: {letter.get('error')}\n"
+            f"         raw (as the venue sent it): {raw[:150]}{'...' if len(raw) > 150 else ''}")
 
 
 def _counter_total(metrics: Metrics, name: str, **labels: str) -> float:
@@ -106,8 +151,8 @@ async def _run(duration: float | None, http_port: int | None) -> int:
             broker.create_topic(topic, partitions=kafka.topic_partitions)
         broker.create_topic(kafka.checkpoint_topic, partitions=1)
         # some history inside the lookback window, published by the first poll
-        kalshi.add_fills(3, late_s=20)
-        zll.add_fills(3, late_s=20)
+        history = {f.fill_id for f in (*kalshi.add_fills(HISTORY_FILLS, late_s=20),
+                                         *zll.add_fills(HISTORY_FILLS, late_s=20))}
         kalshi.start_generator(FILL_RATE_PER_S, late_fraction=0.15, late_max_s=10, burst_size=2)
         zll.start_generator(FILL_RATE_PER_S, late_fraction=0.15, late_max_s=10)
 
@@ -122,47 +167,76 @@ async def _run(duration: float | None, http_port: int | None) -> int:
         print(f"kafka:  {broker.bootstrap_servers}  topics fills.kalshi fills.zll fills.dlq")
         print(f"metrics: {publisher.http.url}/metrics   health: {publisher.http.url}/healthz   "
               f"ready: {publisher.http.url}/readyz")
-        print("fills as they are committed to Kafka:" + ("" if duration else " (Ctrl-C to stop)"), flush=True)
+        print("fills as they are committed to Kafka" + ("" if duration else " (Ctrl-C to stop)")
+              + "; LAG is execution at the venue to arrival here:", flush=True)
+        style = Style.for_stdout()
+        print(style.bold(HEADER), flush=True)
 
         book = PositionBook()
         lags: list[float] = []
         consumer = FillConsumer(broker.bootstrap_servers, [fills_topic(kafka, "kalshi"), fills_topic(kafka, "zll")],
                                 check_crcs=False)
+        dead_letters = AIOKafkaConsumer(kafka.dlq_topic, bootstrap_servers=broker.bootstrap_servers,
+                                        isolation_level="read_committed", auto_offset_reset="earliest",
+                                        check_crcs=False)
         started = time.monotonic()
+        faults_after = FAULTS_AFTER_S if duration is None else min(FAULTS_AFTER_S, duration / 2)
         faults_done = False
+        dlq_seen = 0
         next_table = started + POSITIONS_EVERY_S
+
         def show(batch: list[Any]) -> None:
             now_ns = time.time_ns()
             for fill in batch:
                 book.apply(fill)
                 lag = (now_ns - fill.executed_at_ns) / 1e9
-                lags.append(lag)
-                print(_fill_line(fill, lag), flush=True)
+                seeded = fill.fill_id in history
+                if not seeded:
+                    lags.append(lag)
+                line = _fill_line(fill, lag, seeded)
+                print(style.dim(line) if seeded else line, flush=True)
 
-        async with consumer:
-            async for batch in _until(consumer.batches(timeout_ms=200), stop, service):
-                show(batch)
-                elapsed = time.monotonic() - started
-                if not faults_done and elapsed > 6:
-                    faults_done = True
-                    print("  -- injecting one venue HTTP 500 on zll and one malformed fill on kalshi --", flush=True)
-                    zll.faults.inject("http_500")
-                    kalshi.faults.inject("bad_fill")
-                if time.monotonic() >= next_table:
-                    next_table += POSITIONS_EVERY_S
-                    print("\nnet positions (YES contracts for Kalshi, base units for ZLL):")
-                    print(book.table() + "\n", flush=True)
-                if duration is not None and elapsed >= duration:
-                    break
-            stop.set()
-            code = await service
-            # what the publisher committed while shutting down
-            async for batch in consumer.batches(timeout_ms=500):
-                if not batch:
-                    break
-                show(batch)
+        async def show_dead_letters(timeout_ms: int = 0) -> int:
+            fetched = await dead_letters.getmany(timeout_ms=timeout_ms)
+            records = [r for rs in fetched.values() for r in rs if r.value is not None]
+            for record in records:
+                print(style.red(_dead_letter_line(record.value)), flush=True)
+            return len(records)
+
+        await dead_letters.start()
+        try:
+            async with consumer:
+                async for batch in _until(consumer.batches(timeout_ms=200), stop, service):
+                    show(batch)
+                    dlq_seen += await show_dead_letters()
+                    elapsed = time.monotonic() - started
+                    if not faults_done and elapsed > faults_after:
+                        faults_done = True
+                        print(style.bold("  -- injecting one HTTP 500 on zll, and a new kalshi fill whose price is "
+                                         "not a number (it goes to the DLQ) --"), flush=True)
+                        zll.faults.inject("http_500")
+                        kalshi.add_bad_fill("non_numeric_price")
+                    if time.monotonic() >= next_table:
+                        next_table += POSITIONS_EVERY_S
+                        print("\nnet positions (YES contracts for Kalshi, base units for ZLL):")
+                        print(book.table() + "\n")
+                        print(style.bold(HEADER), flush=True)
+                    if duration is not None and elapsed >= duration:
+                        break
+                stop.set()
+                code = await service
+                # what the publisher committed while shutting down
+                async for batch in consumer.batches(timeout_ms=500):
+                    if not batch:
+                        break
+                    show(batch)
+                while (seen_now := await show_dead_letters(timeout_ms=500)) > 0:
+                    dlq_seen += seen_now
+        finally:
+            await dead_letters.stop()
         metrics = publisher.metrics
-        print("\nsummary")
+        print("\nsummary (duplicates: fills re-read in the overlap window each poll, already published,"
+              " so dropped)")
         for venue in ("kalshi", "zll"):
             published = _counter_total(metrics, "fillpub_fills_published_total", venue=venue)
             duplicates = _counter_total(metrics, "fillpub_fills_duplicate_total", venue=venue)
@@ -170,12 +244,14 @@ async def _run(duration: float | None, http_port: int | None) -> int:
             errors = _counter_total(metrics, "fillpub_poll_errors_total", venue=venue)
             print(f"  {venue:6} published {published:5.0f}  duplicates dropped {duplicates:5.0f}  "
                   f"to DLQ {invalid:3.0f}  poll errors {errors:3.0f}")
+        print(f"  dead letters read back from {kafka.dlq_topic}: {dlq_seen}")
         if lags:
             ordered = sorted(lags)
             p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
             print(f"  end-to-end lag (execution -> consumer): p50 {statistics.median(ordered) * 1000:.0f} ms, "
                   f"p99 {p99 * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms over {len(ordered)} fills "
-                  f"(late fills are dated in the past on purpose)")
+                  f"(the {len(history)} history fills left out; the simulators date some fills up to 10 s "
+                  f"in the past on purpose, as venues show late fills)")
         print(f"  consumer saw {book.fills} fills; positions:\n{book.table()}")
         return code
     finally:

@@ -1,7 +1,16 @@
-"""Logging: one readable line per record on stderr, with a secret-redaction safety net.
+"""Logging: one line per record on stderr, readable text or JSON, with a secret-redaction safety net.
 
-Line format: `<UTC time> <LEVEL> <logger> <message> key=value ...`, where the key=value pairs are the
-record's `extra={...}` fields and, for a logged exception, `exc=` plus a compact `at=` trace.
+Text (the default): `<UTC time> <LEVEL> <logger> <message> key=value ...`, where the key=value pairs
+are the record's `extra={...}` fields and, for a logged exception, `exc=` plus a compact `at=` trace.
+
+JSON (`FILLPUB_LOG_FORMAT=json`): one object per line with `ts` (RFC 3339 UTC), `level`, `logger`,
+`message`, `source` on lines about one source, the `extra={...}` fields, and `exc`/`at` for an
+exception. A line is about a source when its call passes `extra={"source": name}` or it is logged
+inside a task that called :func:`bind_source` (each poller's task does).
+
+aiokafka logs every failed connection and metadata refresh at ERROR while the service's own retry
+loop logs the same failure once with what it does next; outside DEBUG the aiokafka loggers only
+pass CRITICAL, so each Kafka retry is one line.
 
 Code must never log a secret. As defence in depth, every secret the service loads is registered with
 :func:`register_secret`, and the handler masks any registered value (and each line of a multi-line
@@ -10,6 +19,7 @@ one, such as a PEM key) as `***` in the final text of every record.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
@@ -18,11 +28,16 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
 LEVEL_ENV = "FILLPUB_LOG_LEVEL"
+FORMAT_ENV = "FILLPUB_LOG_FORMAT"
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+FORMATS = ("text", "json")
+#: client libraries whose records are quieted outside DEBUG (see the module docstring)
+_KAFKA_LOGGERS = ("aiokafka", "kafka")
+_HTTP_LOGGERS = ("httpx", "httpcore")
 MASK = "***"
 
 # Values this short would mask ordinary words and numbers all over the log; no real credential is.
@@ -33,8 +48,16 @@ _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
 _pattern: re.Pattern[str] | None = None
 
+#: the source the current task works for (set by :func:`bind_source`)
+_SOURCE: contextvars.ContextVar[str | None] = contextvars.ContextVar("fillpub_source", default=None)
+
 #: attributes every LogRecord has; anything else on a record came from `extra=`
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+
+
+def bind_source(name: str) -> None:
+    """Mark every later log line of the current task (and of tasks it starts) as about `name`."""
+    _SOURCE.set(name)
 
 
 def register_secret(value: str) -> None:
@@ -56,8 +79,16 @@ def register_secret(value: str) -> None:
         _pattern = re.compile("|".join(re.escape(s) for s in ordered))
 
 
-def redact(text: str) -> str:
-    """`text` with every registered secret replaced by `***`."""
+def redact(text: str, extra: Iterable[str] = ()) -> str:
+    """`text` with every registered secret, and every value of `extra`, replaced by `***`.
+
+    `extra` is for credentials that live for one request (a Kalshi signature, an API key header)
+    and are not worth registering for good. Redact before cutting a text short: a secret cut in
+    half no longer matches, and its first half would be shown.
+    """
+    for value in extra:
+        if len(value) >= _MIN_SECRET_LENGTH:
+            text = text.replace(value, MASK)
     pattern = _pattern
     return pattern.sub(MASK, text) if pattern is not None else text
 
@@ -84,13 +115,45 @@ class LineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         created = time.gmtime(record.created)
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", created) + f".{int(record.msecs):03d}Z"
-        parts = [ts, record.levelname, record.name, _one_line(record.getMessage())]
-        parts += [f"{key}={_value(value)}" for key, value in _extras(record).items()]
+        message = record.getMessage()
+        parts = [ts, record.levelname, record.name, _one_line(message)]
+        parts += [f"{key}={_value(value)}" for key, value in _extras(record).items()
+                  # `source kalshi-main: ...` already says it; the extra is for the JSON format
+                  if not (key == "source" and message.startswith(f"source {value}:"))]
         if record.exc_info and record.exc_info[1] is not None:
             parts.append(_exception(record.exc_info[1]))
         if record.stack_info:
             parts.append(f"stack={_value(record.stack_info)}")
         return redact(" ".join(parts))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ts, level, logger, message[, source][, extras][, exc, at]."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        created = time.gmtime(record.created)
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", created) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        extras = dict(_extras(record))
+        source = extras.pop("source", None) or _SOURCE.get()
+        if source is not None:
+            out["source"] = str(source)
+        for key, value in extras.items():
+            out.setdefault(key, value if isinstance(value, (int, float, bool)) or value is None else str(value))
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            out["exc"] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            frames = traceback.extract_tb(exc.__traceback__)[-_TRACE_FRAMES:]
+            if frames:
+                out["at"] = " < ".join(f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in reversed(frames))
+        if record.stack_info:
+            out["stack"] = record.stack_info
+        # masked value by value: JSON escaping would hide a secret from a pass over the whole text
+        return json.dumps({k: redact(v) if isinstance(v, str) else v for k, v in out.items()}, ensure_ascii=False)
 
 
 def _extras(record: logging.LogRecord) -> Mapping[str, Any]:
@@ -126,11 +189,12 @@ def _exception(exc: BaseException) -> str:
 
 
 def configure_logging(level: str | None = None, *, stream: TextIO | None = None,
-                      environ: Mapping[str, str] = os.environ) -> None:
+                      environ: Mapping[str, str] = os.environ, fmt: str | None = None) -> None:
     """Send every log record to stderr, one line each.
 
-    The level is `level` if given, else `FILLPUB_LOG_LEVEL`, else INFO. Raises ValueError for an
-    unknown level name. Replaces handlers installed by an earlier call.
+    The level is `level` if given, else `FILLPUB_LOG_LEVEL`, else INFO; the format `fmt` if given,
+    else `FILLPUB_LOG_FORMAT`, else text. Raises ValueError, naming the variable, for an unknown
+    level or format. Replaces handlers installed by an earlier call.
     """
     name = (level or environ.get(LEVEL_ENV) or "INFO").strip().upper()
     if name == "WARN":
@@ -138,8 +202,12 @@ def configure_logging(level: str | None = None, *, stream: TextIO | None = None,
     if name not in LEVELS:
         source = "log level" if level else LEVEL_ENV
         raise ValueError(f"{source}: unknown level {name!r} (one of {', '.join(LEVELS)})")
+    form = (fmt or environ.get(FORMAT_ENV) or "text").strip().lower()
+    if form not in FORMATS:
+        where = "log format" if fmt else FORMAT_ENV
+        raise ValueError(f"{where}: unknown format {form!r} (one of {', '.join(FORMATS)})")
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(LineFormatter())
+    handler.setFormatter(JsonFormatter() if form == "json" else LineFormatter())
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_fillpub", False)]:
@@ -147,6 +215,9 @@ def configure_logging(level: str | None = None, *, stream: TextIO | None = None,
     handler._fillpub = True  # type: ignore[attr-defined]  # noqa: SLF001 - our own marker attribute
     root.addHandler(handler)
     root.setLevel(name)
+    debug = name == "DEBUG"
     # client libraries log every request and reconnect at INFO; their warnings still show
-    for noisy in ("aiokafka", "kafka", "httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if name == "DEBUG" else max(logging.WARNING, root.level))
+    for noisy in _HTTP_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else max(logging.WARNING, root.level))
+    for noisy in _KAFKA_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.CRITICAL)

@@ -12,12 +12,20 @@ import bisect
 import math
 from collections.abc import Iterable, Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
+from publisher import __version__
 from publisher.venues.base import ErrorReason
 
 POLL_ERROR_REASONS: tuple[ErrorReason, ...] = (
@@ -67,10 +75,27 @@ class BatchHistogram(Collector):
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
-        les = [floatToGoString(bound) for bound in self._bounds]
+        les = [bucket_label(bound) for bound in self._bounds]
         for key, child in self._children.items():
             family.add_metric(list(key), list(zip(les, child.cumulative, strict=True)), child.sum)
         yield family
+
+
+def bucket_label(bound: float) -> str:
+    """A bucket bound as the `le` label value prometheus-client's own Histogram writes: Go's
+    float formatting (`+Inf`, `0.25`, `1.0`, and an exponent from 1e7 on, as Go switches to one)."""
+    if bound == math.inf:
+        return "+Inf"
+    if bound == -math.inf:
+        return "-Inf"
+    if math.isnan(bound):
+        return "NaN"
+    text = repr(float(bound))
+    dot = text.find(".")
+    if bound > 0 and dot > 6:
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1:]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return text
 
 
 class BatchHistogramChild:
@@ -129,10 +154,24 @@ class Metrics:
             "fillpub_commit_duration_seconds", "One Kafka transaction", buckets=_COMMIT_BUCKETS, registry=r)
         self.pending_fills = Gauge(
             "fillpub_pending_fills", "Fills fetched and not yet committed", registry=r)
+        self.build_info = Gauge(
+            "fillpub_build_info", "Always 1; the version label says which build runs", ["version"], registry=r)
+        self.build_info.labels(version=__version__).set(1)
+        # the standard process_* (CPU, memory, file descriptors, start time) and python_info
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         # beyond the contract's list: what alerts need to say "N intervals" and "not ready"
         # without kube-state-metrics
         self.poll_interval = Gauge(
             "fillpub_poll_interval_seconds", "Configured poll interval of the source", per_source, registry=r)
+        # a fill the venue served that was never published, and a venue serving one fill id
+        # with two sets of values: neither is a duplicate, both need a human
+        self.fills_below_floor = Counter(
+            "fillpub_fills_below_floor", "Fills served below the overlap window's floor that were never published",
+            per_source, registry=r)
+        self.fills_conflicting = Counter(
+            "fillpub_fills_conflicting", "Repeats of a fill id with values other than the copy published",
+            per_source, registry=r)
         self.ready = Gauge(
             "fillpub_ready", "1 while /readyz answers 200, else 0", registry=r)
 
@@ -150,6 +189,8 @@ class SourceMetrics:
     """A source's labelled children, resolved once instead of on every observation."""
 
     __slots__ = (
+        "below_floor",
+        "conflicting",
         "duplicate",
         "errors",
         "invalid",
@@ -172,3 +213,5 @@ class SourceMetrics:
         self.lag = metrics.fill_lag.labels(**labels)
         self.poll_duration = metrics.poll_duration.labels(**labels)
         self.poll_interval = metrics.poll_interval.labels(**labels)
+        self.below_floor = metrics.fills_below_floor.labels(**labels)
+        self.conflicting = metrics.fills_conflicting.labels(**labels)

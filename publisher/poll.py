@@ -15,6 +15,10 @@ covers every earlier batch. Counters of published fills and the lag histogram mo
 
 Errors never escape the loop: each is counted by reason and followed by exponential backoff with
 jitter (longer for auth failures, which need a human), so one bad source never stalls others.
+Whatever else goes wrong (an adapter bug, a poll's result that cannot be checkpointed, a failure of
+the loop itself) is logged with its traceback, counted as `decode`, and the source starts over
+from the last checkpoint it handed to the sink, so the fills of the failed poll are read again and
+none is lost.
 """
 
 from __future__ import annotations
@@ -28,12 +32,21 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
+from publisher import logs
 from publisher.checkpoint import Checkpoint, encode_checkpoint
 from publisher.dedupe import SeenWindow, fill_key, fill_keys
 from publisher.event import DeadLetter, FillEvent, Venue
+from publisher.floor import BelowFloor
 from publisher.metrics import SourceMetrics
 from publisher.sink import SourceBatch, TransactionalSink
-from publisher.venues.base import InvalidFill, SourceConfig, VenueAdapter, VenueError, parse_rfc3339_ns
+from publisher.venues.base import (
+    InvalidFill,
+    SourceConfig,
+    VenueAdapter,
+    VenueDecodeError,
+    VenueError,
+    parse_rfc3339_ns,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,26 +95,45 @@ class SourceState:
             self.paging_state: Any = None
         else:
             self.watermark_ns = checkpoint.watermark_ns
-            self.window = SeenWindow.from_packed(self.floor_ns, checkpoint.seen)
+            # the window knows no fill below the floor it had: a lookback_s raised since then must
+            # not make those fills look new (they would be published again)
+            self.window = SeenWindow.from_packed(max(self.floor_ns, checkpoint.floor_ns), checkpoint.seen)
             self.paging_state = checkpoint.paging_state
         self.last_checkpoint_ns = now_ns
+        # what rewind() returns to: the start, then each checkpoint handed to the sink
+        self._source = source
+        self._start_ns = now_ns
+        self._restore_point = checkpoint
+        self._built: Checkpoint | None = None
 
     @property
     def floor_ns(self) -> int:
         return self.watermark_ns - self.lookback_ns
 
     def checkpoint(self, now_ns: int) -> bytes:
-        return encode_checkpoint(
-            Checkpoint(
-                source=self.name,
-                venue=self.venue,
-                watermark_ns=self.watermark_ns,
-                floor_ns=self.window.floor_ns,
-                seen=self.window.packed(),
-                paging_state=self.paging_state,
-                written_at_ns=now_ns,
-            )
+        record = Checkpoint(
+            source=self.name,
+            venue=self.venue,
+            watermark_ns=self.watermark_ns,
+            floor_ns=self.window.floor_ns,
+            seen=self.window.packed(),
+            paging_state=self.paging_state,
+            written_at_ns=now_ns,
         )
+        data = encode_checkpoint(record)
+        self._built = record
+        return data
+
+    def handed_over(self) -> None:
+        """The checkpoint built last went to the sink (which never drops a batch): rewinding
+        returns here from now on."""
+        self._restore_point = self._built
+
+    def rewind(self) -> None:
+        """Forget everything since the last checkpoint handed to the sink (or since the start):
+        the state a restart would restore, so a poll that failed halfway is read again whole."""
+        again = SourceState(self._source, self._restore_point, self._start_ns)
+        self.__dict__.update(again.__dict__)
 
 
 #: the contract's order within a batch: (executed_at_ns, fill_id); attrgetter sorts in C
@@ -137,9 +169,28 @@ class Poller:
         self._auth_backoff = auth_backoff or Backoff(base_s=15.0, cap_s=300.0)
         #: monotonic time the next (or current) poll is due; a poll starting later is behind schedule
         self.due: float | None = None
+        self._below_floor = BelowFloor(state.window.floor_ns)
+        self._conflict_logged = False
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll until `stop` is set. Never raises on venue or adapter errors."""
+        """Poll until `stop` is set. Never raises: should the loop itself fail, the failure is
+        logged and counted, and the loop starts over after a backoff from the last state handed
+        to the sink."""
+        logs.bind_source(self.source.name)  # this task's log lines are about this source
+        while True:
+            try:
+                await self._loop(stop)
+                return
+            except Exception:
+                pause = self._backoff.next_delay()
+                self._metrics.errors["decode"].inc()
+                log.exception("source %s: the poll loop failed (counted as decode); restarting it from the last "
+                              "checkpoint in %.1fs", self.source.name, pause)
+                self._rewind()
+                if await _wait(stop, pause):
+                    return
+
+    async def _loop(self, stop: asyncio.Event) -> None:
         interval = self.source.poll_interval_s
         # spread the first polls of many sources over (up to) one interval: started together, a
         # thousand sources would poll in lockstep and every round would start with a queue
@@ -166,39 +217,67 @@ class Poller:
         try:
             result = await self._adapter.fetch(state.floor_ns, state.paging_state, self._now_ns)
         except VenueError as exc:
-            metrics.errors[exc.reason].inc()
-            if exc.reason == "auth":
-                pause = self._auth_backoff.next_delay()
-                log.error("source %s: venue rejected our credentials (%s); retrying in %.0fs",
-                          self.source.name, exc, pause)
-            else:
-                pause = self._backoff.next_delay(exc.retry_after_s or 0.0)
-                log.warning("source %s: poll failed, %s (%s); retrying in %.1fs",
-                            self.source.name, exc.reason, exc, pause)
-            return pause
+            return self._failed(exc)
+        except RecursionError:
+            # msgspec's answer to JSON nested deeper than it recurses: the venue's page, not our bug
+            return self._failed(VenueDecodeError("the answer is JSON nested too deeply to decode"))
         except Exception:  # an adapter bug must not kill the source's loop
             metrics.errors["decode"].inc()
             pause = self._backoff.next_delay()
-            log.exception("source %s: unexpected adapter failure; retrying in %.1fs", self.source.name, pause)
+            log.exception("source %s: adapter bug (counted as decode); retrying in %.1fs", self.source.name, pause)
+            return pause
+        try:
+            self._accept(result.fills, result.invalid, result.paging_state, poll_start_ns, result.known,
+                         conflicts=result.conflicts)
+        except Exception:
+            # e.g. a value the checkpoint cannot encode: nothing of this poll reached the sink, so
+            # forget what it changed and read it again (it fails again while the venue serves it)
+            self._rewind()
+            metrics.errors["decode"].inc()
+            pause = self._backoff.next_delay()
+            log.exception("source %s: the poll's result could not be handed to the sink (counted as decode); "
+                          "reading it again from the last checkpoint in %.1fs", self.source.name, pause)
             return pause
         self._backoff.reset()
         self._auth_backoff.reset()
-        self._accept(result.fills, result.invalid, result.paging_state, poll_start_ns, result.known)
         metrics.poll_duration.observe(time.perf_counter() - started)
         metrics.last_success.set(time.time())
         return None
 
+    def _failed(self, exc: VenueError) -> float:
+        """Count and log a failed poll; the pause before the next one."""
+        self._metrics.errors[exc.reason].inc()
+        detail = f"{exc.kind}: {exc}" if exc.kind else str(exc)
+        if exc.reason == "auth":
+            pause = self._auth_backoff.next_delay()
+            log.error("source %s: venue rejected our credentials (%s); retrying in %.0fs",
+                      self.source.name, detail, pause)
+        else:
+            pause = self._backoff.next_delay(exc.retry_after_s or 0.0)
+            log.warning("source %s: poll failed, %s (%s); retrying in %.1fs",
+                        self.source.name, exc.reason, detail, pause)
+        return pause
+
+    def _rewind(self) -> None:
+        self.state.rewind()
+        self._adapter.known = self.state.window.has_id  # the rewound state's window
+
     def _accept(self, fills: list[FillEvent], invalid: list[InvalidFill], paging_state: Any, poll_start_ns: int,
-                known: int = 0) -> None:
-        """Dedupe and hand over one poll's result; `known` fills were dropped unread by the adapter."""
+                known: int = 0, *, conflicts: list[tuple[FillEvent, FillEvent]] | None = None) -> None:
+        """Dedupe and hand over one poll's result; `known` fills were dropped unread by the adapter,
+        `conflicts` are repeats the adapter dropped whose values differ from the copy kept."""
         state = self.state
         window = state.window
         floor = window.floor_ns
         # older than the overlap window: outside what this source tracks
         inside = [fill for fill in fills if fill.executed_at_ns >= floor]
+        if len(inside) < len(fills):
+            self._count_below_floor([fill for fill in fills if fill.executed_at_ns < floor], floor)
         verdicts = window.admit_all(fill_keys([fill.fill_id for fill in inside]), [fill.executed_at_ns for fill in inside])
         fresh = list(itertools.compress(inside, verdicts))
         duplicates = known + len(inside) - len(fresh)
+        if conflicts:
+            self._count_conflicts(conflicts, fresh)
         letters: list[DeadLetter] = []
         for bad in invalid:
             when = bad.executed_at_ns
@@ -215,16 +294,16 @@ class Poller:
             # Without a readable time, this poll's start is the best stamp there is.
             if window.admit(fill_key("dlq:" + bad.key), max(poll_start_ns, floor) if when is None else when):
                 letters.append(DeadLetter(source=state.name, venue=cast(Venue, state.venue), error=bad.error, raw=bad.raw))
-        if duplicates:
-            self._metrics.duplicate.inc(duplicates)
         fresh.sort(key=_sort_key)
 
         paging_changed = paging_state != state.paging_state
         state.paging_state = paging_state
         state.watermark_ns = max(state.watermark_ns, poll_start_ns)
-        window.advance(state.floor_ns)
+        self._below_floor.forget(window.advance(state.floor_ns), window.floor_ns)
         stale = poll_start_ns - state.last_checkpoint_ns >= CHECKPOINT_REFRESH_NS
         if not (fresh or letters or paging_changed or stale):
+            if duplicates:
+                self._metrics.duplicate.inc(duplicates)
             return
         state.last_checkpoint_ns = poll_start_ns
         batch = SourceBatch(
@@ -236,6 +315,36 @@ class Poller:
             on_commit=lambda committed_ns: self._committed(fresh, len(letters), committed_ns),
         )
         self._sink.submit(batch)
+        state.handed_over()
+        if duplicates:
+            self._metrics.duplicate.inc(duplicates)
+
+    def _count_below_floor(self, below: list[FillEvent], floor_ns: int) -> None:
+        """Count (once each) the fills below the floor that were never published; see
+        :mod:`publisher.floor`."""
+        lost = self._below_floor.unpublished(below, floor_ns)
+        if not lost:
+            return
+        self._metrics.below_floor.inc(len(lost))
+        late = (floor_ns - lost[0].executed_at_ns) / _NS
+        log.warning("source %s: %d fill(s) served below the overlap window's floor were never published, "
+                    "e.g. fill id %s executed %.1fs before the floor (lateness beyond lookback_s); "
+                    "fill-publisher audit lists them", self.source.name, len(lost), lost[0].fill_id, late)
+
+    def _count_conflicts(self, conflicts: list[tuple[FillEvent, FillEvent]], fresh: list[FillEvent]) -> None:
+        """Count the venue's conflicting copies of fills published now; log the first one."""
+        published = {fill.fill_id for fill in fresh}
+        mine = [pair for pair in conflicts if pair[0].fill_id in published]
+        if not mine:
+            return
+        self._metrics.conflicting.inc(len(mine))
+        if not self._conflict_logged:
+            self._conflict_logged = True
+            first, later = mine[0]
+            log.warning("source %s: the venue served fill id %s twice with different values; published the "
+                        "first (%s) and dropped the other (%s); further conflicts are only counted "
+                        "(fillpub_fills_conflicting_total)", self.source.name, first.fill_id,
+                        _values(first), _values(later))
 
     def _committed(self, fills: list[FillEvent], dead: int, committed_ns: int) -> None:
         metrics = self._metrics
@@ -244,6 +353,12 @@ class Poller:
             metrics.lag.observe_many([(committed_ns - fill.executed_at_ns) / _NS for fill in fills])
         if dead:
             metrics.invalid.inc(dead)
+
+
+def _values(fill: FillEvent) -> str:
+    # what a conflict log line shows: the venue's values, not ours (observed_at_ns)
+    return (f"{fill.side} {fill.quantity} {fill.instrument} @ {fill.price} fee {fill.fee} "
+            f"liquidity {fill.liquidity} order {fill.order_id} at {fill.executed_at_ns}")
 
 
 async def _wait(stop: asyncio.Event, timeout: float) -> bool:

@@ -32,3 +32,20 @@ def test_demo_prints_fills_positions_and_a_summary() -> None:
     # the consumer reads back exactly what was committed: no fill lost, none twice
     assert seen == sum(published.values())
     assert "Traceback" not in done.stderr
+
+    # the announced malformed fill is a new fill that reaches the DLQ in every run, and is printed
+    to_dlq = {m[0]: int(m[1]) for m in re.findall(r"(kalshi|zll)\s+published.*?to DLQ\s+(\d+)", summary)}
+    assert to_dlq == {"kalshi": 1, "zll": 0}, summary
+    (dead,) = [i for i, line in enumerate(out.splitlines()) if re.match(r"\s+DLQ\s+kalshi-demo\s+error: ", line)]
+    assert "raw (as the venue sent it): {" in out.splitlines()[dead + 1]
+    assert "dead letters read back from fills.dlq: 1" in summary
+    assert "duplicates: fills re-read in the overlap window" in summary
+
+    # the view: column headers, a missing fee as `-`, seeded history labelled and left out of the lag
+    assert re.search(r"^\s+VENUE\s+SOURCE\s+INSTRUMENT\s+SIDE\s+QUANTITY\s+PRICE\s+FEE\s+LAG$", out, re.M)
+    assert not any(" None " in f"{line} " for line in fills)
+    assert sum(line.endswith(" history") for line in fills) == 6
+    lag_fills = int(re.search(r"over (\d+) fills \(the 6 history fills left out", summary)[1])  # type: ignore[index]
+    assert lag_fills == seen - 6
+    # not a terminal: no colour codes
+    assert "\x1b[" not in out

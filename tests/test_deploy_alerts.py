@@ -22,6 +22,8 @@ EXPECTED_ALERTS = {
     "FillPublisherFillLagHigh",
     "FillPublisherDLQReceivingFills",
     "FillPublisherNotReady",
+    "FillPublisherFillsBelowFloor",
+    "FillPublisherConflictingFills",
 }
 
 

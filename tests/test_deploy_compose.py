@@ -272,5 +272,64 @@ def test_build_context_builds_the_wheel(tmp_path: Path) -> None:
         names = zf.namelist()
         (ep,) = [n for n in names if n.endswith("entry_points.txt")]
         assert "fill-publisher = publisher.cli:main" in zf.read(ep).decode()
-        for module in ("publisher/cli.py", "publisher/sim/__main__.py", "publisher/consumer.py"):
+        for module in ("publisher/cli.py", "publisher/sim/__main__.py", "publisher/consumer.py",
+                       "publisher/py.typed", "publisher/healthcheck.py"):
             assert module in names, module
+
+
+def test_dockerfile_oci_labels_and_healthcheck_module() -> None:
+    text = DOCKERFILE.read_text()
+    labels = dict(re.findall(r'(org\.opencontainers\.image\.[a-z.]+)="([^"]*)"', text))
+    assert {"title", "description", "version", "revision", "created", "licenses", "base.name"} <= {
+        k.removeprefix("org.opencontainers.image.") for k in labels}
+    # the version is passed in, never written a second time
+    assert labels["org.opencontainers.image.version"] == "${VERSION}"
+    (check,) = re.findall(r"^\s+CMD \[(.*)\]$", text.split("HEALTHCHECK", 1)[1], re.M)[:1]
+    assert '"-m", "publisher.healthcheck"' in check
+
+
+@pytest.mark.parametrize(("config", "env", "url"), [
+    ({"http": {"port": 9200}}, {}, "http://127.0.0.1:9200/healthz"),
+    ({"http": {"host": "0.0.0.0", "port": 9200}}, {"FILLPUB_HTTP__PORT": "9300"}, "http://127.0.0.1:9300/healthz"),
+    ({"http": {"host": "10.1.2.3"}}, {}, "http://10.1.2.3:9108/healthz"),
+    ({"http": {"host": "::1", "port": 9200}}, {}, "http://[::1]:9200/healthz"),
+    (None, {}, "http://127.0.0.1:9108/healthz"),
+])
+def test_healthcheck_finds_the_port_from_config_and_env(
+    tmp_path: Path, config: dict[str, Any] | None, env: dict[str, str], url: str
+) -> None:
+    from publisher.healthcheck import healthz_url
+
+    path = tmp_path / "config.yaml"
+    if config is not None:
+        path.write_text(yaml.safe_dump(config))
+    assert healthz_url(str(path), env) == url
+
+
+def test_healthcheck_exit_status_against_a_server(tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    class Healthz(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/healthz" else 404)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Healthz)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump({"http": {"port": server.server_port}}))
+        check = [sys.executable, "-m", "publisher.healthcheck", "--config", str(config)]
+        assert ds.run(check, timeout=30).returncode == 0
+        from tests.harness.stack import free_port
+
+        config.write_text(yaml.safe_dump({"http": {"port": free_port()}}))
+        proc = ds.run(check, timeout=30)
+        assert proc.returncode == 1 and "unhealthy" in proc.stderr
+    finally:
+        server.shutdown()

@@ -395,8 +395,11 @@ def test_service_servicemonitor_and_networkpolicy_select_the_pod(helm_results: d
     assert sm["spec"]["endpoints"][0]["port"] == svc_port["name"]
     assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
     assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-    # the alert rules select job="fill-publisher": the ServiceMonitor's jobLabel must give that
-    assert svc["metadata"]["labels"][sm["spec"]["jobLabel"]] == "fill-publisher"
+    # the alert rules select this release's job: the ServiceMonitor must set exactly that job
+    job_relabel = sm["spec"]["endpoints"][0]["relabelings"][0]
+    assert job_relabel == {"action": "replace", "targetLabel": "job", "replacement": svc["metadata"]["name"]}
+    rule = one(objs, "PrometheusRule")["spec"]["groups"][0]["rules"][0]
+    assert f'job="{svc["metadata"]["name"]}", namespace="{NAMESPACE}"' in rule["expr"]
     np_ = one(objs, "NetworkPolicy")
     assert np_["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
     assert set(np_["spec"]["policyTypes"]) == {"Ingress", "Egress"}
@@ -411,8 +414,9 @@ def test_service_servicemonitor_and_networkpolicy_select_the_pod(helm_results: d
 
 def test_prometheusrule_is_the_alerts_file(helm_results: dict[str, Any]) -> None:
     """One source of truth: the PrometheusRule holds files/alerts.yml's groups unchanged, except
-    runbook_url prefixed with prometheusRule.runbookBaseUrl."""
-    expected = ds.load_rule_groups()
+    runbook_url prefixed with prometheusRule.runbookBaseUrl and the selectors scoped to the release
+    (its job and namespace; kube-state-metrics' series to its pods)."""
+    expected = ds.scoped_rule_groups(f"{RELEASE}-fill-publisher", NAMESPACE, f"{RELEASE}-fill-publisher")
     base = ALL_ON["prometheusRule"]["runbookBaseUrl"]
     for group in expected:
         for rule in group["rules"]:

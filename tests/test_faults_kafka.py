@@ -46,7 +46,7 @@ from aiokafka.errors import (
     UnknownProducerId,
 )
 
-import publisher.sink
+import publisher.sink.producer
 from publisher.app import EXIT_FENCED, EXIT_OK, Publisher
 from publisher.checkpoint import decode_checkpoint
 from publisher.config import load_settings
@@ -522,7 +522,7 @@ class Faults:
 
     def producer_class(self) -> type:
         faults = self
-        base = publisher.sink.AIOKafkaProducer
+        base = publisher.sink.producer.AIOKafkaProducer
 
         class FaultyProducer(base):  # type: ignore[misc, valid-type]
             async def begin_transaction(self) -> None:
@@ -566,7 +566,7 @@ async def in_process(broker: EmbeddedBroker, topic_prefix: str, tmp_path: Path,
     for name, topic in stack.topics.items():
         broker.create_topic(topic, partitions=1 if name == "checkpoint" else 4)
     faults = Faults()
-    monkeypatch.setattr(publisher.sink, "AIOKafkaProducer", faults.producer_class())
+    monkeypatch.setattr(publisher.sink.producer, "AIOKafkaProducer", faults.producer_class())
     yield stack, faults
     await stack.close()
 
@@ -634,7 +634,7 @@ async def test_fenced_child_process_exits_3(broker: EmbeddedBroker, topic_prefix
         import os, sys
         sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
         from aiokafka.errors import ProducerFenced
-        import publisher.sink as sink
+        import publisher.sink.producer as sink
 
         class FencedWhenArmed(sink.AIOKafkaProducer):
             async def begin_transaction(self):

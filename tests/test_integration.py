@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -24,7 +25,7 @@ import pytest
 
 from publisher.event import FillEvent
 from tests.harness.delivery import LogRecord, assert_exactly_once, committed, read_log
-from tests.harness.stack import NS, Stack
+from tests.harness.stack import NS, SourceSpec, Stack
 
 pytestmark = pytest.mark.integration
 
@@ -75,12 +76,24 @@ async def stack(broker: Any, topic_prefix: str, tmp_path: Any) -> Any:
 
 
 async def test_every_fill_exactly_once_across_sigterm_restart(broker: Any, stack: Stack) -> None:
+    async def create_topic(topic: str, partitions: int) -> None:
+        broker.create_topic(topic, partitions=partitions)
+
+    await every_fill_exactly_once_across_sigterm_restart(stack, create_topic)
+
+
+async def every_fill_exactly_once_across_sigterm_restart(
+    stack: Stack, create_topic: Callable[[str, int], Awaitable[None]]
+) -> tuple[list[LogRecord], dict[str, tuple[SourceSpec, Any]]]:
+    """The scenario on any broker: four sources, history, bursts, late fills, SIGTERM, fills while
+    down, restart; judged from the raw log's committed records. Returns those records and the
+    expected fills (fill id -> source, canonical fill), for a broker-specific second judge."""
     kalshi = await stack.kalshi("kalshi-a", subaccount=0, **COMMON)
     await stack.kalshi("kalshi-b", kalshi, subaccount=1, **COMMON)
     zll_new = await stack.zll("zll-new", order="newest", **COMMON)
     zll_old = await stack.zll("zll-old", order="oldest", **COMMON)
     for name, topic in stack.topics.items():
-        broker.create_topic(topic, partitions=1 if name == "checkpoint" else 4)
+        await create_topic(topic, 1 if name == "checkpoint" else 4)
 
     # history before the first start: one fill long before the window (never published), a
     # backlog inside it, and a burst of one timestamp bigger than a page
@@ -162,3 +175,4 @@ async def test_every_fill_exactly_once_across_sigterm_restart(broker: Any, stack
     # nothing from before the window, nothing of the other subaccount under the wrong source
     old = [f.fill_id for s in stack.sources for f in s.sim.fills if f.executed_at_ns < first_start_ns - LOOKBACK_S * NS]
     assert old and not ({r.header("fill_id").decode() for r in records} & set(old))  # type: ignore[union-attr]
+    return records, expected

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from publisher.metrics import BatchHistogram, Metrics
+from publisher.metrics import BatchHistogram, Metrics, bucket_label
 
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 10, 60, math.inf)
 
@@ -66,3 +66,13 @@ def test_unobserved_source_exports_zero_series() -> None:
 def test_buckets_must_ascend_to_infinity(buckets: tuple[float, ...]) -> None:
     with pytest.raises(ValueError, match="ascending"):
         BatchHistogram("x_seconds", "x", [], buckets, CollectorRegistry())
+
+
+def test_bucket_labels_are_the_ones_prometheus_histogram_writes() -> None:
+    # Go's formatting switches to an exponent from 1e7 on; ours must too, or `le` series differ
+    buckets = (1e-9, 0.005, 0.25, 1, 2.5, 600, 123456.0, 1234567.0, 1e7, 12345678.9, 1.5e9, math.inf)
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    BatchHistogram("x_seconds", "x", [], buckets, ours).labels().observe(3)
+    Histogram("x_seconds", "x", buckets=buckets, registry=theirs).observe(3)
+    assert _samples(ours, "x_seconds") == _samples(theirs, "x_seconds")
+    assert bucket_label(1e7) == "1e+07" and bucket_label(math.inf) == "+Inf" and bucket_label(1) == "1.0"

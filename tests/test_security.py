@@ -11,7 +11,7 @@ survives what a port scanner sends.
    aiokafka; the SSL context really trusts the configured CA and presents the client certificate
    (a TLS handshake against a local server that requires it); a missing CA file is a config error.
 3. `/metrics` `/healthz` `/readyz` only: 404 elsewhere, 405 for other methods, and garbage,
-   oversized heads and half-open connections leave it answering.
+   oversized heads (431) and half-open connections leave it answering.
 """
 
 from __future__ import annotations
@@ -215,7 +215,7 @@ async def test_the_sinks_producer_carries_security_and_transaction_settings(pki:
     kafka = tls_kafka(pki, "SASL_SSL", sasl_mechanism="SCRAM-SHA-512", sasl_username="fillpub",
                       sasl_password_env="UNUSED", transactional_id_prefix="fp-eu-1", client_id="fp-client",
                       request_timeout_s=12, transaction_timeout_s=45)
-    producer: AIOKafkaProducer = TransactionalSink(kafka, Secret(SASL_PASSWORD), Metrics())._new_producer()
+    producer: AIOKafkaProducer = TransactionalSink(kafka, Secret(SASL_PASSWORD), Metrics())._producers.build()
     try:
         client = producer.client
         assert client._bootstrap_servers == "kafka-0:9093,kafka-1:9093"
@@ -295,7 +295,7 @@ def stack_config(tmp_path: Path) -> dict[str, Any]:
 async def endpoints() -> Any:
     metrics = Metrics()
     metrics.source("zll", "zll-main")
-    server = HttpServer(make_handler(metrics, lambda: True), "127.0.0.1", 0, idle_timeout_s=30)
+    server = HttpServer(make_handler(metrics, lambda: None), "127.0.0.1", 0, idle_timeout_s=30, request_timeout_s=30)
     await server.start()
     yield server
     await server.close()
@@ -357,10 +357,11 @@ async def test_garbage_oversized_and_half_open_connections_leave_it_answering(en
         (b"GET /he\xffalthz HTTP/1.1\r\nHost: x\r\n\r\n", 400),
         (b"GET /healthz HTTP/1.1\r\nBad Header Line\r\n\r\n", 400),
         (b"GET /healthz HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
-        (b"POST /metrics HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n", 413),
-        (b"GET /healthz HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
-        (b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * (MAX_HEAD_BYTES * 2) + b"\r\n\r\n", 400),  # oversized head
-        (b"GET /healthz HTTP/1.1\r\n" + b"X-Many: 1\r\n" * 5000 + b"\r\n", 400),
+        (b"GET /healthz HTTP/1.1\r\n\r\n", 400),  # HTTP/1.1 without Host (RFC 9112 3.2)
+        (b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n", 413),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
+        (b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * (MAX_HEAD_BYTES * 2) + b"\r\n\r\n", 431),  # oversized head
+        (b"GET /healthz HTTP/1.1\r\n" + b"X-Many: 1\r\n" * 5000 + b"\r\n", 431),
     ]
     answers = await asyncio.gather(*(exchange(port, data) for data, _ in garbage),
                                    exchange(port, os.urandom(4096), half_close=True))

@@ -280,3 +280,51 @@ async def test_cli_serves_with_the_generated_key(tmp_path: Any) -> None:
     finally:
         process.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(process.wait(), 10) == 0
+
+
+# -- fidelity: insertion order, rebates, ZLL-specific bad fills ---------------------------------
+
+
+async def test_insertion_listing_puts_a_late_fill_among_the_newest() -> None:
+    async with ZllSimulator(api_key=API_KEY, seed=3, listing="insertion") as sim:
+        early = sim.add_fills(3, executed_at_ns=T0_NS)
+        late = sim.add_fill(executed_at_ns=T0_NS - 10**9)  # executed before the others, visible last
+        async with httpx.AsyncClient(base_url=sim.url, headers={"X-API-KEY": API_KEY}, timeout=5) as http:
+            newest = await page(http)
+            sim.order = "oldest"
+            oldest = await page(http)
+    assert [f["id"] for f in newest] == [late.fill_id, *[f.fill_id for f in early][::-1]]
+    assert [f["id"] for f in oldest] == [f.fill_id for f in early] + [late.fill_id]
+    with pytest.raises(ValueError, match="listing"):
+        ZllSimulator(api_key=API_KEY, listing="random")  # type: ignore[arg-type]
+
+
+async def test_negative_fees_are_rebates(sim: ZllSimulator, client: httpx.AsyncClient) -> None:
+    explicit = sim.add_fill(fee="-1.25", liquidity="MAKER")
+    sim.add_fills(200, liquidity="MAKER")
+    fees = {f["id"]: f["fee"] for f in await page(client, limit=1000)}
+    assert fees[explicit.fill_id] == "-1.25"
+    assert any(fee.startswith("-") for fee in fees.values()) and any(not fee.startswith("-") for fee in fees.values())
+
+
+@pytest.mark.parametrize("mode", ["time_ms", "time_us", "time_huge", "invalid_utf8", "control_chars", "long_market"])
+async def test_zll_bad_fill_modes(sim: ZllSimulator, client: httpx.AsyncClient, mode: str) -> None:
+    sim.add_fills(4, executed_at_ns=T0_NS)
+    sim.faults.inject("bad_fill", mode=mode)
+    response = await client.get(FILLS, params={"subaccount_index": 0})
+    (bad_id,) = sim.bad_fills
+    if mode == "invalid_utf8":
+        assert b'"BTC-\xff\xfePERP"' in response.content
+        with pytest.raises(UnicodeDecodeError):
+            response.content.decode()
+        return
+    bad = next(f for f in response.json() if f["id"] == bad_id)
+    expected = {"time_ms": T0_NS // 1_000_000, "time_us": T0_NS // 1000, "time_huge": 1e30}
+    if mode in expected:
+        assert bad["time"] == expected[mode]
+    elif mode == "control_chars":
+        assert "\x1b" in bad["market"]
+    else:
+        assert len(bad["market"]) == 100_000
+    by_id = await client.get(f"{FILLS}/{bad_id}")  # sticky: the venue's own record is bad too
+    assert by_id.json() == bad

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from publisher.config import ConfigError
-from publisher.venues.transport import SourceTransport, proxy_problem
+from publisher.venues.transport import SourceTransport, environment_proxy, proxy_problem
 from tests.harness.tls import Pki
 from tests.test_config import base_config, load
 
@@ -94,6 +95,7 @@ async def test_get_reads_the_whole_body_and_keeps_the_connection(transport: Sour
     async with Server(ok(b'{"fills": [1, 2, 3]}')) as server:
         for _ in range(3):
             response = await transport.handle_async_request(request(server.url))
+            await response.aread()
             assert response.status_code == 200
             assert response.content == b'{"fills": [1, 2, 3]}'
             assert response.headers["content-type"] == "application/json"
@@ -104,6 +106,7 @@ async def test_get_reads_the_whole_body_and_keeps_the_connection(transport: Sour
 async def test_gzip_bodies_are_decoded(transport: SourceTransport) -> None:
     async with Server(ok(gzip.compress(b'{"fills": []}'), content_encoding="gzip")) as server:
         response = await transport.handle_async_request(request(server.url))
+        await response.aread()
     assert response.content == b'{"fills": []}'
 
 
@@ -141,6 +144,7 @@ async def test_tls_verifies_the_venue_certificate(tmp_path: Path) -> None:
         try:
             for _ in range(2):
                 response = await pool.handle_async_request(request(server.url))
+                await response.aread()
                 assert response.content == b'{"ok": true}'
             assert server.connections == 1
         finally:
@@ -163,8 +167,11 @@ def test_the_proxy_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("ALL_PROXY", "http://proxy.internal:3128")
     assert isinstance(SourceTransport("http://plain.example/x", tls).pool, httpcore.AsyncHTTPProxy)
     monkeypatch.delenv("ALL_PROXY")
+    # SOCKS works as with httpx (socksio is a dependency); a kind httpx refuses is refused
     monkeypatch.setenv("HTTPS_PROXY", "socks5://user:pw@proxy.internal:1080")
-    with pytest.raises(ValueError, match="only http and https proxies") as caught:
+    assert isinstance(SourceTransport("https://api.example/x", tls).pool, httpcore.AsyncSOCKSProxy)
+    monkeypatch.setenv("HTTPS_PROXY", "ftp://user:pw@proxy.internal:21")
+    with pytest.raises(ValueError, match="ftp proxy; supported: http, https, socks5, socks5h") as caught:
         SourceTransport("https://api.example/x", tls)
     assert "pw" not in str(caught.value) and "HTTPS_PROXY" in str(caught.value)
     assert proxy_problem("https://bypassed.example/x") is None
@@ -172,11 +179,11 @@ def test_the_proxy_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
 
 def test_an_unusable_proxy_is_a_config_error_naming_the_source(monkeypatch: pytest.MonkeyPatch,
                                                                tmp_path: Path) -> None:
-    monkeypatch.setenv("HTTPS_PROXY", "socks5://user:hunter2@proxy.internal:1080")
+    monkeypatch.setenv("HTTPS_PROXY", "ftp://user:hunter2@proxy.internal:21")
     with pytest.raises(ConfigError) as caught:
         load(tmp_path, base_config(tmp_path))
     assert caught.value.field == "sources[kalshi-main].base_url"
-    assert "socks5" in str(caught.value) and "hunter2" not in str(caught.value)
+    assert "ftp" in str(caught.value) and "hunter2" not in str(caught.value)
 
 
 async def test_requests_go_through_the_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -188,7 +195,107 @@ async def test_requests_go_through_the_proxy(monkeypatch: pytest.MonkeyPatch) ->
         pool = SourceTransport("http://venue.example", ssl.create_default_context())
         try:
             response = await pool.handle_async_request(request("http://venue.example"))
+            await response.aread()
         finally:
             await pool.aclose()
     assert response.content == b"{}"
     assert proxy.requests[0].startswith(b"GET http://venue.example/fills?limit=5 HTTP/1.1\r\n")
+
+
+# -- the proxy is the one httpx picks, for every standard form -------------------------------------
+
+_PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy",
+              "no_proxy")
+_URLS = ["https://venue.example/api", "http://venue.example/api", "https://api.example.com/x", "https://example.com/x",
+         "https://notexample.com/x", "https://example.com:8443/x", "http://example.com/x", "https://127.0.0.1:8443/x",
+         "https://[::1]:8443/x", "https://localhost/x", "https://192.168.3.4/x"]
+
+
+@pytest.mark.parametrize("env", [
+    {"HTTP_PROXY": "proxy.corp:3128"},  # no scheme, as many environments write it: an http proxy
+    {"HTTPS_PROXY": "proxy.corp:3128"},
+    {"HTTPS_PROXY": "http://user:pw@p.corp:1"},
+    {"https_proxy": "http://lower.corp:1", "HTTPS_PROXY": "http://upper.corp:2"},
+    {"ALL_PROXY": "http://all.corp:1", "HTTPS_PROXY": "https://tls.corp:2"},
+    {"ALL_PROXY": "socks5://socks.corp:1080"},
+    {"HTTP_PROXY": "socks5h://u:p@socks.corp:1080", "HTTPS_PROXY": "socks5://socks.corp:1081"},
+    *({"HTTPS_PROXY": "http://p.corp:1", "HTTP_PROXY": "http://p.corp:2", "NO_PROXY": no_proxy} for no_proxy in (
+        "example.com", ".example.com", "*", "127.0.0.1", "::1", "localhost", "http://example.com",
+        "example.com:8443", "192.168.0.0/16", " venue.example , other.example", "*.example.com", "")),
+], ids=lambda env: ",".join(f"{k}={v}" for k, v in env.items()))
+def test_proxy_resolution_is_httpxs(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    """Side by side with httpx.AsyncClient (trust_env): the same proxy, or none, for every URL."""
+    for name in _PROXY_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    client = httpx.AsyncClient()
+    tls = ssl.create_default_context()
+    for url in _URLS:
+        chosen = client._transport_for_url(httpx.URL(url))  # httpx's own choice (an internal, fine in a test)
+        theirs = None
+        if chosen is not client._transport:
+            core_url = chosen._pool._proxy_url  # type: ignore[attr-defined]
+            theirs = (core_url.scheme.decode(), core_url.host.decode(), core_url.port)
+        proxy = environment_proxy(url)
+        ours = None if proxy is None else (proxy.url.scheme, proxy.url.host, proxy.url.port)
+        assert ours == theirs, url
+        pool = SourceTransport(url, tls).pool
+        assert isinstance(pool, httpcore.AsyncSOCKSProxy) == (ours is not None and ours[0].startswith("socks"))
+        assert isinstance(pool, httpcore.AsyncHTTPProxy) == (ours is not None and ours[0].startswith("http"))
+
+
+def test_the_httpx_internals_the_transport_uses_still_exist() -> None:
+    """Fails loudly when httpx moves or changes what environment_proxy and _as_httpx_error use."""
+    from httpx._transports import default
+    from httpx._utils import URLPattern, get_environment_proxies
+
+    assert isinstance(get_environment_proxies(), dict)
+    assert URLPattern("all://*example.com").matches(httpx.URL("https://api.example.com"))
+    assert sorted([URLPattern("all://"), URLPattern("https://x.example")])[0].pattern == "https://x.example"
+    with pytest.raises(httpx.ReadTimeout), default.map_httpcore_exceptions():
+        raise httpcore.ReadTimeout("t")
+
+
+async def test_requests_go_through_a_socks_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[tuple[str, int]] = []
+
+    async def relay(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+        except ConnectionError:
+            pass
+        finally:
+            sink.close()
+
+    async with Server(ok(b'{"via": "socks"}')) as venue:
+        venue_port = int(venue.url.rsplit(":", 1)[1])
+
+        async def socks5(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            # RFC 1928, no authentication, CONNECT only; every target goes to the venue
+            _, methods = await reader.readexactly(2)
+            await reader.readexactly(methods)
+            writer.write(b"\x05\x00")
+            _, _, _, kind = await reader.readexactly(4)
+            host = (await reader.readexactly((await reader.readexactly(1))[0])).decode() if kind == 3 \
+                else socket.inet_ntoa(await reader.readexactly(4))
+            asked.append((host, int.from_bytes(await reader.readexactly(2), "big")))
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", venue_port)
+            writer.write(b"\x05\x00\x00\x01" + bytes(6))
+            await asyncio.gather(relay(reader, up_writer), relay(up_reader, writer))
+
+        proxy = await asyncio.start_server(socks5, "127.0.0.1", 0)
+        monkeypatch.setenv("ALL_PROXY", f"socks5://127.0.0.1:{proxy.sockets[0].getsockname()[1]}")
+        for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        pool = SourceTransport("http://venue.example:8080", ssl.create_default_context())
+        try:
+            response = await pool.handle_async_request(request("http://venue.example:8080"))
+            await response.aread()
+        finally:
+            await pool.aclose()
+            proxy.close()
+    assert response.content == b'{"via": "socks"}'
+    assert asked == [("venue.example", 8080)]

@@ -17,6 +17,9 @@ from publisher.venues.http import RateLimiter, VenueClient
 BASE_URL = "https://zll.test"
 API_KEY = "c2VjcmV0LWFwaS1rZXktdmFsdWU="
 T = 1_718_900_000_000_000_000
+#: the fake wall clock: a little after the fills' times (an execution time past it by more than a
+#: day is not plausible)
+NOW = T + 10**12
 
 Order = Literal["asc", "desc", "stored"]
 
@@ -48,6 +51,8 @@ class FakeZll:
         self.requests: list[httpx.Request] = []
         self.before: dict[int, Callable[[FakeZll], None]] = {}
         self.respond_with: httpx.Response | None = None
+        #: what `GET /api/v1/fills/{id}` serves instead of the listed copy
+        self.by_id: dict[str, Any] = {}
         for time in times:
             self.add(time)
 
@@ -70,12 +75,20 @@ class FakeZll:
             hook(self)
         if self.respond_with is not None:
             return self.respond_with
+        if request.url.path.startswith("/api/v1/fills/"):  # one fill by id
+            fill_id = request.url.path.rsplit("/", 1)[1]
+            found = [f for f in self.fills if f.get("id") == fill_id]
+            return httpx.Response(200, json=self.by_id.get(fill_id, found[0])) if found else problem(404, "not_found")
         offset = int(request.url.params.get("offset", "0"))
         limit = int(request.url.params.get("limit", "100"))
         return httpx.Response(200, json=self.served()[offset : offset + limit])
 
     def offsets(self) -> list[int]:
-        return [int(r.url.params["offset"]) for r in self.requests]
+        """The offsets of the list requests."""
+        return [int(r.url.params["offset"]) for r in self.list_requests()]
+
+    def list_requests(self) -> list[httpx.Request]:
+        return [r for r in self.requests if r.url.path == "/api/v1/fills"]
 
     def ids_since(self, since: int) -> set[str]:
         return {f["id"] for f in self.fills if f["time"] >= since}
@@ -122,16 +135,16 @@ def times(count: int, start: int = 0) -> list[int]:
 async def test_newest_first_stops_after_the_page_reaching_older_fills() -> None:
     venue = FakeZll(times(20), "desc")
     since = T + 12 * 1000  # fills 12..19 are new: pages [19..15], [14..10] reach an older one
-    result = await adapter(venue).fetch(since, None, lambda: 7)
+    result = await adapter(venue).fetch(since, None, lambda: NOW + 7)
     assert venue.offsets() == [0, 5]
     assert venue.ids_since(since) <= set(ids(result))
     assert result.paging_state is None
-    assert all(f.observed_at_ns == 7 and f.source == "zll-main" for f in result.fills)
+    assert all(f.observed_at_ns == NOW + 7 and f.source == "zll-main" for f in result.fills)
 
 
 async def test_newest_first_everything_new_reads_to_the_short_page() -> None:
     venue = FakeZll(times(12), "desc")
-    result = await adapter(venue).fetch(0, None, lambda: 1)
+    result = await adapter(venue).fetch(0, None, lambda: NOW + 1)
     assert venue.offsets() == [0, 5, 10]
     assert len(ids(result)) == 12
 
@@ -143,12 +156,12 @@ async def test_newest_first_with_fills_arriving_mid_poll() -> None:
     venue.before[2] = lambda v: [v.add(T + 1_000_000 + i) for i in range(3)]
     venue.before[3] = lambda v: [v.add(T + 2_000_000 + i) for i in range(7)]
     before = venue.ids_since(since)
-    result = await adapter(venue).fetch(since, None, lambda: 1)
+    result = await adapter(venue).fetch(since, None, lambda: NOW + 1)
     assert before <= set(ids(result))
     # the repeats are recognised as such: the order stays newest-first and the walk stops early
     assert venue.offsets() == [0, 5, 10, 15, 20, 25, 30]
     # and the next poll picks up what arrived in the part already read
-    again = await adapter(venue).fetch(since, result.paging_state, lambda: 2)
+    again = await adapter(venue).fetch(since, result.paging_state, lambda: NOW + 2)
     assert venue.ids_since(since) <= set(ids(again))
 
 
@@ -158,7 +171,7 @@ async def test_late_fill_landing_among_the_repeats_does_not_break_the_order() ->
     # before page 2: one new fill at the front, and a late fill dated between the 4th and 5th of
     # page 1, so page 2 opens with the late fill, newer than page 1's last, and then a repeat
     venue.before[2] = lambda v: [v.add(T + 1_000_000), v.add(T + 95 * 1000 + 500)]
-    result = await adapter(venue).fetch(since, None, lambda: 1)
+    result = await adapter(venue).fetch(since, None, lambda: NOW + 1)
     assert venue.offsets() == [0, 5, 10, 15, 20]
     assert venue.ids_since(since) - {venue.fills[-2]["id"]} <= set(ids(result))
 
@@ -170,7 +183,7 @@ async def test_late_fill_landing_among_the_repeats_does_not_break_the_order() ->
 async def test_oldest_first_first_start_gallops_to_the_boundary() -> None:
     venue = FakeZll(times(200), "asc")
     since = T + 180 * 1000
-    result = await adapter(venue).fetch(since, None, lambda: 1)
+    result = await adapter(venue).fetch(since, None, lambda: NOW + 1)
     assert venue.ids_since(since) <= set(ids(result))
     # far fewer than the 41 pages of a linear scan
     assert len(venue.requests) <= 16, venue.offsets()
@@ -181,13 +194,13 @@ async def test_oldest_first_resume_offset_across_polls() -> None:
     venue = FakeZll(times(200), "asc")
     made = adapter(venue)
     since = T + 180 * 1000
-    state = (await made.fetch(since, None, lambda: 1)).paging_state
+    state = (await made.fetch(since, None, lambda: NOW + 1)).paging_state
     for poll in range(5):
         for i in range(3):
             venue.add(T + (200 + poll * 3 + i) * 1000)
         since += 3 * 1000
         venue.requests.clear()
-        result = await made.fetch(since, state, lambda: 2)
+        result = await made.fetch(since, state, lambda: NOW + 2)
         assert venue.ids_since(since) <= set(ids(result))
         assert min(venue.offsets()) == state["resume_offset"]  # only the tail is read
         assert len(venue.requests) <= 7
@@ -198,7 +211,7 @@ async def test_oldest_first_resume_offset_across_polls() -> None:
 async def test_oldest_first_resume_offset_too_far_is_detected() -> None:
     venue = FakeZll(times(50), "asc")
     since = T + 10 * 1000  # e.g. lookback raised after a restart: the stored offset is past the boundary
-    result = await adapter(venue).fetch(since, {"resume_offset": 30}, lambda: 1)
+    result = await adapter(venue).fetch(since, {"resume_offset": 30}, lambda: NOW + 1)
     assert venue.offsets()[0] == 30 and venue.offsets()[1] == 0
     assert venue.ids_since(since) <= set(ids(result))
     assert result.paging_state == {"resume_offset": 5}
@@ -208,7 +221,7 @@ async def test_oldest_first_resume_offset_too_far_is_detected() -> None:
 async def test_resume_offset_beyond_the_end_or_garbage_starts_over(state: Any) -> None:
     venue = FakeZll(times(23), "asc")
     since = T + 3 * 1000
-    result = await adapter(venue).fetch(since, state, lambda: 1)
+    result = await adapter(venue).fetch(since, state, lambda: NOW + 1)
     assert 0 in venue.offsets()
     assert venue.ids_since(since) <= set(ids(result))
 
@@ -216,11 +229,11 @@ async def test_resume_offset_beyond_the_end_or_garbage_starts_over(state: Any) -
 async def test_oldest_first_all_old_reaches_the_end() -> None:
     venue = FakeZll(times(40), "asc")
     since = T + 10**9
-    result = await adapter(venue).fetch(since, None, lambda: 1)
+    result = await adapter(venue).fetch(since, None, lambda: NOW + 1)
     assert result.paging_state == {"resume_offset": 35}
     venue.requests.clear()
     venue.add(since)
-    result = await adapter(venue).fetch(since, result.paging_state, lambda: 1)
+    result = await adapter(venue).fetch(since, result.paging_state, lambda: NOW + 1)
     assert venue.offsets() == [35, 40]
     assert venue.ids_since(since) == set(ids(result)) & venue.ids_since(since) == {venue.fills[-1]["id"]}
 
@@ -237,11 +250,11 @@ async def test_oldest_first_with_fills_arriving_mid_poll(first_start: bool) -> N
     venue.before[5] = lambda v: arrived.extend([v.add(T + 270 * 1000 + 1)["id"], v.add(T + 299 * 1000 + 1)["id"]])
     made = adapter(venue)
     state = None if first_start else {"resume_offset": 250}
-    result = await made.fetch(since, state, lambda: 1)
+    result = await made.fetch(since, state, lambda: NOW + 1)
     assert start <= set(ids(result))
     assert len(venue.requests) <= 20  # neither a linear scan (61 pages) nor a read from 0 twice
     assert result.paging_state is not None  # the order was still recognised as oldest-first
-    again = await made.fetch(since, result.paging_state, lambda: 2)
+    again = await made.fetch(since, result.paging_state, lambda: NOW + 2)
     assert set(arrived) & venue.ids_since(since) <= set(ids(result)) | set(ids(again))
 
 
@@ -249,7 +262,7 @@ async def test_disorder_after_a_skip_restarts_from_zero() -> None:
     # ascending for 100 fills, then an old fill appended out of order past the boundary
     venue = FakeZll([*times(100), *times(30, 200), T + 150 * 1000], "stored")
     since = T + 150 * 1000
-    result = await adapter(venue).fetch(since, None, lambda: 1)
+    result = await adapter(venue).fetch(since, None, lambda: NOW + 1)
     assert venue.ids_since(since) <= set(ids(result))
     assert result.paging_state is None
     assert venue.offsets().count(0) == 2  # read from 0 again after the disorder
@@ -264,11 +277,11 @@ async def test_disorder_after_a_skip_restarts_from_zero() -> None:
 async def test_same_timestamp_burst_straddling_pages(order: Order) -> None:
     burst = [T + 5000] * 9
     venue = FakeZll([T + 1000, T + 2000, T + 3000, *burst, T + 6000, T + 7000], order)
-    result = await adapter(venue).fetch(T + 5000, None, lambda: 1)
+    result = await adapter(venue).fetch(T + 5000, None, lambda: NOW + 1)
     assert venue.ids_since(T + 5000) <= set(ids(result))
     # and with the burst just older than since_ns, nothing newer is missed either
     venue.requests.clear()
-    result = await adapter(venue).fetch(T + 5001, None, lambda: 1)
+    result = await adapter(venue).fetch(T + 5001, None, lambda: NOW + 1)
     assert venue.ids_since(T + 5001) <= set(ids(result))
 
 
@@ -282,7 +295,7 @@ async def test_same_timestamp_burst_straddling_pages(order: Order) -> None:
 )
 async def test_ambiguous_order_reads_to_the_end(stored: list[int]) -> None:
     venue = FakeZll(stored, "stored")
-    result = await adapter(venue).fetch(T + 2000, None, lambda: 1)
+    result = await adapter(venue).fetch(T + 2000, None, lambda: NOW + 1)
     assert len(ids(result)) == len(stored)
     assert result.paging_state is None
     assert venue.offsets() == list(range(0, len(stored) + 1, 5))
@@ -291,7 +304,7 @@ async def test_ambiguous_order_reads_to_the_end(stored: list[int]) -> None:
 @pytest.mark.parametrize("count", [0, 5, 10])
 async def test_empty_page_stops(count: int) -> None:
     venue = FakeZll(times(count), "desc")
-    result = await adapter(venue).fetch(0, None, lambda: 1)
+    result = await adapter(venue).fetch(0, None, lambda: NOW + 1)
     assert len(ids(result)) == count
     assert venue.offsets() == list(range(0, count + 1, 5))
 
@@ -299,7 +312,7 @@ async def test_empty_page_stops(count: int) -> None:
 async def test_page_cap_is_a_decode_error() -> None:
     venue = FakeZll([T] * 100, "stored")
     with pytest.raises(VenueError) as caught:
-        await adapter(venue, max_pages=4).fetch(0, None, lambda: 1)
+        await adapter(venue, max_pages=4).fetch(0, None, lambda: NOW + 1)
     assert caught.value.reason == "decode" and len(venue.requests) == 4
 
 
@@ -333,7 +346,7 @@ async def test_random_orders_and_arrivals_never_lose_a_fill(seed: int) -> None:
         venue.requests.clear()
         arrivals = 0
         venue.before = {n: arrive for n in range(1, 40) if rng.random() < 0.4}
-        result = await made.fetch(since, state, lambda: 1)
+        result = await made.fetch(since, state, lambda: NOW + 1)
         got = set(ids(result))
         assert present <= got, (seed, order, limit)
         assert {i for i in owed if i in venue.ids_since(since)} <= got  # arrivals of the last poll
@@ -353,7 +366,7 @@ async def test_gallop_finds_every_boundary(seed: int) -> None:
     # duplicate times on purpose: bursts of equal timestamps around the boundary
     venue = FakeZll(sorted(T + rng.randrange(count // 2 + 1) * 1000 for _ in range(count)), "asc")
     since = T + rng.randrange(-2, count // 2 + 3) * 1000
-    result = await adapter(venue).fetch(since, None, lambda: 1)
+    result = await adapter(venue).fetch(since, None, lambda: NOW + 1)
     assert venue.ids_since(since) <= set(ids(result))
     new_pages = -(-len(venue.ids_since(since)) // 5) + 1
     assert len(venue.requests) <= new_pages + 2 * max(1, count // 5).bit_length() + 2
@@ -367,13 +380,13 @@ async def test_gallop_finds_every_boundary(seed: int) -> None:
 
 async def test_request_params_and_api_key_header() -> None:
     venue = FakeZll(times(3), "desc")
-    await adapter(venue, subaccount_index=4).fetch(0, None, lambda: 1)
+    await adapter(venue, subaccount_index=4).fetch(0, None, lambda: NOW + 1)
     (request,) = venue.requests
     assert request.url.path == "/api/v1/fills"
     assert dict(request.url.params) == {"subaccount_index": "4", "limit": "5", "offset": "0"}
     assert request.headers["X-API-KEY"] == API_KEY
     venue.requests.clear()
-    await adapter(venue, portfolio_index=0).fetch(0, None, lambda: 1)
+    await adapter(venue, portfolio_index=0).fetch(0, None, lambda: NOW + 1)
     assert dict(venue.requests[0].url.params) == {
         "subaccount_index": "0",
         "portfolio_index": "0",
@@ -388,7 +401,7 @@ async def test_create_adapter_counts_requests() -> None:
     http = httpx.MockTransport(venue)
     made = zll.create_adapter(source(), Secret(API_KEY), http, lambda: counted.append(1))
     assert made.venue == "zll"
-    result = await made.fetch(0, None, lambda: 1)
+    result = await made.fetch(0, None, lambda: NOW + 1)
     assert len(result.fills) == 7 and len(counted) == 2
     assert venue.requests[0].headers["X-API-KEY"] == API_KEY
 
@@ -410,7 +423,7 @@ async def test_errors(status: int, code: str, reason: str) -> None:
     venue = FakeZll(times(3), "desc")
     venue.respond_with = problem(status, code)
     with pytest.raises(VenueError) as caught:
-        await adapter(venue).fetch(0, None, lambda: 1)
+        await adapter(venue).fetch(0, None, lambda: NOW + 1)
     assert caught.value.reason == reason
     assert str(caught.value) == f"HTTP {status}: {code}: echo "
     assert API_KEY not in str(caught.value)
@@ -426,7 +439,7 @@ async def test_malformed_page_is_a_decode_error(body: bytes) -> None:
     venue = FakeZll([], "desc")
     venue.respond_with = httpx.Response(200, content=body)
     with pytest.raises(VenueError) as caught:
-        await adapter(venue).fetch(0, None, lambda: 1)
+        await adapter(venue).fetch(0, None, lambda: NOW + 1)
     assert caught.value.reason == "decode"
 
 
@@ -438,7 +451,7 @@ async def test_transport_errors(exc: Exception) -> None:
     http = httpx.MockTransport(respond)
     made = zll.create_adapter(source(), Secret(API_KEY), http, lambda: None)
     with pytest.raises(VenueError) as caught:
-        await made.fetch(0, None, lambda: 1)
+        await made.fetch(0, None, lambda: NOW + 1)
     assert caught.value.reason == ("timeout" if isinstance(exc, httpx.TimeoutException) else "connect")
 
 
@@ -447,7 +460,7 @@ async def test_one_bad_fill_is_invalid_and_the_rest_published() -> None:
     venue.fills[2]["side"] = "SIDEWAYS"
     venue.fills[4]["quantity"] = "-1"
     del venue.fills[5]["time"]
-    result = await adapter(venue).fetch(0, None, lambda: 1)
+    result = await adapter(venue).fetch(0, None, lambda: NOW + 1)
     assert len(result.fills) == 4
     assert sorted(i.key for i in result.invalid) == sorted(venue.fills[n]["id"] for n in (2, 4, 5))
     assert venue.offsets() == [0, 5]

@@ -1,6 +1,6 @@
 """What both venue simulators share: the canonical fill store, faults, rate limit, control surface.
 
-A simulator is a real HTTP server (:class:`publisher.httpserver.HttpServer`) running in the caller's
+A simulator is a real HTTP server (:class:`publisher.sim.httpserver.HttpServer`) running in the caller's
 event loop. It keeps the ground truth as canonical fills (:class:`SimFill` subclasses, sorted by
 execution time then id, as a venue's database would order them) and renders them to the venue's
 wire format on every request, so the same truth can be served in several shapes and with faults.
@@ -38,9 +38,9 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 
 import msgspec
 
-from publisher.httpserver import DropConnection, HttpServer, Request, Response
 from publisher.sim.faults import Faults, malform
 from publisher.sim.generator import run_generator
+from publisher.sim.httpserver import DropConnection, HttpServer, Request, Response
 
 
 class SimFill(msgspec.Struct, kw_only=True, frozen=True):
@@ -243,6 +243,17 @@ class Simulator(abc.ABC, Generic[F]):
     def add_fill(self, **fields: Any) -> F:
         """Add one fill (see :meth:`add_fills` for the arguments) and return it."""
         return self.add_fills(1, **fields)[0]
+
+    def add_bad_fill(self, mode: str = "non_numeric_price", **fields: Any) -> F:
+        """Add one new fill that the venue serves malformed (`mode` as for `bad_fill`) in every
+        answer, so the publisher never sees it well: it must go to the DLQ (arguments as
+        :meth:`add_fills`)."""
+        if mode not in BAD_FILL_MODES:
+            raise ValueError(f"mode must be one of {', '.join(BAD_FILL_MODES)}")
+        fill = self.add_fill(**fields)
+        # synchronous with the insert: no answer can be rendered in between
+        self.bad_fills[fill.fill_id] = mode
+        return fill
 
     def _insert(self, fill: F) -> None:
         if fill.fill_id in self._by_id:

@@ -6,8 +6,14 @@ switchable:
 - auth: `X-API-KEY` (or `X-DEVICE-KEY`) must equal the configured base64 API key, else 401. A key
   pinned to one subaccount (`pinned_subaccount`) gets 404 for every other subaccount and for
   their fills by id.
-- order: `newest` or `oldest` first, always sorted by (time, id) as a database index would be, so
-  a late fill (old `time`, visible now) lands in the middle of the result set, not at its end.
+- order: `newest` or `oldest` first; `listing="sorted"` (default) sorts by (time, id) as a database
+  index would, so a late fill (old `time`, visible now) lands in the middle of the result set;
+  `listing="insertion"` lists fills in the order they became visible (ZLL documents no order),
+  so a late fill sits among the newest with an old time.
+- fees may be negative (a maker rebate): the generator gives some maker fills a rebate.
+- ZLL-specific `bad_fill` modes (pass `mode=`): `time_ms`, `time_us` (`time` in the wrong unit),
+  `time_huge` (`1e30`), `invalid_utf8` (bytes that are not UTF-8 in `market`), `control_chars`
+  (an escape sequence in `market`), `long_market` (a 100 KB market).
 - offsets count from the start of the current result set: fills arriving while a client pages
   shift every later page. Besides the background generator, :meth:`ZllSimulator.insert_after_page`
   makes that happen deterministically right after a chosen page is served.
@@ -20,6 +26,7 @@ import bisect
 import random
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Literal, get_args
@@ -32,6 +39,7 @@ from publisher.sim.base import SimFill, Simulator, int_param
 from publisher.sim.generator import pick, random_uuid, to_decimal
 
 Order = Literal["newest", "oldest"]
+Listing = Literal["sorted", "insertion"]
 
 #: market -> (typical price, price tick, quantity step)
 MARKETS: dict[str, tuple[Decimal, Decimal, Decimal]] = {
@@ -40,6 +48,15 @@ MARKETS: dict[str, tuple[Decimal, Decimal, Decimal]] = {
     "SOL-PERP": (Decimal("150"), Decimal("0.001"), Decimal("0.1")),
 }
 _FEE_RATES = {"TAKER": Decimal("0.0005"), "MAKER": Decimal("0.0002")}
+#: how often a generated maker fill earns a rebate (a negative fee) instead of paying
+_REBATE_SHARE = 0.25
+_REBATE_RATE = Decimal("-0.0001")
+#: what the `invalid_utf8` mode puts into `market`; the rendered body swaps it for bytes that are
+#: not UTF-8 (a dict cannot hold them)
+_NOT_UTF8_MARK = "\u0001not-utf-8\u0001"
+_NOT_UTF8_JSON = msgspec.json.encode(_NOT_UTF8_MARK)
+_NOT_UTF8_BYTES = b'"BTC-\xff\xfePERP"'
+ZLL_BAD_FILL_MODES = ("time_ms", "time_us", "time_huge", "invalid_utf8", "control_chars", "long_market")
 _USDC_CENT = Decimal("0.01")
 _FILL_PATH = re.compile(r"^/api/v1/fills/([^/]+)$")
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -121,6 +138,7 @@ class ZllSimulator(Simulator[ZllFill]):
         *,
         api_key: str,
         order: Order = "newest",
+        listing: Listing = "sorted",
         account_id: int = 1024,
         pinned_subaccount: int | None = None,
         max_limit: int = 1000,
@@ -135,6 +153,14 @@ class ZllSimulator(Simulator[ZllFill]):
         super().__init__(host=host, port=port, seed=seed, clock_ns=clock_ns)
         if order not in get_args(Order):
             raise ValueError("order must be 'newest' or 'oldest'")
+        if listing not in get_args(Listing):
+            raise ValueError("listing must be 'sorted' or 'insertion'")
+        self.listing: Listing = listing
+        self._inserted: dict[int, list[ZllFill]] = {}
+        #: an `invalid_utf8` corruption was rendered: bodies need the swap (see _body)
+        self._not_utf8 = False
+        #: `GET /api/v1/fills/{id}` requests by id
+        self.by_id_requests: Counter[str] = Counter()
         self.api_key = api_key
         self.order: Order = order
         self.account_id = account_id
@@ -176,10 +202,13 @@ class ZllSimulator(Simulator[ZllFill]):
         if "fee" in fields:
             fee = to_decimal(fields["fee"], "fee")
         else:
-            fee = (price * quantity * _FEE_RATES[liquidity]).quantize(_USDC_CENT, rounding=ROUND_HALF_EVEN)
+            rate = _FEE_RATES.get(liquidity, Decimal(0))
+            if liquidity == "MAKER" and rng.random() < _REBATE_SHARE:
+                rate = _REBATE_RATE
+            fee = (price * quantity * rate).quantize(_USDC_CENT, rounding=ROUND_HALF_EVEN)
         side = pick(rng, fields, "side", ("LONG", "SHORT"))
-        if price <= 0 or quantity <= 0 or fee < 0 or side not in ("LONG", "SHORT") or liquidity not in _FEE_RATES:
-            raise ValueError("ZLL fills need price > 0, quantity > 0, fee >= 0, side LONG|SHORT, liquidity TAKER|MAKER")
+        if price <= 0 or quantity <= 0 or side not in ("LONG", "SHORT") or liquidity not in _FEE_RATES:
+            raise ValueError("ZLL fills need price > 0, quantity > 0, side LONG|SHORT, liquidity TAKER|MAKER")
         return ZllFill(
             fill_id=fields.get("fill_id") or random_uuid(rng),
             account_id=int(fields.get("account_id", self.account_id)),
@@ -210,6 +239,7 @@ class ZllSimulator(Simulator[ZllFill]):
         if match is None:
             return self._error(404, "not_found", f"no route for {request.method} {request.path}")
         fill_id = match.group(1)
+        self.by_id_requests[fill_id] += 1
         if not _UUID.match(fill_id):
             return self._error(400, "invalid_parameters", "id must be a UUID")
         fill = self._by_id.get(fill_id)
@@ -235,9 +265,10 @@ class ZllSimulator(Simulator[ZllFill]):
     def _make_visible(self, fill: ZllFill) -> None:
         super()._make_visible(fill)
         bisect.insort(self._by_subaccount.setdefault(fill.subaccount_index, []), fill, key=SimFill.sort_key)
+        self._inserted.setdefault(fill.subaccount_index, []).append(fill)
 
     def _page(self, subaccount: int, portfolio: int | None, offset: int, limit: int) -> list[ZllFill]:
-        fills = self._by_subaccount.get(subaccount, [])
+        fills = (self._by_subaccount if self.listing == "sorted" else self._inserted).get(subaccount, [])
         if portfolio is not None:
             fills = [fill for fill in fills if fill.portfolio_index == portfolio]
         if self.order == "oldest":
@@ -285,12 +316,27 @@ class ZllSimulator(Simulator[ZllFill]):
         return fill.wire()
 
     def _corrupt(self, wire: dict[str, Any], mode: str) -> None:
-        if mode == "missing_field":
+        if mode in ("time_ms", "time_us"):
+            wire["time"] //= 1_000_000 if mode == "time_ms" else 1000
+        elif mode == "time_huge":
+            wire["time"] = 1e30
+        elif mode == "invalid_utf8":
+            wire["market"] = _NOT_UTF8_MARK
+            self._not_utf8 = True
+        elif mode == "control_chars":
+            wire["market"] = "BTC-\x1b[2JPERP"
+        elif mode == "long_market":
+            wire["market"] = "M" * 100_000
+        elif mode == "missing_field":
             del wire["market"]
         elif mode == "bad_enum":
             wire["side"] = "SIDEWAYS"
         else:
             wire["price"] = "n/a"
+
+    def _body(self, document: Any) -> bytes:
+        body = super()._body(document)
+        return body.replace(_NOT_UTF8_JSON, _NOT_UTF8_BYTES) if self._not_utf8 else body
 
     def _drift(self, wire: dict[str, Any]) -> None:
         # ZLL has no deprecated fields yet; drift is new fields only

@@ -42,6 +42,35 @@ class VenueError(Exception):
         self.reason: ErrorReason = reason
         self.retry_after_s = retry_after_s
 
+    #: what went wrong, in words, for the log line (the contract's `reason` is coarser)
+    kind: ClassVar[str | None] = None
+
+
+class VenueDecodeError(VenueError):
+    """The venue's answer is not a page we can read: not its JSON, nested too deeply, a corrupt or
+    unsupported content encoding, an unexpected status such as a redirect. Counted as `decode`."""
+
+    kind = "unreadable answer"
+
+    def __init__(self, message: str):
+        super().__init__("decode", message)
+
+
+class ResponseTooLarge(VenueDecodeError):
+    """The venue's answer exceeds the source's `max_response_bytes`, raw or decompressed."""
+
+    kind = "answer too large"
+
+
+class PagingError(VenueError):
+    """The venue's paging does not end: a cursor comes back, or a poll needs more pages than the
+    adapter's guard allows. Counted as `decode` (the contract has no finer reason)."""
+
+    kind = "paging does not end"
+
+    def __init__(self, message: str):
+        super().__init__("decode", message)
+
 
 @dataclass(slots=True)
 class InvalidFill:
@@ -71,6 +100,14 @@ class FetchResult:
     paging_state: Any = None
     #: fills skipped unread because :attr:`VenueAdapter.known` said they were already published
     known: int = 0
+    #: (first copy, later copy) of fill ids the venue served twice in this poll with different
+    #: values; the first copy is the one kept
+    conflicts: list[tuple[FillEvent, FillEvent]] = field(default_factory=list)
+
+
+def same_values(first: FillEvent, later: FillEvent) -> bool:
+    """Whether two copies of one fill carry the same venue values (`observed_at_ns` is ours)."""
+    return first == later or msgspec.structs.replace(later, observed_at_ns=first.observed_at_ns) == first
 
 
 def decimal_text(field: str, text: str) -> str:
@@ -267,18 +304,35 @@ class FillCollector:
     def __init__(self, paging_state: Any = None):
         self.result = FetchResult(paging_state=paging_state)
         self._seen: set[str] = set()
+        #: fill id -> first copy, built on the first repeat only (repeats are rare)
+        self._firsts: dict[str, FillEvent] | None = None
 
     def add(self, item: FillEvent | InvalidFill) -> bool:
-        """Record a normalised fill or an invalid one; False (and nothing recorded) for a repeat."""
+        """Record a normalised fill or an invalid one; False (and nothing recorded) for a repeat.
+
+        A repeat whose values differ from the first copy is recorded in
+        :attr:`FetchResult.conflicts`.
+        """
         key = item.fill_id if isinstance(item, FillEvent) else item.key
         if key in self._seen:
+            if isinstance(item, FillEvent):
+                self._check_repeat(item)
             return False
         self._seen.add(key)
         if isinstance(item, FillEvent):
             self.result.fills.append(item)
+            if self._firsts is not None:
+                self._firsts[key] = item
         else:
             self.result.invalid.append(item)
         return True
+
+    def _check_repeat(self, later: FillEvent) -> None:
+        if self._firsts is None:
+            self._firsts = {fill.fill_id: fill for fill in self.result.fills}
+        first = self._firsts.get(later.fill_id)
+        if first is not None and not same_values(first, later):
+            self.result.conflicts.append((first, later))
 
     def skip_known(self, key: str | None, known: Callable[[str], bool] | None) -> bool | None:
         """For a fill with venue id `key`: None when it must be decoded, else it is skipped
@@ -353,6 +407,12 @@ class VenueAdapter(abc.ABC):
 
 SOURCE_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 
+#: room per fill in the default response limit: a fill with every identifier at its longest
+#: (:data:`MAX_TEXT_LENGTH`), JSON-escaped, stays well below it; real fills are under 1 KiB
+RESPONSE_BYTES_PER_FILL = 8192
+#: room for a page's envelope (cursor, counts) and for error bodies
+RESPONSE_ENVELOPE_BYTES = 65536
+
 
 class SourceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="venue"):
     """Settings common to every source; each venue module subclasses it with `tag=<venue name>`.
@@ -365,16 +425,28 @@ class SourceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag
 
     name: Annotated[str, msgspec.Meta(pattern=SOURCE_NAME_PATTERN, max_length=100)]
     base_url: str
-    poll_interval_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 1.0
+    poll_interval_s: Annotated[float, msgspec.Meta(ge=0.01, le=3600)] = 1.0
     lookback_s: Annotated[float, msgspec.Meta(ge=0, le=90 * 86400)] = 300.0
     page_limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 200
-    max_requests_per_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
-    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+    max_requests_per_s: Annotated[float, msgspec.Meta(ge=0.001, le=100_000)] = 10.0
+    #: the whole request (connect, send, every read of the answer), not each step of it
+    timeout_s: Annotated[float, msgspec.Meta(ge=0.01, le=300)] = 10.0
+    #: the largest venue answer read, compressed and decompressed alike; None: derived from
+    #: `page_limit` (see :attr:`response_limit`)
+    max_response_bytes: Annotated[int, msgspec.Meta(ge=4096, le=1 << 30)] | None = None
     #: pin the source to a shard (`cluster.shards`); None: a stable hash of the name picks it
     shard: Annotated[int, msgspec.Meta(ge=0)] | None = None
     #: RFC 3339 time: a first start (no checkpoint) publishes every fill executed since then
     #: instead of the last `lookback_s`; ignored once the source has a checkpoint
     backfill_from: str | None = None
+
+    @property
+    def response_limit(self) -> int:
+        """`max_response_bytes`, or by default room for `page_limit` fills of
+        :data:`RESPONSE_BYTES_PER_FILL` each plus :data:`RESPONSE_ENVELOPE_BYTES`."""
+        if self.max_response_bytes is not None:
+            return self.max_response_bytes
+        return self.page_limit * RESPONSE_BYTES_PER_FILL + RESPONSE_ENVELOPE_BYTES
 
     @property
     def venue_name(self) -> str:

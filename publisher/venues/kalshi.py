@@ -41,6 +41,7 @@ from publisher.venues.base import (
     FetchResult,
     FillCollector,
     InvalidFill,
+    PagingError,
     SourceConfig,
     VenueAdapter,
     VenueError,
@@ -725,13 +726,13 @@ class KalshiAdapter(VenueAdapter):
             if not cursor:
                 return page
             if cursor in seen_cursors:
-                raise VenueError("decode", f"{path}: the venue returned a cursor it had already returned (paging loop)")
+                raise PagingError(f"{path}: the venue returned a cursor it had already returned (paging loop)")
             if self._page_ends[0] and self._page_ends == previous:
-                raise VenueError("decode", f"{path}: the venue returned the same page again under a new cursor "
+                raise PagingError(f"{path}: the venue returned the same page again under a new cursor "
                                            "(paging loop)")
             previous = self._page_ends
             seen_cursors.add(cursor)
-        raise VenueError("decode", f"more than {self._max_pages} pages in one poll; the venue keeps paging")
+        raise PagingError(f"more than {self._max_pages} pages in one poll; the venue keeps paging")
 
     async def _fills_cutoff(self, since_ns: int, now_ns: int) -> int:
         """The fills cutoff, read again when the cached one is old or lies near `since_ns`."""

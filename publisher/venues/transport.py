@@ -3,45 +3,72 @@
 httpx's own :class:`httpx.AsyncHTTPTransport` runs httpcore over anyio, whose cancel scopes (one
 per socket read and write, for the timeout) and TLS wrapper cost ~15% of the CPU of each request;
 with a thousand sources polling every second that is most of what separates them from a core.
-:class:`SourceTransport` is the same httpcore pool (or proxy, as the environment names it) with a
-network backend on asyncio's streams, timeouts by :func:`asyncio.timeout`, TLS by asyncio's own
-`start_tls`. It reads each response whole (a poller wants the page, never a stream) and raises
-httpx's exceptions, so :class:`~publisher.venues.http.VenueClient` sees what any httpx transport
-gives.
+:class:`SourceTransport` is the same httpcore pool (or proxy) with a network backend on asyncio's
+streams, timeouts by :func:`asyncio.timeout`, TLS by asyncio's own `start_tls`. Everything else is
+httpx's: the proxy is the one :class:`httpx.AsyncClient` picks from the environment (its own
+resolution, not a copy of it), the pool or proxy is built as :class:`httpx.AsyncHTTPTransport`
+builds it, and httpcore's exceptions become httpx's through httpx's own table. The response is a
+stream, as any httpx transport returns it: :class:`~publisher.venues.http.VenueClient` reads it
+within its limits.
+
+The two httpx internals this needs (the environment's proxy map and the exception table) are used
+in :func:`environment_proxy` and :func:`_as_httpx_error` only; tests/test_transport.py fails
+loudly when httpx changes them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import select
 import socket
 import ssl
 import urllib.parse
-import urllib.request
-from collections.abc import Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from typing import Any
 
 import httpcore
 import httpx
 
-#: httpcore's exceptions and the httpx ones they stand for (as httpx's own transport maps them),
-#: the most specific first
-_EXCEPTIONS: list[tuple[type[Exception], type[httpx.TransportError]]] = [
-    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
-    (httpcore.ReadTimeout, httpx.ReadTimeout),
-    (httpcore.WriteTimeout, httpx.WriteTimeout),
-    (httpcore.PoolTimeout, httpx.PoolTimeout),
-    (httpcore.TimeoutException, httpx.TimeoutException),
-    (httpcore.ConnectError, httpx.ConnectError),
-    (httpcore.ReadError, httpx.ReadError),
-    (httpcore.WriteError, httpx.WriteError),
-    (httpcore.NetworkError, httpx.NetworkError),
-    (httpcore.ProxyError, httpx.ProxyError),
-    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
-    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
-    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
-    (httpcore.ProtocolError, httpx.ProtocolError),
-]
+# the only httpx internals used, each in one function below (see the module docstring)
+from httpx._transports.default import map_httpcore_exceptions
+from httpx._utils import URLPattern, get_environment_proxies
+
+#: the proxy kinds httpx supports (SOCKS through httpcore, with the socksio package)
+PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
+
+
+def environment_proxy(url: str | httpx.URL) -> httpx.Proxy | None:
+    """The proxy :class:`httpx.AsyncClient` (with `trust_env`, its default) sends `url` through,
+    from `HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY` and `NO_PROXY` (either case); None: direct.
+
+    httpx's own map and matching (internals): a proxy without a scheme is an http one, `NO_PROXY`
+    follows curl's rules as httpx reads them, and the most specific pattern wins. Raises
+    :class:`ValueError` for a proxy httpx would refuse too (an unknown scheme, a broken URL).
+    """
+    target = httpx.URL(url)
+    # as AsyncClient orders its mounts: the most specific pattern first
+    for pattern, proxy in sorted((URLPattern(key), value) for key, value in get_environment_proxies().items()):
+        if pattern.matches(target):
+            if proxy is None:
+                return None
+            try:
+                return httpx.Proxy(url=proxy)
+            except (ValueError, httpx.InvalidURL):
+                # the scheme only: the rest of the URL may carry credentials
+                scheme = urllib.parse.urlsplit(proxy).scheme.lower()
+                raise ValueError(f"a {scheme} proxy" if scheme.isalnum() else "not a usable proxy URL") from None
+    return None
+
+
+def _as_httpx_error(exc: Exception) -> Exception:
+    """httpcore's exception as the httpx exception httpx's transport raises for it (httpx's own
+    table, an internal); any other exception unchanged."""
+    try:
+        with map_httpcore_exceptions():
+            raise exc
+    except Exception as mapped:  # noqa: BLE001 - whatever the table made of it
+        return mapped
 
 
 class _Stream(httpcore.AsyncNetworkStream):
@@ -139,29 +166,55 @@ async def _connected(opening: Awaitable[tuple[asyncio.StreamReader, asyncio.Stre
         raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
 
 
+class _ResponseStream(httpx.AsyncByteStream):
+    """A response body as httpcore streams it, with httpx's exceptions (as httpx's transport)."""
+
+    __slots__ = ("_core",)
+
+    def __init__(self, core: httpcore.Response):
+        self._core = core
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for part in self._core.aiter_stream():
+                yield part
+        except Exception as exc:
+            raise _as_httpx_error(exc) from exc
+
+    async def aclose(self) -> None:
+        try:
+            await self._core.aclose()
+        except Exception as exc:
+            raise _as_httpx_error(exc) from exc
+
+
 class SourceTransport(httpx.AsyncBaseTransport):
     """The connection pool of one source: a few connections (a source polls one page at a time),
-    `tls` for verification, and the proxy the environment names for `base_url` (`HTTPS_PROXY`,
-    `NO_PROXY`, ...), as :class:`httpx.AsyncClient` would pick it."""
+    `tls` for verification, and the proxy the environment names for `base_url`
+    (:func:`environment_proxy`), built as :class:`httpx.AsyncHTTPTransport` builds it.
+
+    Raises :class:`ValueError` when that proxy cannot be used (:func:`proxy_problem` says why)."""
 
     def __init__(self, base_url: str, tls: ssl.SSLContext, *, max_connections: int = 4,
                  max_keepalive_connections: int = 2):
-        backend = AsyncioBackend()
-        options: dict[str, Any] = {"ssl_context": tls, "max_connections": max_connections,
-                                   "max_keepalive_connections": max_keepalive_connections, "network_backend": backend}
-        proxy = _proxy_for(base_url)
-        problem = _proxy_problem(base_url, proxy)
+        problem, proxy = _proxy(base_url)
         if problem is not None:
             raise ValueError(problem)
+        options: dict[str, Any] = {"ssl_context": tls, "max_connections": max_connections,
+                                   "max_keepalive_connections": max_keepalive_connections,
+                                   "network_backend": AsyncioBackend()}
+        self.pool: httpcore.AsyncConnectionPool
         if proxy is None:
-            self.pool: httpcore.AsyncConnectionPool = httpcore.AsyncConnectionPool(**options)
+            self.pool = httpcore.AsyncConnectionPool(**options)
+            return
+        url = httpcore.URL(scheme=proxy.url.raw_scheme, host=proxy.url.raw_host, port=proxy.url.port,
+                           target=proxy.url.raw_path)
+        if proxy.url.scheme in ("socks5", "socks5h"):
+            self.pool = httpcore.AsyncSOCKSProxy(proxy_url=url, proxy_auth=proxy.raw_auth, **options)
         else:
-            # as httpx.AsyncHTTPTransport builds it (httpx.Proxy splits off the credentials)
-            spec = httpx.Proxy(url=proxy)
-            self.pool = httpcore.AsyncHTTPProxy(
-                proxy_url=httpcore.URL(scheme=spec.url.raw_scheme, host=spec.url.raw_host, port=spec.url.port,
-                                       target=spec.url.raw_path),
-                proxy_auth=spec.raw_auth, proxy_headers=spec.headers.raw, proxy_ssl_context=spec.ssl_context, **options)
+            self.pool = httpcore.AsyncHTTPProxy(proxy_url=url, proxy_auth=proxy.raw_auth,
+                                                proxy_headers=proxy.headers.raw,
+                                                proxy_ssl_context=proxy.ssl_context, **options)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
@@ -174,51 +227,34 @@ class SourceTransport(httpx.AsyncBaseTransport):
         )
         try:
             response = await self.pool.handle_async_request(core_request)
-            try:
-                body = await response.aread()
-            finally:
-                await response.aclose()
-        except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError, httpcore.ProxyError,
-                httpcore.UnsupportedProtocol) as exc:
-            raise _mapped(exc) from exc
-        return httpx.Response(status_code=response.status, headers=response.headers, content=body,
-                              extensions=response.extensions)
+        except Exception as exc:
+            raise _as_httpx_error(exc) from exc
+        return httpx.Response(status_code=response.status, headers=response.headers,
+                              stream=_ResponseStream(response), extensions=response.extensions)
 
     async def aclose(self) -> None:
         await self.pool.aclose()
 
 
-def _mapped(exc: Exception) -> httpx.TransportError:
-    for core, mapped in _EXCEPTIONS:
-        if isinstance(exc, core):
-            return mapped(str(exc))
-    return httpx.TransportError(str(exc))
-
-
 def proxy_problem(base_url: str) -> str | None:
     """Why requests to `base_url` cannot use the proxy the environment names for them, or None.
 
-    Only http and https proxies are supported. The text names the variables and the scheme,
-    never the proxy URL itself (it may carry credentials)."""
-    return _proxy_problem(base_url, _proxy_for(base_url))
+    The text names the variables and the scheme, never the proxy URL itself (it may carry
+    credentials)."""
+    return _proxy(base_url)[0]
 
 
-def _proxy_problem(base_url: str, proxy: str | None) -> str | None:
-    if proxy is None:
-        return None
-    scheme = urllib.parse.urlsplit(proxy).scheme.lower()
-    if scheme in ("http", "https"):
-        return None
+def _proxy(base_url: str) -> tuple[str | None, httpx.Proxy | None]:
     variable = urllib.parse.urlsplit(base_url).scheme.upper() + "_PROXY"
-    return (f"the proxy named by {variable} (or ALL_PROXY) in the environment is a {scheme or 'schemeless'} "
-            "proxy; only http and https proxies are supported")
+    where = f"the proxy named by {variable} (or ALL_PROXY) in the environment"
+    try:
+        proxy = environment_proxy(base_url)
+    except ValueError as exc:
+        return f"{where} is {exc}; supported: {', '.join(PROXY_SCHEMES)}", None
+    if proxy is not None and proxy.url.scheme in ("socks5", "socks5h") and not _socksio_available():
+        return f"{where} is a SOCKS proxy, which needs the socksio package", None
+    return None, proxy
 
 
-def _proxy_for(base_url: str) -> str | None:
-    # the scheme's own variable (HTTPS_PROXY for https), else ALL_PROXY; NO_PROXY exempts hosts
-    url = urllib.parse.urlsplit(base_url)
-    proxies = urllib.request.getproxies()
-    proxy = proxies.get(url.scheme) or proxies.get("all")
-    if proxy and url.hostname and urllib.request.proxy_bypass(url.hostname):
-        return None
-    return proxy or None
+def _socksio_available() -> bool:
+    return importlib.util.find_spec("socksio") is not None

@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import functools
 import itertools
+import time
+import urllib.parse
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -50,18 +52,25 @@ import msgspec
 from publisher.event import FillEvent, VenueFields
 from publisher.secret import Secret
 from publisher.venues.base import (
+    MAX_FUTURE_NS,
+    MAX_INT64,
+    MAX_TEXT_LENGTH,
+    MIN_EXECUTED_AT_NS,
     FetchResult,
     FillCollector,
     InvalidFill,
+    PagingError,
     SourceConfig,
     VenueAdapter,
     VenueError,
     decimal_text,
     ends_new,
+    executed_at_problem,
     in_slices,
     is_negative,
     is_positive,
     raw_key,
+    text_problem,
 )
 from publisher.venues.http import VenueClient, describe_json_error
 
@@ -95,6 +104,14 @@ FILLS_PATH = "/api/v1/fills"
 
 #: generous: 20,000 pages is 4M fills at limit 200; more in one poll means the venue misbehaves
 MAX_PAGES_PER_POLL = 20_000
+#: pages in a row, at advancing offsets, with the very same body before the poll gives up: a
+#: venue that ignores `offset` would otherwise be paged up to the cap above. Not one: exactly a
+#: page of fills inserted between two requests repeats a page; four times in a row means the walk
+#: makes no progress whatever the cause
+MAX_SAME_PAGES = 4
+#: fills of one poll looked up by id (`GET /api/v1/fills/{id}`) when their list copy was
+#: unusable; the rest are dead-lettered on their list copy alone
+MAX_SECOND_LOOKS = 20
 
 
 # --------------------------------------------------------------------------------------------------
@@ -193,29 +210,48 @@ def _quantity(text: str) -> str:
     return quantity
 
 
-def normalise(fill: ZllFill, *, source: str, observed_at_ns: int) -> FillEvent:
-    """Turn one ZLL fill into a :class:`FillEvent`; :class:`ValueError` when it is unusable."""
-    if not (fill.id and fill.market and fill.request_id):
-        empty = next(name for name in ("id", "market", "request_id") if not getattr(fill, name))
-        raise ValueError(f"empty {empty}")
+def plain_ascii(body: bytes) -> bool:
+    """Whether every string in JSON `body` is printable ASCII, judged on the bytes: ASCII with no
+    escape (a backslash) and no DEL. Raw control characters are invalid JSON, so a string can only
+    hold one escaped; two scans in C per page instead of one per field of every fill."""
+    return body.isascii() and b"\\" not in body and b"\x7f" not in body
+
+
+def normalise(fill: ZllFill, *, source: str, observed_at_ns: int, printable: bool = False) -> FillEvent:
+    """Turn one ZLL fill into a :class:`FillEvent`; :class:`ValueError` when it is unusable.
+
+    `time` must be plausible nanoseconds: the docs' only example has 19 digits, and a millisecond
+    or microsecond value read as nanoseconds would date the fill in 1970, where the poll loop's
+    window would ignore it. `printable` says the caller knows every string of the fill is
+    printable (see :func:`plain_ascii`).
+    """
+    fill_id, market, request_id, when = fill.id, fill.market, fill.request_id, fill.time
+    # the conditions of text_problem() and executed_at_problem() inlined: this runs for every
+    # new fill, and the calls cost more than the checks; they name the problem when one fails
+    if not (0 < len(fill_id) <= MAX_TEXT_LENGTH and 0 < len(market) <= MAX_TEXT_LENGTH
+            and 0 < len(request_id) <= MAX_TEXT_LENGTH
+            and (printable or (fill_id.isprintable() and market.isprintable() and request_id.isprintable()))
+            and MIN_EXECUTED_AT_NS <= when <= observed_at_ns + MAX_FUTURE_NS
+            and when <= MAX_INT64):
+        raise ValueError(text_problem("id", fill_id) or text_problem("market", market)
+                         or text_problem("request_id", request_id) or executed_at_problem(when, observed_at_ns)
+                         or "unusable identifier or time")
     price = _price(fill.price)
     quantity = _quantity(fill.quantity)
     fee = decimal_text("fee", fill.fee)  # negative is a rebate
-    if fill.time < 0:
-        raise ValueError(f"negative time {fill.time}")
     return FillEvent(
         venue="zll",
         source=source,
-        fill_id=fill.id,
-        order_id=fill.request_id,
-        instrument=fill.market,
+        fill_id=fill_id,
+        order_id=request_id,
+        instrument=market,
         side="buy" if fill.side == "LONG" else "sell",
         price=price,
         quantity=quantity,
         fee=fee,
         fee_currency="USDC",
         liquidity="taker" if fill.liquidity == "TAKER" else "maker",
-        executed_at_ns=fill.time,
+        executed_at_ns=when,
         observed_at_ns=observed_at_ns,
         venue_fields=VenueFields(
             account_id=fill.account_id,
@@ -236,16 +272,32 @@ class _Item:
     repeat: bool = False
 
 
-def _loose_fields(raw: msgspec.Raw) -> tuple[str | None, int | None]:
+def _plausible(when: int, observed_at_ns: int) -> int | None:
+    # a time that is no execution time (wrong unit, garbage) says nothing about the order and
+    # must not date a dead letter either
+    return when if executed_at_problem(when, observed_at_ns) is None else None
+
+
+def _loose_fields(raw: msgspec.Raw, observed_at_ns: int) -> tuple[str | None, int | None]:
     """(dedupe key, time) as far as they can be read, exactly as :func:`_decode_item` reads them
-    from a fill that fails to decode (and equal to a decodable fill's `id` and `time`)."""
+    from a fill that fails to decode (and equal to a decodable fill's `id` and `time`); a time
+    that is not plausible nanoseconds is None."""
     try:
         loose = _loose_decoder.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except msgspec.ValidationError:
         return None, None
-    key = loose.id if isinstance(loose.id, str) and loose.id else None
+    except msgspec.DecodeError:
+        fixed, note = _valid_utf8(raw)
+        if not note:
+            return None, None
+        try:  # not UTF-8: the fields that are, are the venue's
+            loose = _loose_decoder.decode(fixed)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return None, None
+    # an id with a replacement character was garbled on the way: it is not the venue's id
+    key = loose.id if isinstance(loose.id, str) and loose.id and "\ufffd" not in loose.id else None
     when = loose.time if isinstance(loose.time, int) and not isinstance(loose.time, bool) else None
-    return key, when
+    return key, None if when is None else _plausible(when, observed_at_ns)
 
 
 def _normalised_item(fill: ZllFill, raw: msgspec.Raw, *, source: str, observed_at_ns: int) -> _Item:
@@ -253,13 +305,26 @@ def _normalised_item(fill: ZllFill, raw: msgspec.Raw, *, source: str, observed_a
     try:
         return _Item(fill.time, normalise(fill, source=source, observed_at_ns=observed_at_ns))
     except ValueError as exc:
-        return _failed_item(fill, raw, exc)
+        return _failed_item(fill, raw, exc, observed_at_ns)
 
 
-def _failed_item(fill: ZllFill, raw: msgspec.Raw, exc: ValueError) -> _Item:
+def _failed_item(fill: ZllFill, raw: msgspec.Raw, exc: ValueError, observed_at_ns: int) -> _Item:
     """The item of a decoded fill that :func:`normalise` refused: a dead letter of its bytes."""
-    valid_time = fill.time if fill.time >= 0 else None
-    return _Item(fill.time, InvalidFill(key=fill.id or raw_key(raw), error=str(exc), raw=raw, executed_at_ns=valid_time))
+    valid_time = _plausible(fill.time, observed_at_ns)
+    key = fill.id if fill.id and text_problem("id", fill.id) is None else raw_key(raw)
+    return _Item(valid_time, InvalidFill(key=key, error=str(exc), raw=raw, executed_at_ns=valid_time))
+
+
+def _valid_utf8(raw: msgspec.Raw) -> tuple[msgspec.Raw, str]:
+    """`raw` as a dead letter can carry it: invalid UTF-8 replaced by U+FFFD (a DLQ record is JSON,
+    and its consumers decode it as UTF-8), with a note for the error when it was."""
+    data = bytes(raw)
+    try:
+        data.decode()
+    except UnicodeDecodeError as exc:
+        fixed = data.decode(errors="replace").encode()
+        return msgspec.Raw(fixed), f" (invalid UTF-8 at byte {exc.start}, replaced by U+FFFD in raw)"
+    return raw, ""
 
 
 def _decode_item(raw: msgspec.Raw, *, source: str, observed_at_ns: int) -> _Item:
@@ -269,10 +334,11 @@ def _decode_item(raw: msgspec.Raw, *, source: str, observed_at_ns: int) -> _Item
         error = f"undecodable fill: {exc}"
     else:
         return _normalised_item(fill, raw, source=source, observed_at_ns=observed_at_ns)
-    key, when = _loose_fields(raw)
-    key = key or raw_key(raw)
-    valid_time = when if when is not None and when >= 0 else None
-    return _Item(when, InvalidFill(key=key, error=error, raw=raw, executed_at_ns=valid_time))
+    raw, note = _valid_utf8(raw)
+    key, when = _loose_fields(raw, observed_at_ns)
+    if key is not None and text_problem("id", key) is not None:
+        key = None
+    return _Item(when, InvalidFill(key=key or raw_key(raw), error=error + note, raw=raw, executed_at_ns=when))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -352,6 +418,9 @@ class _Poll:
         self._clock_ns = clock_ns
         self._limit = adapter.source.page_limit
         self._pages = 0
+        #: the previous page's (offset, body) and how often in a row a page came back the same
+        self._previous: tuple[int, bytes] | None = None
+        self._same = 0
         self.collector = FillCollector()
         #: the last page read held mostly new fills: read the next one typed first (see read());
         #: a poll starts as a re-read of fills already published, the usual case
@@ -361,9 +430,22 @@ class _Poll:
         """Fetch, decode and collect the page at `offset`."""
         self._pages += 1
         if self._pages > self._adapter.max_pages:
-            raise VenueError("decode", f"more than {self._adapter.max_pages} pages in one poll; the venue keeps paging")
+            raise PagingError(f"more than {self._adapter.max_pages} pages in one poll; the venue keeps paging")
         body = await self._adapter.client.get(FILLS_PATH, params=self._adapter.params(offset))
+        self._check_progress(offset, body)
         return await self.read(body, self._clock_ns())
+
+    def _check_progress(self, offset: int, body: bytes) -> None:
+        """Trip the loop guard when full pages at advancing offsets keep coming back the same."""
+        previous = self._previous
+        self._previous = (offset, body)
+        if previous is None or offset <= previous[0] or body != previous[1] or body == b"[]":
+            self._same = 0
+            return
+        self._same += 1
+        if self._same >= MAX_SAME_PAGES:
+            raise VenueError("decode", f"the venue served the same page {self._same + 1} times in a row, up to "
+                             f"offset {offset}: it ignores `offset`")
 
     async def read(self, body: bytes, observed_at_ns: int) -> list[_Item]:
         """Decode one page into the collector, in whichever way is cheapest for it, in slices
@@ -374,10 +456,9 @@ class _Poll:
         if known is not None and not self.mostly_new:
             try:
                 keys = _key_page_decoder.decode(body)
-            except msgspec.ValidationError:
-                return self._read_raw(body, observed_at_ns)  # an id or time of the wrong type
-            except msgspec.DecodeError as exc:
-                raise VenueError("decode", f"undecodable fills page: {exc}") from None
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                # an id or time of the wrong type, or a string that is not UTF-8: fill by fill
+                return self._read_raw(body, observed_at_ns)
             # fills already published need only their time (for the order): decode just the rest
             items = await self._skip_known([key.id for key in keys], [key.time for key in keys], known)
             fresh = [i for i, item in enumerate(items) if item is None]
@@ -412,24 +493,24 @@ class _Poll:
         already are skipped when an end of the page is (see :func:`~publisher.venues.base.ends_new`)."""
         try:
             fills = _typed_page_decoder.decode(body)
-        except msgspec.ValidationError:
+        except (msgspec.ValidationError, msgspec.DecodeError):
             return self._read_raw(body, observed_at_ns)  # a malformed fill: fill by fill
-        except msgspec.DecodeError as exc:
-            raise VenueError("decode", f"undecodable fills page: {exc}") from None
         source = self._adapter.source.name
         items: list[_Item | None] = [None] * len(fills)
         if known is not None and fills and not ends_new(known, fills[0].id or None, fills[-1].id or None):
             items = await self._skip_known([f.id for f in fills], [f.time for f in fills], known)
         raws: list[msgspec.Raw] = []
+        printable = plain_ascii(body)
         async for _, indices in in_slices([i for i, item in enumerate(items) if item is None]):
             for i in indices:
                 fill = fills[i]
                 try:
-                    item = _Item(fill.time, normalise(fill, source=source, observed_at_ns=observed_at_ns))
+                    item = _Item(fill.time, normalise(fill, source=source, observed_at_ns=observed_at_ns,
+                                                      printable=printable))
                 except ValueError as exc:
                     # the dead letter carries the venue's bytes: re-read the page raw (rare)
                     raws = raws or _page_decoder.decode(body)
-                    item = _failed_item(fill, raws[i], exc)
+                    item = _failed_item(fill, raws[i], exc, observed_at_ns)
                 items[i] = self._collect(item)
         return items  # type: ignore[return-value]  # every slot is filled now
 
@@ -445,7 +526,7 @@ class _Poll:
         items = []
         for raw in raws:
             if known is not None:
-                key, when = _loose_fields(raw)
+                key, when = _loose_fields(raw, observed_at_ns)
                 counted = collector.skip_known(key, known)
                 if counted is not None:  # a published fill (or a repeat): its time is all we need
                     items.append(_Item(when, None, repeat=not counted))
@@ -585,8 +666,61 @@ class ZllAdapter(VenueAdapter):
         return params
 
     async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Callable[[], int]) -> FetchResult:
-        """Every fill since `since_ns` (and some older); `paging_state` carries the resume offset."""
-        return await _Poll(self, since_ns, clock_ns).run(_resume_offset(paging_state))
+        """Every fill since `since_ns` (and some older); `paging_state` carries the resume offset.
+
+        A fill whose list copy is unusable is looked up by id once before it is dead-lettered:
+        published when that copy is well-formed, else the dead letter says what it held.
+        """
+        result = await _Poll(self, since_ns, clock_ns).run(_resume_offset(paging_state))
+        if result.invalid:
+            await self._second_look(result, clock_ns)
+        return result
+
+    async def _second_look(self, result: FetchResult, clock_ns: Callable[[], int]) -> None:
+        known = self.known
+        kept: list[InvalidFill] = []
+        looked = 0
+        for bad in result.invalid:
+            key = bad.key
+            if (key.startswith("sha256:") or looked >= MAX_SECOND_LOOKS
+                    or (known is not None and (known(key) or known("dlq:" + key)))):
+                kept.append(bad)  # no id, too many, or handled already (published or dead-lettered)
+                continue
+            looked += 1
+            copy = await self.lookup(key, clock_ns())
+            if isinstance(copy, FillEvent):
+                result.fills.append(copy)
+            else:
+                bad.error = f"{bad.error}; by id: {copy}"
+                kept.append(bad)
+        result.invalid = kept
+
+    async def lookup(self, fill_id: str, observed_at_ns: int) -> FillEvent | str:
+        """`GET /api/v1/fills/{id}` normalised, or why that copy cannot be used."""
+        try:
+            body = await self.client.get(f"{FILLS_PATH}/{urllib.parse.quote(fill_id, safe='')}")
+        except VenueError as exc:
+            return f"the single-fill endpoint failed ({exc.reason}: {exc})"
+        try:
+            fill = _fill_decoder.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            return f"the single-fill endpoint's copy is malformed too: {exc}"
+        source = self.source
+        if fill.id != fill_id:
+            return "the single-fill endpoint answered with another fill"
+        if fill.subaccount_index != source.subaccount_index or (
+                source.portfolio_index is not None and fill.portfolio_index != source.portfolio_index):
+            return "the single-fill endpoint's copy belongs to another subaccount or portfolio"
+        try:
+            return normalise(fill, source=source.name, observed_at_ns=observed_at_ns)
+        except ValueError as exc:
+            return f"the single-fill endpoint's copy is invalid too: {exc}"
+
+    async def fetch_one(self, fill_id: str) -> FillEvent | None:
+        """The venue's own record of one fill, normalised (None when it cannot be had): the audit
+        confirms a mismatch with it."""
+        copy = await self.lookup(fill_id, time.time_ns())
+        return copy if isinstance(copy, FillEvent) else None
 
 
 def create_adapter(

@@ -98,6 +98,15 @@ def load_rule_groups() -> list[dict[str, Any]]:
     return yaml.safe_load(ALERTS_FILE.read_text())["groups"]
 
 
+def scoped_rule_groups(job: str, namespace: str, fullname: str) -> list[dict[str, Any]]:
+    """files/alerts.yml as the chart scopes it to one release (fill-publisher.alertRules)."""
+    text = ALERTS_FILE.read_text()
+    text = text.replace('job="fill-publisher"', f'job="{job}", namespace="{namespace}"')
+    text = text.replace('container="fill-publisher"',
+                        f'container="fill-publisher", namespace="{namespace}", pod=~"{fullname}-[a-z0-9]+-[a-z0-9]+"')
+    return yaml.safe_load(text)["groups"]
+
+
 def all_alert_rules() -> list[dict[str, Any]]:
     return [r for g in load_rule_groups() for r in g["rules"] if "alert" in r]
 

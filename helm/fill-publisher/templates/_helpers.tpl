@@ -30,6 +30,22 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/component: publisher
 app.kubernetes.io/part-of: fill-publisher
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The scrape job of this release's publisher: what the ServiceMonitor sets and the alert rules select. */}}
+{{- define "fill-publisher.job" -}}
+{{- default (include "fill-publisher.fullname" .) .Values.prometheusRule.job -}}
+{{- end -}}
+
+{{/* files/alerts.yml scoped to this release: its job and namespace, and for kube-state-metrics'
+     series its namespace and the Deployment's pods (<fullname>-<replicaset hash>-<suffix>). */}}
+{{- define "fill-publisher.alertRules" -}}
+{{- $job := printf "job=%q, namespace=%q" (include "fill-publisher.job" .) .Release.Namespace -}}
+{{- $pods := printf "container=\"fill-publisher\", namespace=%q, pod=~%q" .Release.Namespace (printf "%s-[a-z0-9]+-[a-z0-9]+" (include "fill-publisher.fullname" .)) -}}
+{{- .Files.Get "files/alerts.yml" | replace "job=\"fill-publisher\"" $job | replace "container=\"fill-publisher\"" $pods -}}
 {{- end -}}
 
 {{- define "fill-publisher.serviceAccountName" -}}
@@ -72,4 +88,66 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $_ := set $names .name true -}}
 {{- end -}}
 {{- toYaml $cfg -}}
+{{- end -}}
+
+{{/* The NetworkPolicy egress rules of a pod that reads the venues and Kafka (the publisher's,
+     and the audit CronJob's): DNS, the Kafka brokers, the venues' REST APIs, extraEgress. */}}
+{{- define "fill-publisher.egress" -}}
+{{- $np := .Values.networkPolicy -}}
+{{- if $np.dns.enabled }}
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+{{- end }}
+# Kafka brokers
+- ports:
+    {{- range $np.kafka.ports }}
+    {{- if kindIs "map" . }}
+    - port: {{ .port }}
+      {{- with .endPort }}
+      endPort: {{ . }}
+      {{- end }}
+      protocol: TCP
+    {{- else }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+    {{- end }}
+  {{- with $np.kafka.to }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+# venues' REST APIs (Kalshi, ZLL)
+- ports:
+    {{- range $np.venues.ports }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+  {{- with $np.venues.to }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- with $np.extraEgress }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The audit CronJob's pods: selectable on their own, never by the publisher's selector. */}}
+{{- define "fill-publisher.auditSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "fill-publisher.name" . }}-audit
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "fill-publisher.auditLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "fill-publisher.auditSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: audit
+app.kubernetes.io/part-of: fill-publisher
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
