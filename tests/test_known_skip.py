@@ -29,7 +29,8 @@ from tests.test_zll_adapter import fill as zll_fill
 
 
 def _now() -> int:
-    return 1
+    # a fixed, plausible wall clock (2027-01-15): fills dated after it by more than a day are refused
+    return 1_800_000_000 * 10**9
 
 
 async def test_kalshi_skips_known_fills_and_counts_them_once(private_key: rsa.RSAPrivateKey) -> None:
@@ -123,9 +124,9 @@ async def test_kalshi_page_strategies_agree(seed: int, private_key: rsa.RSAPriva
         for fast_way in (True, False):
             collector = FillCollector()
             if fast_way:
-                assert await fast._read_page(body, collector, 5) == "next"
+                assert await fast._read_page(body, collector, _now()) == "next"
             else:
-                assert reference._read_raw(body, collector, 5) == "next"
+                assert reference._read_raw(body, collector, _now()) == "next"
             results.append(_outcome(collector.result, known))
         assert results[0] == results[1]
 
@@ -153,7 +154,7 @@ async def test_zll_page_strategies_agree(seed: int, monkeypatch: pytest.MonkeyPa
             adapter.known = None if known is None else known.__contains__
             poll = zll._Poll(adapter, T, _now)
             poll.mostly_new = mostly_new  # keys first, or typed first
-            items = await poll.read(body, 5) if fast else poll._read_raw(body, 5)
+            items = await poll.read(body, _now()) if fast else poll._read_raw(body, _now())
             results.append(([(i.time, i.repeat) for i in items], _outcome(poll.collector.result, known)))
         assert results[0] == results[1]
 
@@ -167,7 +168,7 @@ async def test_kalshi_backlog_page_is_read_whole_while_its_ends_are_new(
     adapter.known = published.__contains__
     adapter._mostly_new = True
     collector = FillCollector()
-    await adapter._read_page(body, collector, 5)
+    await adapter._read_page(body, collector, _now())
     # read whole, the poll loop drops the published fills; else they are skipped and counted
     assert collector.result.known == (len(published) if looked_up else 0)
     assert len(collector.result.fills) == 4 - collector.result.known
@@ -181,7 +182,7 @@ async def test_zll_backlog_page_is_read_whole_while_its_ends_are_new(published: 
     adapter.known = {zll_fill(n, T)["id"] for n in published}.__contains__
     poll = zll._Poll(adapter, T, _now)
     poll.mostly_new = True
-    await poll.read(body, 5)
+    await poll.read(body, _now())
     result = poll.collector.result
     assert result.known == (len(published) if looked_up else 0)
     assert len(result.fills) == 4 - result.known
