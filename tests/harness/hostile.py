@@ -113,6 +113,11 @@ class HostileVenue:
 
     async def _answer(self, mode: Mode, head: str, headers: dict[str, str], writer: asyncio.StreamWriter) -> bool:
         """Answer one request; False when the connection is done."""
+        if " /historical/cutoff" in head.split("\r\n", 1)[0].replace("/trade-api/v2", ""):
+            # Kalshi's cutoff endpoint answers normally: the hostility is in the fills answers
+            writer.write(_response(200, b'{"trades_created_ts": "2000-01-01T00:00:00Z"}'))
+            await writer.drain()
+            return True
         if mode == "ok":
             writer.write(_response(200, OK_PAGE))
         elif mode == "endless_headers":
