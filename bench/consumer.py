@@ -3,8 +3,8 @@
 `python -m bench.consumer SPEC_JSON`; spec: `bootstrap`, `topics`, `expect` (stop after this many
 distinct fill ids, 0: until SIGTERM), `timeout_s`, `out` (JSON file written at exit), `latency`
 (also record each fill's receive time and execution time). Prints `ready` once every partition is
-assigned. Reads with isolation_level=read_committed (which the mock broker does not filter: see
-shared/testing-notes.md) and a small fetch_max_wait_ms, counting as records arrive because the
+assigned. Reads with isolation_level=read_committed (which the mock broker does not filter:
+see publisher/embedded_broker.py) and a small fetch_max_wait_ms, counting as records arrive because the
 mock keeps only ~5 MiB per partition.
 """
 

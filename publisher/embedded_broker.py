@@ -23,7 +23,7 @@ which also gives us what the `test.mock.num.brokers` shortcut does not:
 When the shared library cannot be located the child falls back to the `test.mock.num.brokers`
 shortcut through `confluent_kafka.Producer`; then `create_topic` is unavailable.
 
-Limits of this broker (see shared/testing-notes.md): control batches carry CRC 0 (consumers need
+Limits of this broker: control batches carry CRC 0 (consumers need
 `check_crcs=False`), read_committed is not filtered, InitProducerId does not fence, and each
 partition keeps only its newest ~5 MiB. Topic configs such as `cleanup.policy=compact` are
 accepted by nothing here: the mock has no configs.

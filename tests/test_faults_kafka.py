@@ -7,7 +7,7 @@ time, librdkafka's mock cluster over TCP, and :class:`KafkaProxy` for outages th
 broker's data intact (killing the mock loses its data). Delivery is judged from the raw log by
 :mod:`tests.harness.delivery`.
 
-What this broker cannot show (shared/testing-notes.md): it does not filter read_committed, does not
+What this broker cannot show (see publisher/embedded_broker.py): it does not filter read_committed, does not
 fence, and never aborts a dead producer's open transaction. So:
 
 - with no crash, "exactly once among records of committed transactions" is judged (`committed`),

@@ -6,7 +6,7 @@ late fills and same-timestamp bursts larger than a page, and ZLL inserts fills b
 requests. The publisher runs as a child process (`fill-publisher run`), is stopped with SIGTERM,
 more fills arrive while it is down, and it is started again.
 
-What the test broker can show (librdkafka's mock cluster, see shared/testing-notes.md): it does not
+What the test broker can show (librdkafka's mock cluster, see publisher/embedded_broker.py): it does not
 filter read_committed, so delivery is judged from the raw log, counting only records whose
 transaction has a COMMIT marker. With no crash involved, "every fill exactly once among committed
 records" is exactly what a read_committed consumer on real Kafka sees.

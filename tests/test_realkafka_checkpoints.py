@@ -23,7 +23,6 @@ from publisher.checkpoint import decode_checkpoint
 from publisher.config import KafkaConfig
 from tests.harness.delivery import read_log
 from tests.harness.kafka import KafkaCluster
-from tests.harness.stack import NS
 from tests.test_faults_kafka import (  # noqa: F401 - cleanup is a fixture
     COMMON,
     LOOKBACK_S,
@@ -34,7 +33,7 @@ from tests.test_faults_kafka import (  # noqa: F401 - cleanup is a fixture
     stop_generating,
     until,
 )
-from tests.test_realkafka_delivery import judge, real_stack
+from tests.test_realkafka_delivery import judge_run, real_stack
 
 pytestmark = [pytest.mark.realkafka, pytest.mark.integration]
 
@@ -91,9 +90,7 @@ async def test_checkpoint_topic_compacts_and_restore_after_compaction_is_right(
     log_before = len(proc.logs())
     proc = await started(stack, cleanup)
     await asyncio.sleep(2.0)
-    await stop_generating(stack)
-    expected = stack.expected(started_ns - LOOKBACK_S * NS)
-    consumed = await judge(real_kafka, stack, expected)
+    expected, consumed = await judge_run(real_kafka, stack, started_ns)
     code, _took = await proc.terminate()
     assert code == 0, proc.log_tail()
     assert "no checkpoint" not in proc.logs()[log_before:]
@@ -137,9 +134,7 @@ async def test_checkpoint_of_a_large_window_stays_under_the_topics_max_message_b
     await asyncio.sleep(1.0)  # fills while it is down
     proc = await started(stack, cleanup)
     await asyncio.sleep(2.0)
-    await stop_generating(stack)
-    expected = stack.expected(started_ns - LOOKBACK_S * NS)
-    consumed = await judge(real_kafka, stack, expected)
+    expected, consumed = await judge_run(real_kafka, stack, started_ns)
     code, _took = await proc.terminate()
     assert code == 0, proc.log_tail()
     records = await read_log(real_kafka.bootstrap, [stack.topics["checkpoint"]])

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.harness.kafka import KafkaCluster, ScramUser
-from tests.harness.stack import NS, Stack, secret_needles
+from tests.harness.stack import Stack, secret_needles
 from tests.test_faults_kafka import (  # noqa: F401 - cleanup is a fixture
     COMMON,
     LOOKBACK_S,
@@ -30,7 +30,7 @@ from tests.test_faults_kafka import (  # noqa: F401 - cleanup is a fixture
     stop_generating,
     until,
 )
-from tests.test_realkafka_delivery import FAST_KAFKA, create_topics, judge, two_sources
+from tests.test_realkafka_delivery import FAST_KAFKA, create_topics, judge_run, two_sources
 
 pytestmark = [pytest.mark.realkafka, pytest.mark.integration]
 
@@ -92,9 +92,7 @@ async def test_sasl_ssl_scram_publishes_and_wrong_password_is_clear(
     cleanup.append(proc)
     await proc.wait_ready(60)
     await until("first commits", lambda: proc.metric("fillpub_fills_published_total"), 20)
-    await stop_generating(stack)
-    expected = stack.expected(started_ns - LOOKBACK_S * NS)
-    consumed = await judge(real_kafka, stack, expected)
+    expected, consumed = await judge_run(real_kafka, stack, started_ns)
     metrics_ok = await proc.metrics_text()
     code, _took = await proc.terminate()
     assert code == 0, proc.log_tail()

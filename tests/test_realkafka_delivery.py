@@ -83,6 +83,14 @@ async def judge(cluster: KafkaCluster, stack: Stack, expected: dict[str, tuple[S
     return consumed
 
 
+async def judge_run(cluster: KafkaCluster, stack: Stack, started_ns: int) -> tuple[dict[str, tuple[SourceSpec, Any]], list[Any]]:
+    """End a run: stop the venues' new fills, then :func:`judge` every fill executed since the run
+    started, less the lookback the first start reads. Returns the expected and consumed fills."""
+    await stop_generating(stack)
+    expected = stack.expected(started_ns - LOOKBACK_S * NS)
+    return expected, await judge(cluster, stack, expected)
+
+
 def real_stack(tmp: Path, bootstrap: str, prefix: str, **kafka: Any) -> Stack:
     return Stack(tmp, bootstrap, prefix, kafka_extra={**FAST_KAFKA, **kafka})
 
@@ -170,9 +178,7 @@ async def test_sigkill_20_times_exactly_once_among_committed(real_kafka: KafkaCl
 
     proc = await started(stack, cleanup)
     await asyncio.sleep(1.0)
-    await stop_generating(stack)
-    expected = stack.expected(started_ns - LOOKBACK_S * NS)
-    consumed = await judge(real_kafka, stack, expected)
+    expected, consumed = await judge_run(real_kafka, stack, started_ns)
     code, took = await proc.terminate()
     assert code == 0 and took < 10, proc.log_tail()
     statuses = by_status(await read_log(real_kafka.bootstrap, fills_topics(stack)))
@@ -249,9 +255,7 @@ async def test_zombie_fenced_by_second_instance(real_kafka: KafkaCluster, topic_
 
     await asyncio.sleep(1.5)  # the second instance keeps publishing, unfenced
     assert second.alive, second.log_tail()
-    await stop_generating(stack)
-    expected = stack.expected(started_ns - LOOKBACK_S * NS)
-    consumed = await judge(real_kafka, stack, expected)
+    expected, consumed = await judge_run(real_kafka, stack, started_ns)
     raw = await read_log(real_kafka.bootstrap, [*fills_topics(stack), stack.topics["checkpoint"]])
     assert {(r.topic, r.partition, r.offset) for r in raw if (r.producer_id, r.producer_epoch) in zombie_producer
             and r.status == COMMITTED} == committed_by_zombie, "the zombie committed after the fence"

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from tests.harness.kafka import KafkaCluster
-from tests.harness.stack import NS, PublisherProcess
+from tests.harness.stack import PublisherProcess
 from tests.test_faults_kafka import (  # noqa: F401 - cleanup is a fixture
     LOOKBACK_S,
     cleanup,
@@ -39,7 +39,7 @@ from tests.test_faults_kafka import (  # noqa: F401 - cleanup is a fixture
     stop_generating,
     until,
 )
-from tests.test_realkafka_delivery import FAST_KAFKA, judge, real_stack, two_sources
+from tests.test_realkafka_delivery import FAST_KAFKA, judge_run, real_stack, two_sources
 
 pytestmark = [pytest.mark.realkafka, pytest.mark.integration]
 
@@ -145,9 +145,7 @@ async def test_single_broker_killed_mid_transaction_and_restarted(
         hang = await monitor.outage_after(t_freeze)
         errors_after = await publish_errors(proc)
     await asyncio.sleep(1.0)
-    await stop_generating(stack)
-    expected = stack.expected(started_ns - LOOKBACK_S * NS)
-    consumed = await judge(cluster, stack, expected)
+    expected, consumed = await judge_run(cluster, stack, started_ns)
     code, took = await proc.terminate()
     assert code == 0 and took < 10, proc.log_tail()
     assert outage["saw_503"] and hang["saw_503"]
@@ -190,9 +188,7 @@ async def test_three_nodes_leader_and_coordinator_failover(
             results[what] = {"node": victim, **outage, "restart_s": round(rejoin_s, 1),
                              "back_in_sync_s": round(sync_s, 1)}
     await asyncio.sleep(1.0)
-    await stop_generating(stack)
-    expected = stack.expected(started_ns - LOOKBACK_S * NS)
-    consumed = await judge(cluster, stack, expected)
+    expected, consumed = await judge_run(cluster, stack, started_ns)
     code, took = await proc.terminate()
     assert code == 0 and took < 10, proc.log_tail()
     observe("real 4b three nodes fail-over", fills_in=len(expected), fills_out=len(consumed), **results)

@@ -1,6 +1,6 @@
 """Kalshi Trade API v2 simulator: `GET /portfolio/fills` with Kalshi's auth, cursors and fill shapes.
 
-Behaviour follows `venue-api-notes.md`; where Kalshi's docs are silent the simulator picks one
+Behaviour follows Kalshi's public API documentation (docs/venues.md); where Kalshi's docs are silent the simulator picks one
 plausible answer and makes the others switchable:
 
 - auth: `KALSHI-ACCESS-KEY` must name a configured key id, `KALSHI-ACCESS-TIMESTAMP` must be

@@ -1,6 +1,6 @@
 """Zero Latency Labs simulator: `GET /api/v1/fills` (offset paging) and `GET /api/v1/fills/{id}`.
 
-Behaviour follows `venue-api-notes.md`; where ZLL's docs are silent the simulator makes it
+Behaviour follows ZLL's public API documentation (docs/venues.md); where ZLL's docs are silent the simulator makes it
 switchable:
 
 - auth: `X-API-KEY` (or `X-DEVICE-KEY`) must equal the configured base64 API key, else 401. A key

@@ -24,7 +24,7 @@ RUNBOOKS = REPO / "docs" / "runbooks.md"
 HELM_TOOL = Path(__file__).resolve().parent / "helm_tool.py"
 VENV_BIN = Path(sys.executable).parent
 
-# The metric names of the contract (docs: /work/shared/contract.md, "Metrics"), with the
+# The metric names the service promises (docs/operations.md, "Metrics"), with the
 # series names Prometheus derives from histograms.
 CONTRACT_METRICS = {
     "fillpub_fills_published_total",
