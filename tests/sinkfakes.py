@@ -12,7 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiokafka.errors import KafkaConnectionError
+from aiokafka.structs import RecordMetadata, TopicPartition
+
 PARTITIONS = 4
+#: a `commit` fault: the commit takes effect, then the answer is lost (the call raises this error)
+LOST_ANSWER = "lost-answer"
 
 
 @dataclass
@@ -25,6 +30,8 @@ class Sent:
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]]
+    #: its offset in its partition (the sink's `partition`, else 0), counted per partition
+    offset: int = -1
 
 
 @dataclass
@@ -34,12 +41,17 @@ class World:
     log: list[tuple[Any, ...]] = field(default_factory=list)
     sent: list[Sent] = field(default_factory=list)
     producers: list[FakeProducer] = field(default_factory=list)
-    #: call name -> errors the next calls raise, one each ("hang": never returns)
+    #: call name -> errors the next calls raise, one each ("hang": never returns; for "commit",
+    #: an error raised before the commit takes effect, or LOST_ANSWER)
     faults: dict[str, list[BaseException | str]] = field(default_factory=dict)
     #: a record for which this returns an error makes its send's future fail with it
     reject: Callable[[Sent], BaseException | None] | None = None
     #: set while commit_transaction waits on it (to look at the sink mid-commit)
     commit_gate: asyncio.Event | None = None
+    #: the next offset of each (topic, partition)
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: how often the sink asked whether a record's transaction committed
+    settled: int = 0
 
     def committed(self) -> list[Sent]:
         """Records of committed transactions, in order (a transaction's records are those sent
@@ -60,6 +72,12 @@ class World:
 
     def calls(self, kind: str) -> int:
         return sum(1 for entry in self.log if entry[0] == kind)
+
+    async def settle(self, topic: str, partition: int, offset: int) -> bool:
+        """The sink's `settle`: whether the record at `offset` belongs to a committed transaction."""
+        self.settled += 1
+        return any(r.topic == topic and (r.partition or 0) == partition and r.offset == offset
+                   for r in self.committed())
 
 
 class FakeBatch:
@@ -126,6 +144,15 @@ class FakeProducer:
         gate = self.world.commit_gate
         if gate is not None:
             await gate.wait()
+        faults = self.world.faults.get("commit")
+        if faults and faults[0] == LOST_ANSWER:
+            faults.pop(0)
+            self.world.log.append(("commit", self.id))
+            raise KafkaConnectionError("the commit's answer was lost")
+        if faults and isinstance(faults[0], BaseException):
+            # refused before it took effect: the transaction stays open (a rebuild aborts it)
+            self.world.log.append(("commit-failed", self.id))
+            raise faults.pop(0)
         await self._call("commit")
 
     async def abort_transaction(self) -> None:
@@ -137,13 +164,16 @@ class FakeProducer:
     def create_batch(self) -> FakeBatch:
         return FakeBatch(self._capacity, self.options["max_batch_size"])
 
-    def _record(self, record: Sent) -> asyncio.Future[None]:
+    def _record(self, record: Sent) -> asyncio.Future[RecordMetadata]:
+        where = (record.topic, record.partition or 0)
+        record.offset = self.world.offsets.get(where, 0)
+        self.world.offsets[where] = record.offset + 1
         self.world.log.append(("record", self.id, record))
         self.world.sent.append(record)
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
         error = self.world.reject(record) if self.world.reject else None
         if error is None:
-            future.set_result(None)
+            future.set_result(RecordMetadata(where[0], where[1], TopicPartition(*where), record.offset, -1, 0, 0))
         else:
             future.set_exception(error)
         return future
@@ -160,5 +190,5 @@ class FakeProducer:
         return self._record(Sent(self.id, topic, partition, key, value, list(headers or [])))
 
 
-async def _all(futures: list[asyncio.Future[None]]) -> None:
+async def _all(futures: list[asyncio.Future[RecordMetadata]]) -> None:
     await asyncio.gather(*futures)

@@ -36,7 +36,7 @@ from publisher.sink import (
 from publisher.sink.batching import partition_for
 from publisher.sink.held import HeldSources
 from publisher.sink.records import record_budget
-from tests.sinkfakes import PARTITIONS, Sent, World, producer_class
+from tests.sinkfakes import LOST_ANSWER, PARTITIONS, Sent, World, producer_class
 
 KAFKA = KafkaConfig(bootstrap_servers="fake:9092", request_timeout_s=1, transaction_timeout_s=0.5,
                     max_record_bytes=65536)
@@ -76,7 +76,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
 
 @pytest.fixture
 async def sink(world: World) -> AsyncIterator[TransactionalSink]:
-    s = TransactionalSink(KAFKA, None, Metrics(), max_backoff_s=0.01)
+    s = TransactionalSink(KAFKA, None, Metrics(), max_backoff_s=0.01, settle=world.settle)
     await s.start()
     yield s
 
@@ -171,13 +171,67 @@ async def test_a_broken_producer_state_rebuilds_without_an_abort(world: World, s
 
 
 async def test_a_failing_abort_rebuilds(world: World, sink: TransactionalSink) -> None:
-    world.faults["commit"] = [KafkaError("commit failed")]
+    world.faults["send"] = [KafkaError("send failed")]
     world.faults["abort"] = [AssertionError("illegal transition")]
     done = Committed()
     sink.submit(done.batch("a"))
     task = await running(sink)
     await until(lambda: done.calls)
     assert world.calls("abort") == 1 and sink.rebuilds == 1
+    assert len(records(world, "fills.kalshi")) == 2
+    assert await stop(sink, task)
+
+
+# -- a commit whose outcome is unknown -------------------------------------------------------------
+
+async def test_a_commit_that_took_effect_but_failed_is_not_sent_again(world: World, sink: TransactionalSink) -> None:
+    """The coordinator committed, the answer was lost: retrying blindly would publish twice."""
+    world.faults["commit"] = [LOST_ANSWER]
+    done = Committed()
+    sink.submit(done.batch("a"))
+    task = await running(sink)
+    await until(lambda: done.calls)
+    assert world.calls("abort") == 0 and sink.rebuilds == 1 and world.settled == 1
+    assert len(records(world, "fills.kalshi")) == 2 and world.calls("begin") == 1
+    assert done.calls == ["a"] and sink.pending_fills == 0 and sink.healthy
+    # the next transaction runs as usual on the rebuilt producer
+    sink.submit(done.batch("b"))
+    await until(lambda: len(done.calls) == 2)
+    assert len(records(world, "fills.kalshi")) == 4 and world.settled == 1
+    assert await stop(sink, task)
+
+
+async def test_a_commit_refused_before_it_took_effect_is_sent_again_once(
+        world: World, sink: TransactionalSink) -> None:
+    world.faults["commit"] = [KafkaError("not committed")]
+    done = Committed()
+    sink.submit(done.batch("a"))
+    task = await running(sink)
+    await until(lambda: done.calls)
+    assert world.calls("abort") == 0 and sink.rebuilds == 1 and world.settled == 1
+    assert world.calls("begin") == 2 and len(records(world, "fills.kalshi")) == 2
+    assert done.calls == ["a"] and sink.pending_fills == 0
+    assert await stop(sink, task)
+
+
+async def test_an_unsettled_commit_is_asked_again_until_kafka_answers(world: World) -> None:
+    """Settling fails while Kafka is away: the batches wait, neither dropped nor sent twice."""
+    answers = [TimeoutError(), KafkaConnectionError("away")]
+
+    async def settle(topic: str, partition: int, offset: int) -> bool:
+        if answers:
+            world.settled += 1
+            raise answers.pop(0)
+        return await world.settle(topic, partition, offset)
+
+    sink = TransactionalSink(KAFKA, None, Metrics(), max_backoff_s=0.01, settle=settle)
+    await sink.start()
+    world.faults["commit"] = [LOST_ANSWER]
+    done = Committed()
+    sink.submit(done.batch("a"))
+    task = await running(sink)
+    await until(lambda: done.calls)
+    assert world.settled == 3 and world.calls("begin") == 1 and len(records(world, "fills.kalshi")) == 2
     assert await stop(sink, task)
 
 
@@ -214,7 +268,7 @@ async def test_a_lost_transactional_id_is_final_and_sends_nothing_more(
 
 async def test_start_retries_until_the_cluster_answers(world: World) -> None:
     world.faults["start"] = [KafkaConnectionError("down"), KafkaConnectionError("down")]
-    sink = TransactionalSink(KAFKA, None, Metrics(), max_backoff_s=0.01)
+    sink = TransactionalSink(KAFKA, None, Metrics(), max_backoff_s=0.01, settle=world.settle)
     await sink.start()
     assert sink.healthy and world.calls("start") == 3 and world.calls("stop") == 2  # failed ones discarded
 
@@ -338,7 +392,8 @@ async def test_a_shrinking_checkpoint_tombstones_the_parts_it_no_longer_writes(
 
 
 async def test_checkpoint_partition_puts_every_checkpoint_record_there(world: World) -> None:
-    sink = TransactionalSink(KAFKA, None, Metrics(), transactional_id="fp-3", checkpoint_partition=3)
+    sink = TransactionalSink(KAFKA, None, Metrics(), transactional_id="fp-3", checkpoint_partition=3,
+                             settle=world.settle)
     await sink.start()
     assert world.producers[0].options["transactional_id"] == "fp-3" and sink.transactional_id == "fp-3"
     done = Committed()

@@ -3,7 +3,8 @@
 One concern per module: :mod:`~publisher.sink.records` (the contract's record layout),
 :mod:`~publisher.sink.batching` (records gathered per partition), :mod:`~publisher.sink.producer`
 (the transactional producer's lifecycle and what each aiokafka error means) and
-:mod:`~publisher.sink.commit` (the group-commit loop, :class:`TransactionalSink`).
+:mod:`~publisher.sink.commit` (the group-commit loop, :class:`TransactionalSink`) and
+:mod:`~publisher.sink.outcome` (whether a transaction whose commit failed midway committed).
 """
 
 from publisher.sink.commit import SourceBatch, TransactionalSink

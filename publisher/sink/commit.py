@@ -17,6 +17,10 @@ Failure handling, in the order it matters:
   transaction hangs, until the next commit succeeds;
 - memory is bounded: :meth:`wait_for_capacity` holds pollers back while `max_pending_fills` fetched
   fills are waiting, so an outage pauses polling instead of buffering without limit;
+- a commit whose outcome is unknown (it failed or timed out after the commit request went out:
+  the coordinator may have committed it) is never retried blindly, which would publish its fills
+  twice: the producer is rebuilt, which makes the coordinator finish or abort it for good, and one
+  of its records is read back (:mod:`publisher.sink.outcome`) to tell which;
 - fencing (another instance took our transactional id) is final: :class:`~publisher.sink.producer.TransactionalIdLostError` is
   raised out of :meth:`run` and the process exits non-zero, so a zombie never publishes.
 
@@ -32,7 +36,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
@@ -40,10 +44,12 @@ from aiokafka import AIOKafkaProducer
 from publisher.checkpoint import encoded_checkpoint_records
 from publisher.config import KafkaConfig, fills_topic
 from publisher.event import DeadLetter, FillEvent, encode
+from publisher.kafkaclient import consumer_options
 from publisher.metrics import Metrics
 from publisher.secret import Secret
 from publisher.sink.batching import PartitionBatches, partition_for
 from publisher.sink.held import HeldSources
+from publisher.sink.outcome import record_committed
 from publisher.sink.producer import (
     FATAL,
     REBUILD,
@@ -87,6 +93,22 @@ class SourceBatch:
         return len(self.fills) + len(self.dead_letters)
 
 
+#: (topic, partition, offset) -> whether the record's transaction committed (see publisher.sink.outcome)
+Settle = Callable[[str, int, int], Awaitable[bool]]
+
+
+@dataclass(slots=True, eq=False)
+class _InDoubt:
+    """A transaction whose commit request went out but whose outcome we do not know."""
+
+    batches: list[SourceBatch]
+    parts: dict[str, int]
+    #: where one of its records (the last checkpoint record) was written
+    topic: str
+    partition: int
+    offset: int
+
+
 def _sources(batches: list[SourceBatch]) -> str:
     names = sorted({batch.source for batch in batches})
     return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
@@ -105,8 +127,20 @@ class TransactionalSink:
         transactional_id: str | None = None,
         checkpoint_partition: int | None = None,
         ssl_key_password: Secret | None = None,
+        settle: Settle | None = None,
     ):
         self._kafka = kafka
+        if settle is None:
+            options = consumer_options(kafka, sasl_password, ssl_key_password)
+            deadline_s = max(kafka.request_timeout_s, kafka.transaction_timeout_s)
+
+            async def settle(topic: str, partition: int, offset: int) -> bool:
+                return await record_committed(options, topic, partition, offset, deadline_s)
+        self._settle = settle
+        #: the transaction whose commit outcome is unknown, settled before the next one begins
+        self._in_doubt: _InDoubt | None = None
+        #: a transaction was begun on the current producer and neither committed nor left behind
+        self._txn_open = False
         #: the checkpoint topic's partition every checkpoint record of this sink goes to (a shard's
         #: partition); None: the default partitioner's choice by source name
         self.checkpoint_partition = checkpoint_partition
@@ -257,17 +291,23 @@ class TransactionalSink:
         topic, a topic we may not write) would fail every retry: the batches are then committed
         source by source, and a source whose own transaction still fails is held back (retried
         alone, with a growing pause) so that every other source goes on committing.
+
+        A transaction whose commit outcome is unknown is settled (:meth:`_settle_doubt`) before
+        anything else is written; until then its batches stay in this loop's list.
         """
         attempt = 0
         while batches:
             try:
+                if self._in_doubt is not None:
+                    batches = await self._settle_doubt(batches)
+                    continue
                 await self._attempt(batches)
             except FATAL as exc:
                 raise self._fatal(exc) from exc
             except Exception as exc:  # noqa: BLE001 - see docstring: recover, retry
                 attempt += 1
                 await self._failed(batches, exc)
-                if isinstance(exc, RECORD_ERRORS):
+                if isinstance(exc, RECORD_ERRORS) and self._in_doubt is None:
                     batches = await self._isolate(batches, exc)
                     continue
                 delay = self._producers.backoff(attempt)
@@ -280,6 +320,7 @@ class TransactionalSink:
 
     async def _attempt(self, batches: list[SourceBatch]) -> None:
         """One transaction of `batches`; on success, their owners are told."""
+        assert self._in_doubt is None, "settle the transaction in doubt first"
         if self._producer is None:
             await self._producers.start_once()
         started = time.perf_counter()
@@ -288,8 +329,36 @@ class TransactionalSink:
             parts = await asyncio.wait_for(self._transaction(batches), self._kafka.transaction_timeout_s)
         finally:
             self._txn_started = None
-        committed_ns = time.time_ns()
+        self._in_doubt = None
+        self._txn_open = False
         self._metrics.commit_duration.observe(time.perf_counter() - started)
+        self._committed(batches, parts)
+
+    async def _settle_doubt(self, batches: list[SourceBatch]) -> list[SourceBatch]:
+        """Learn whether the transaction in doubt committed; returns what is still to be written:
+        `batches` without the doubtful transaction's batches when it committed, else with them
+        (first, as they are older). Raises when Kafka cannot tell yet (the loop retries later)."""
+        doubt = self._in_doubt
+        assert doubt is not None
+        if self._producer is None:
+            await self._producers.start_once()
+        # a producer of our transactional id was initialised after the doubtful commit (the
+        # rebuild that followed it), so its outcome is final now
+        committed = await self._settle(doubt.topic, doubt.partition, doubt.offset)
+        self._in_doubt = None
+        if committed:
+            log.warning("the transaction of %d batches (%d fills) of %s whose commit outcome was unknown had "
+                        "committed; its fills are not sent again", len(doubt.batches),
+                        sum(b.size for b in doubt.batches), _sources(doubt.batches))
+            self._committed(doubt.batches, doubt.parts)
+            return [b for b in batches if not any(b is d for d in doubt.batches)]
+        log.info("the transaction whose commit outcome was unknown had been aborted; sending its batches again")
+        missing = [d for d in doubt.batches if not any(d is b for b in batches)]
+        return [*missing, *batches]
+
+    def _committed(self, batches: list[SourceBatch], parts: dict[str, int]) -> None:
+        """`batches` are in Kafka: account for them and tell their owners."""
+        committed_ns = time.time_ns()
         self._healthy = True
         self._parts_written.update(parts)
         self._held.committed({batch.source for batch in batches})
@@ -324,7 +393,7 @@ class TransactionalSink:
                 raise self._fatal(fatal) from fatal
             except Exception as again:  # noqa: BLE001 - like _commit_until_done
                 await self._failed(group, again)
-                if not isinstance(again, RECORD_ERRORS):
+                if not isinstance(again, RECORD_ERRORS) or self._in_doubt is not None:
                     return [b for g in (group, *pending) for b in g]
                 self._hold(group, again)
         return []
@@ -339,15 +408,17 @@ class TransactionalSink:
     async def _recover(self, exc: BaseException) -> None:
         """Leave the failed transaction behind: abort it, or rebuild the producer.
 
-        Rebuild at once when the producer's own state is broken (:data:`REBUILD`; a timed-out
-        transaction counts, since aiokafka's idempotent producer never expires its batches and
-        an abort would queue behind them), else try an abort first. A final error (fencing)
+        Rebuild at once when the commit request went out (the outcome is unknown: only a new
+        producer's initialisation settles it) or the producer's own state is broken
+        (:data:`REBUILD`; a timed-out transaction counts, since aiokafka's idempotent producer never
+        expires its batches and an abort would queue behind them), else try an abort first. A final error (fencing)
         raised by the abort or the rebuild propagates.
         """
         producer = self._producer
-        if producer is None:
-            return
-        if not isinstance(exc, REBUILD):
+        if producer is None or not self._txn_open:
+            return  # nothing begun to leave behind (the failure was the start or the settling)
+        self._txn_open = False
+        if self._in_doubt is None and not isinstance(exc, REBUILD):
             try:
                 await asyncio.wait_for(producer.abort_transaction(), self._kafka.request_timeout_s)
                 return
@@ -374,6 +445,7 @@ class TransactionalSink:
         assert producer is not None
         kafka = self._kafka
         budget = self._budget
+        self._txn_open = True
         await producer.begin_transaction()
         records = PartitionBatches(producer, budget)
         futures = records.futures
@@ -414,9 +486,13 @@ class TransactionalSink:
                 # every record of a source's checkpoint in one partition: where its head would go
                 partition = partition_for(name.encode(), await producer.partitions_for(topic))
             for key, record in cp_records:
-                futures.append(await producer.send(topic, record, key=key, partition=partition))
+                marker = await producer.send(topic, record, key=key, partition=partition)
+                futures.append(marker)
             parts[name] = sum(1 for _, record in cp_records[:-1] if record is not None)
         await asyncio.gather(*futures)
+        written = marker.result()
+        # from here on a failure leaves the outcome unknown: the coordinator may commit anyway
+        self._in_doubt = _InDoubt(batches, parts, written.topic, written.partition, written.offset)
         await producer.commit_transaction()
         return parts
 
