@@ -1,21 +1,20 @@
-"""The running service: wires config -> venue adapters -> pollers -> sink, and owns the lifecycle.
+"""The running service: wires config -> shards -> (per shard) pollers and sink, and owns the lifecycle.
 
-Start-up order matters for exactly-once:
 1. serve /healthz, /readyz (503) and /metrics at once, so probes and scrapes work while waiting;
-2. initialise the transactional producer, retrying until Kafka answers (this fences an older
-   instance and aborts its in-doubt transaction);
-3. create missing topics (best effort), then restore every source's checkpoint with a
-   read_committed consumer;
-4. only then start polling; /readyz turns 200.
+2. own shards (:mod:`publisher.membership`): with one shard (no cluster) the only shard at once;
+   with `cluster.shards` > 1 this instance's share in the consumer group, as it changes;
+3. each shard taken (:mod:`publisher.shard_runner`): initialise its transactional producer (fences
+   any earlier owner, aborts its in-doubt transaction), then restore its sources' checkpoints with
+   a read_committed consumer, only then poll; /readyz turns 200 once every owned shard polls.
 
-SIGTERM/SIGINT: stop polling, commit what is queued, exit 0 within 10 s. Fencing by another
-instance: exit 3 at once, publishing nothing more.
+SIGTERM/SIGINT: stop polling, commit what is queued, (in a group) leave it, exit 0 within 10 s.
+Without a cluster, fencing by another instance exits 3 at once, publishing nothing more; in a
+group a fenced shard is dropped (its new owner has it) and the instance carries on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import time
@@ -23,42 +22,40 @@ import time
 import httpx
 
 from publisher import __version__
-from publisher.checkpoint import Checkpoint, read_checkpoints
-from publisher.config import Settings, fills_topic
+from publisher.config import ConfigError, Settings
 from publisher.endpoints import make_handler
 from publisher.httpserver import HttpServer
-from publisher.kafkaclient import consumer_options, ensure_topics
+from publisher.membership import GroupMembership
 from publisher.metrics import Metrics
-from publisher.poll import Backoff, Poller, SourceState
-from publisher.sink import ProducerFencedError, TransactionalSink
-from publisher.venues import VENUES
-from publisher.venues.transport import SourceTransport
+from publisher.ownership import Ownership
+from publisher.poll import Poller
+from publisher.shards import layout
 
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_FENCED = 3
-#: SIGTERM: the contract gives 10 s to exit. Pollers get a moment to finish a poll, the sink the
-#: rest of the budget to commit and stop its producer; the remainder covers process exit.
-POLL_GRACE_S = 1.5
+#: SIGTERM: the contract gives 10 s to exit. Shards get this long to stop polling, commit and stop
+#: their producers; the remainder covers process exit.
 SHUTDOWN_BUDGET_S = 8.5
-#: how long a cancelled start-up may take to clean up
-STARTUP_CANCEL_S = 3.0
 
 
 class Publisher:
-    """One service instance. `serve()` runs it until `stop` is set or the producer is fenced."""
+    """One service instance. `serve()` runs it until `stop` is set or (without a cluster) its
+    transactional id is lost."""
 
     def __init__(self, settings: Settings, metrics: Metrics | None = None):
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.metrics.ready.set_function(lambda: 1.0 if self.ready else 0.0)
-        self.sink = TransactionalSink(settings.config.kafka, settings.sasl_password, self.metrics,
-                                      ssl_key_password=settings.ssl_key_password)
-        self.pollers: list[Poller] = []
+        self.layout = layout(settings.config)
+        self.metrics.shards_configured.set(len(self.layout.shards))
+        # one TLS context (httpx's default: certifi CAs, verification on) for every source: each
+        # building its own costs ~0.8 MiB, 800 MiB for a thousand sources
+        self.ownership = Ownership(self.layout, settings, self.metrics, httpx.create_ssl_context())
+        self.membership = GroupMembership(settings, self.ownership, self.metrics) if self.layout.grouped else None
         self.http: HttpServer | None = None
-        self._restored = False
 
     @property
     def ready(self) -> bool:
@@ -66,151 +63,66 @@ class Publisher:
 
     def not_ready_reason(self) -> str | None:
         """None when ready (/readyz 200), else what start-up waits for or what is wrong (its 503 body)."""
-        if not self._restored:
-            # the sink turns healthy once its producer is initialised, the step before the restore
-            return "restoring checkpoints" if self.sink.healthy else "waiting for Kafka: producer not initialised"
-        if not self.sink.healthy:
-            return "Kafka unavailable: the last transaction failed or is taking too long"
-        return None
+        if self.membership is not None:
+            return self.membership.not_ready_reason()
+        if not self.ownership.runners:
+            return "waiting for Kafka: producer not initialised"
+        return self.ownership.not_ready_reason()
+
+    @property
+    def pollers(self) -> list[Poller]:
+        """The pollers of every shard this instance serves now."""
+        return [p for n in self.ownership.owned for p in self.ownership.runners[n].pollers]
+
+    @property
+    def rebuilds(self) -> int:
+        """Producers replaced after failures, over every shard this instance ran."""
+        return self.ownership.rebuilds
 
     async def serve(self, stop: asyncio.Event) -> int:
         config = self.settings.config
         self.http = HttpServer(make_handler(self.metrics, self.not_ready_reason), config.http.host, config.http.port)
         await self.http.start()
         log.info("fill-publisher %s serving /metrics /healthz /readyz on %s", __version__, self.http.url)
-        transports: list[SourceTransport] = []
         try:
-            # start-up (producer, topics, checkpoints) retries for as long as Kafka is away, and
-            # any step of it may hang on a stalled connection: SIGTERM must end it regardless
-            startup = asyncio.create_task(self._start_up(stop), name="start-up")
-            stopped = asyncio.create_task(stop.wait(), name="stop")
-            await asyncio.wait({startup, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            stopped.cancel()
-            if not startup.done():
-                startup.cancel()
-                await asyncio.wait({startup}, timeout=STARTUP_CANCEL_S)
-                log.info("stopped before start-up completed; nothing was fetched")
-                return EXIT_OK
-            checkpoints = startup.result()
-            if checkpoints is None:
-                return EXIT_OK
-            self._build_pollers(checkpoints, transports)
-            self._restored = True
-            log.info("ready: %d sources polling", len(self.pollers))
-            return await self._run(stop)
-        except ProducerFencedError as exc:
-            log.critical("exiting with status %d: %s", EXIT_FENCED, exc)
-            return EXIT_FENCED
+            if self.membership is not None:
+                await self.membership.run(stop, SHUTDOWN_BUDGET_S)
+                return self._outcome()
+            return await self._serve_alone(stop)
         finally:
-            await self.sink.close(None, 1.0)
-            for transport in transports:
-                await transport.aclose()
+            await self.ownership.give_back_all(1.0)
+            await self.ownership.settle()
             await self.http.close()
 
-    async def _start_up(self, stop: asyncio.Event) -> dict[str, Checkpoint] | None:
-        """Producer first (fences a zombie, aborts its in-doubt transaction), then checkpoints."""
-        try:
-            await self.sink.start(stop)
-        except asyncio.CancelledError:
-            if stop.is_set():
-                return None
-            raise
-        return await self._restore(stop)
-
-    async def _restore(self, stop: asyncio.Event) -> dict[str, Checkpoint] | None:
-        """Create topics and read checkpoints, retrying until it works (None: stopped first)."""
-        settings = self.settings
-        kafka = settings.config.kafka
-        names = [s.name for s in settings.config.sources]
-        if kafka.create_topics:
-            venues = sorted({s.venue_name for s in settings.config.sources})
-            await ensure_topics(kafka, settings.sasl_password, [fills_topic(kafka, v) for v in venues],
-                                ssl_key_password=settings.ssl_key_password)
-        backoff = Backoff(base_s=0.5, cap_s=30.0)
-        while not stop.is_set():
-            try:
-                found = await asyncio.wait_for(
-                    read_checkpoints(kafka.checkpoint_topic, names, consumer_options(kafka, settings.sasl_password,
-                                                                                   settings.ssl_key_password)),
-                    timeout=max(30.0, kafka.request_timeout_s * 2),
-                )
-            except Exception as exc:  # noqa: BLE001 - any failure: retry; polling must not start
-                self.metrics.publish_errors.labels(reason="checkpoint_restore").inc()
-                delay = backoff.next_delay()
-                log.warning("restoring checkpoints failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                continue
-            for source in settings.config.sources:
-                checkpoint = found.get(source.name)
-                if checkpoint is not None and checkpoint.venue != source.venue_name:
-                    log.warning("source %s: checkpoint belongs to venue %s, not %s; starting fresh",
-                                source.name, checkpoint.venue, source.venue_name, extra={"source": source.name})
-                    found.pop(source.name)
-                elif checkpoint is None:
-                    log.warning("source %s: no checkpoint in %s; first start, publishing fills of the last %gs",
-                                source.name, kafka.checkpoint_topic, source.lookback_s,
-                                extra={"source": source.name})
-            return found
-        return None
-
-    def _build_pollers(self, checkpoints: dict[str, Checkpoint], transports: list[SourceTransport]) -> None:
-        settings = self.settings
-        now_ns = time.time_ns()
-        # one TLS context (httpx's default: certifi CAs, verification on) for every source: each
-        # building its own costs ~0.8 MiB, 800 MiB for a thousand sources
-        tls = httpx.create_ssl_context()
-        for source in settings.config.sources:
-            venue = VENUES[source.venue_name]
-            transport = SourceTransport(source.base_url, tls)
-            transports.append(transport)
-            source_metrics = self.metrics.source(source.venue_name, source.name)
-            adapter = venue.create_adapter(
-                source, settings.source_secrets[source.name], transport, source_metrics.requests.inc
-            )
-            state = SourceState(source, checkpoints.get(source.name), now_ns)
-            self.pollers.append(Poller(source, adapter, state, self.sink, source_metrics))
-
-    async def _run(self, stop: asyncio.Event) -> int:
-        sink_task = asyncio.create_task(self.sink.run(), name="sink")
-        poll_tasks = [asyncio.create_task(p.run(stop), name=f"poll:{p.source.name}") for p in self.pollers]
-        stop_task = asyncio.create_task(stop.wait())
-        await asyncio.wait({sink_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    async def _serve_alone(self, stop: asyncio.Event) -> int:
+        """Without a cluster: the one shard, until SIGTERM or the loss of its transactional id."""
+        ownership = self.ownership
+        ownership.take([0])
+        stopped = asyncio.create_task(stop.wait(), name="stop")
+        ended = asyncio.create_task(ownership.ended.wait(), name="ended")
+        await asyncio.wait({stopped, ended}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        ended.cancel()
         stopping_since = time.monotonic()
-        sink_error = sink_task.exception() if sink_task.done() else None
-        fenced = isinstance(sink_error, ProducerFencedError)
-        if sink_error is not None and not fenced:
-            log.error("sink stopped unexpectedly", exc_info=sink_error)
-        stop.set()
-        stop_task.cancel()
-        if fenced:
+        outcome = self._outcome()
+        if outcome == EXIT_FENCED:
             # a zombie must not publish: no grace, nothing more handed to Kafka
-            for task in poll_tasks:
-                task.cancel()
-            await asyncio.gather(*poll_tasks, return_exceptions=True)
-            await self.sink.close(None, 1.0)
-            log.critical("exiting with status %d: %s; %d fetched fills left to the instance that owns the "
-                         "transactional id", EXIT_FENCED, sink_error, self.sink.pending_fills)
+            await ownership.settle()
+            log.critical("exiting with status %d: %s; fetched fills left to the instance that owns the "
+                         "transactional id", EXIT_FENCED, ownership.lost)
             return EXIT_FENCED
-        # stop polling: a poll still waiting on the venue after the grace period is abandoned,
-        # which loses nothing (it queued nothing yet); a poller held back by the capacity gate
-        # (Kafka away) is abandoned the same way
-        _, late = await asyncio.wait(poll_tasks, timeout=POLL_GRACE_S) if poll_tasks else (set(), set())
-        for task in late:
-            task.cancel()
-        await asyncio.gather(*poll_tasks, return_exceptions=True)
-        pending = self.sink.pending_fills
         budget = max(1.0, SHUTDOWN_BUDGET_S - (time.monotonic() - stopping_since))
-        drained = await self.sink.close(sink_task, budget)
-        if sink_error is not None:
-            return EXIT_FAILED
-        if drained:
-            log.info("stopped: everything fetched was committed (%d fills were in flight at the signal)", pending)
-        else:
-            log.warning("stopped with %d fetched fills not committed (%s); their sources' "
-                        "checkpoints did not move, so the next start fetches them again",
-                        self.sink.pending_fills, self.sink.held or "Kafka unavailable")
-        return EXIT_OK
+        await ownership.give_back_all(budget)
+        return outcome
+
+    def _outcome(self) -> int:
+        """The exit status the shards' end calls for; raises the ConfigError that ended one."""
+        ownership = self.ownership
+        if ownership.lost is not None:
+            return EXIT_FENCED
+        if isinstance(ownership.failure, ConfigError):
+            raise ownership.failure
+        return EXIT_FAILED if ownership.failure is not None else EXIT_OK
 
 
 def run(settings: Settings) -> int:

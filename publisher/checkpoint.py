@@ -31,6 +31,8 @@ from typing import Any
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from publisher.kafkaclient import topic_partitions
+
 log = logging.getLogger(__name__)
 
 #: 1: one record per checkpoint; 2: `parts` and `generation` (a split checkpoint)
@@ -246,6 +248,16 @@ async def read_checkpoints(
     """
     assembler = _Assembler(set(sources))
     only = None if partitions is None else set(partitions)
+    # the admin client's Metadata answer (describing a missing topic never creates it)
+    present = await topic_partitions(consumer_options, topic)
+    if not present:
+        log.warning("checkpoint topic %s does not exist yet: every source starts fresh", topic)
+        return assembler.found
+    if only is not None:
+        missing = only - present
+        if missing:
+            raise LookupError(f"checkpoint topic {topic} has no partition {sorted(missing)} (it has {len(present)})")
+        present = only
     consumer = AIOKafkaConsumer(
         **consumer_options,
         isolation_level="read_committed",
@@ -255,18 +267,6 @@ async def read_checkpoints(
     )
     await consumer.start()
     try:
-        # topics() refreshes a metadata copy the consumer does not keep, so ask the client directly
-        cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001 - replaced by the sink rework
-        present: set[int] = cluster.partitions_for_topic(topic) or set()
-        if not present:
-            log.warning("checkpoint topic %s does not exist yet: every source starts fresh", topic)
-            return assembler.found
-        if only is not None:
-            missing = only - present
-            if missing:
-                raise LookupError(f"checkpoint topic {topic} has no partition {sorted(missing)} "
-                                  f"(it has {len(present)})")
-            present = only
         assignment = [TopicPartition(topic, p) for p in sorted(present)]
         consumer.assign(assignment)
         await consumer.seek_to_beginning(*assignment)

@@ -9,7 +9,7 @@ so the CLI can print one line and exit 2.
 Environment overrides (they win over the file; values are parsed as YAML scalars, so `9108` is an
 int, `true` a bool and `null` unsets an optional setting, then validated like the file):
 
-- `FILLPUB_KAFKA__<KEY>` and `FILLPUB_HTTP__<KEY>`, e.g. `FILLPUB_KAFKA__BOOTSTRAP_SERVERS`.
+- `FILLPUB_KAFKA__<KEY>`, `FILLPUB_HTTP__<KEY>` and `FILLPUB_CLUSTER__<KEY>`, e.g. `FILLPUB_KAFKA__BOOTSTRAP_SERVERS`.
 - `FILLPUB_SOURCES__<NAME>__<KEY>` for a source defined in the file, where NAME is the source name
   upper-cased with `-` and `.` turned into `_` (`kalshi-main` -> `KALSHI_MAIN`), e.g.
   `FILLPUB_SOURCES__KALSHI_MAIN__PAGE_LIMIT=500`. Sources themselves are only defined in the file;
@@ -216,6 +216,22 @@ class HttpConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 9108
 
 
+class ClusterConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """The `cluster:` section: several instances sharing the sources (see :mod:`publisher.shards`)."""
+
+    #: sources are split into this many shards; fixed for the life of a deployment (changing it is
+    #: the offline step `fill-publisher reshard`). 1: one instance owns every source, no group
+    shards: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 1
+    #: the Kafka consumer group the instances share the shards through; None: the
+    #: transactional id prefix
+    group_id: Annotated[str, msgspec.Meta(min_length=1, max_length=249)] | None = None
+    #: static group membership (group.instance.id, e.g. the pod name): a restarted instance that
+    #: comes back within the session timeout gets its shards back without a rebalance
+    instance_id: Annotated[str, msgspec.Meta(min_length=1, max_length=249)] | None = None
+    #: an instance that stops heartbeating loses its shards to the others after this long
+    session_timeout_s: Annotated[float, msgspec.Meta(ge=6, le=300)] = 10.0
+
+
 #: any venue's source config, told apart by its `venue` field
 if TYPE_CHECKING:
     # statically, every source is a SourceConfig; msgspec decodes the tagged union below
@@ -230,6 +246,7 @@ class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     kafka: KafkaConfig
     sources: Annotated[list[AnySource], msgspec.Meta(min_length=1)]
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+    cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
 
     def __post_init__(self) -> None:
         first: dict[str, int] = {}
@@ -282,6 +299,7 @@ def load_settings(path: str | os.PathLike[str], environ: Mapping[str, str] = os.
     config = _decode(raw, origins)
     try:
         _check_backfill_from(config)
+        _check_shards(config)
         _check_overlapping_sources(config)
         return _resolve(config, environ)
     except ConfigError as exc:
@@ -299,6 +317,15 @@ def _check_backfill_from(config: Config) -> None:
             except ValueError as exc:
                 raise ConfigError(f"sources[{source.name}].backfill_from",
                                   f"not an RFC 3339 time with a UTC offset ({exc})") from None
+
+
+def _check_shards(config: Config) -> None:
+    """A source pinned to a shard must name one of `cluster.shards`."""
+    shards = config.cluster.shards
+    for source in config.sources:
+        if source.shard is not None and source.shard >= shards:
+            raise ConfigError(f"sources[{source.name}].shard",
+                              f"{source.shard} is not a shard: cluster.shards is {shards} (shards 0 to {shards - 1})")
 
 
 def _check_overlapping_sources(config: Config) -> None:
@@ -464,13 +491,13 @@ def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError("config", "the top level must be a mapping (kafka:, http:, sources:)")
+        raise ConfigError("config", "the top level must be a mapping (kafka:, http:, cluster:, sources:)")
     return raw
 
 
 # --- environment overrides --------------------------------------------------------------------
 
-_SECTIONS: dict[str, type[msgspec.Struct]] = {"kafka": KafkaConfig, "http": HttpConfig}
+_SECTIONS: dict[str, type[msgspec.Struct]] = {"kafka": KafkaConfig, "http": HttpConfig, "cluster": ClusterConfig}
 _VENUE_TYPES: dict[str, type[SourceConfig]] = {cls.__struct_config__.tag: cls for cls in SOURCE_CONFIG_TYPES}
 #: pairs where giving one half in the environment replaces whichever half the file gave
 _SECRET_PAIRS = (
@@ -507,7 +534,7 @@ def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dic
             target, label, key = _env_source_target(var, raw, rest)
             field = f"sources[{label}].{key}"
         else:
-            raise ConfigError(var, f"unknown config section {section!r} (kafka, http or sources)")
+            raise ConfigError(var, f"unknown config section {section!r} (kafka, http, cluster or sources)")
         _set_override(target, key, _env_value(environ[var], _field_type(target, section, key)))
         origins[field] = var
     return origins

@@ -62,6 +62,10 @@ class BatchHistogram(Collector):
         self._children: dict[tuple[str, ...], BatchHistogramChild] = {}
         registry.register(self)
 
+    def remove(self, *labelvalues: str) -> None:
+        """Drop the child of one label set (as prometheus-client's metrics' `remove`)."""
+        self._children.pop(tuple(labelvalues), None)
+
     def labels(self, **labels: str) -> BatchHistogramChild:
         """The child of one label set, created (with zero counts) on first use."""
         key = tuple(labels[name] for name in self._labelnames)
@@ -174,11 +178,31 @@ class Metrics:
             per_source, registry=r)
         self.ready = Gauge(
             "fillpub_ready", "1 while /readyz answers 200, else 0", registry=r)
+        # several instances sharing the sources (cluster.shards): the contract's two, and the
+        # configured count, so an alert can compare what the release owns with what it should
+        self.shards_owned = Gauge(
+            "fillpub_shards_owned", "Shards this instance owns", registry=r)
+        self.rebalances = Counter(
+            "fillpub_rebalances", "Shard assignments this instance received from the consumer group", registry=r)
+        self.shards_configured = Gauge(
+            "fillpub_shards_configured", "cluster.shards: the shards the sources are split into", registry=r)
+        self._per_source: list[Counter | Gauge | Histogram | BatchHistogram] = [
+            self.fills_published, self.fills_duplicate, self.fills_invalid, self.poll_requests, self.last_success,
+            self.fill_lag, self.poll_duration, self.poll_interval, self.fills_below_floor, self.fills_conflicting,
+        ]
 
     def source(self, venue: str, source: str) -> SourceMetrics:
         """Bound children for one source; creating them makes every series exist from zero, so
         rate() and absent() based alerts see the source before its first event."""
         return SourceMetrics(self, venue, source)
+
+    def forget_source(self, venue: str, source: str) -> None:
+        """Drop a source's series: it moved to another instance (its shard did), whose series
+        now describe it; a stale copy here would look like a source that stopped polling."""
+        for metric in self._per_source:
+            metric.remove(venue, source)
+        for reason in POLL_ERROR_REASONS:
+            self.poll_errors.remove(venue, source, reason)
 
     def exposition(self) -> bytes:
         """The registry in Prometheus text format."""

@@ -15,6 +15,7 @@ from publisher.checkpoint import Checkpoint, read_checkpoints
 from publisher.config import Settings
 from publisher.dedupe import KEY_SIZE
 from publisher.kafkaclient import consumer_options
+from publisher.shards import layout
 from publisher.venues.base import SourceConfig
 
 
@@ -29,38 +30,34 @@ class SourceStatus:
     written_at: str | None
 
 
-def shard_of(source: SourceConfig) -> int:
-    """The shard a source belongs to.
-
-    The one place `status` decides it: a pinned `shard`, else 0 (a single-shard deployment).
-    Once the cluster module computes shards from `cluster.shards`, call it here.
-    """
-    return source.shard if source.shard is not None else 0
-
-
 def rfc3339(ns: int) -> str:
     """`ns` since the epoch as RFC 3339 UTC with milliseconds, e.g. `2026-12-02T18:30:00.123Z`."""
     moment = dt.datetime.fromtimestamp(ns / 1e9, tz=dt.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def source_status(source: SourceConfig, checkpoint: Checkpoint | None) -> SourceStatus:
+def source_status(source: SourceConfig, shard: int, checkpoint: Checkpoint | None) -> SourceStatus:
     if checkpoint is None:
-        return SourceStatus(source.name, shard_of(source), None, None, None)
+        return SourceStatus(source.name, shard, None, None, None)
     window = sum(len(keys) // KEY_SIZE for keys in checkpoint.seen.values())
     written = rfc3339(checkpoint.written_at_ns) if checkpoint.written_at_ns else None
-    return SourceStatus(source.name, shard_of(source), rfc3339(checkpoint.watermark_ns), window, written)
+    return SourceStatus(source.name, shard, rfc3339(checkpoint.watermark_ns), window, written)
 
 
 async def read_status(settings: Settings) -> list[SourceStatus]:
-    """The status of every configured source, in config order."""
+    """The status of every configured source, in config order: each read where its shard keeps
+    it (with a cluster, the shard's partition; without, wherever its name hashes)."""
     kafka = settings.config.kafka
+    options = consumer_options(kafka, settings.sasl_password, settings.ssl_key_password)
+    shards = layout(settings.config)
+    found: dict[str, Checkpoint] = {}
+    for shard in shards.shards:
+        if shard.sources:
+            found.update(await read_checkpoints(
+                kafka.checkpoint_topic, [s.name for s in shard.sources], options,
+                partitions=None if shard.checkpoint_partition is None else [shard.checkpoint_partition]))
     sources: Sequence[SourceConfig] = settings.config.sources
-    checkpoints = await read_checkpoints(
-        kafka.checkpoint_topic, [s.name for s in sources],
-        consumer_options(kafka, settings.sasl_password, settings.ssl_key_password),
-    )
-    return [source_status(s, checkpoints.get(s.name)) for s in sources]
+    return [source_status(s, shards.shard_of_source(s.name), found.get(s.name)) for s in sources]
 
 
 def render(statuses: Sequence[SourceStatus], as_json: bool) -> str:

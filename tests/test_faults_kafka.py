@@ -754,7 +754,7 @@ async def test_aiokafka_failure_rebuilds_producer_and_carries_on(fault: BaseExce
         faults.on_send = fault
         await until("the fault", lambda: faults.fired, 10)
         before = published()
-        await until("a producer rebuild", lambda: app.sink.rebuilds, 20)
+        await until("a producer rebuild", lambda: app.rebuilds, 20)
         await until("commits after the rebuild", lambda: published() > before, 20)
         await until("ready again", lambda: app.ready, 20)
         await stop_generating(stack)
@@ -767,7 +767,7 @@ async def test_aiokafka_failure_rebuilds_producer_and_carries_on(fault: BaseExce
     assert code == EXIT_OK
     assert metric_value(app, "fillpub_publish_errors_total", reason=reason) == 1
     report = assert_exactly_once(records, expected)
-    observe(f"10 {reason}", fills_in=report.expected, fills_out=report.seen, rebuilds=app.sink.rebuilds,
+    observe(f"10 {reason}", fills_in=report.expected, fills_out=report.seen, rebuilds=app.rebuilds,
             errors={reason: 1})
 
 

@@ -47,6 +47,7 @@ from publisher.event import DeadLetter, FillEvent, encode
 from publisher.kafkaclient import consumer_options
 from publisher.metrics import Metrics
 from publisher.secret import Secret
+from publisher.sink.backlog import Backlog
 from publisher.sink.batching import PartitionBatches, partition_for
 from publisher.sink.held import HeldSources
 from publisher.sink.outcome import record_committed
@@ -128,6 +129,7 @@ class TransactionalSink:
         checkpoint_partition: int | None = None,
         ssl_key_password: Secret | None = None,
         settle: Settle | None = None,
+        backlog: Backlog | None = None,
     ):
         self._kafka = kafka
         if settle is None:
@@ -152,9 +154,12 @@ class TransactionalSink:
             max_backoff_s=max_backoff_s, ssl_key_password=ssl_key_password)
         self._queue: deque[SourceBatch] = deque()
         self._work = asyncio.Event()
-        self._capacity = asyncio.Event()
-        self._capacity.set()
+        #: shared by every sink of the process (one per shard owned): the memory bound
+        self._backlog = backlog if backlog is not None else Backlog(kafka.max_pending_fills, metrics.pending_fills)
+        #: this sink's own share of it
         self._pending = 0
+        #: what close() took out of the backlog (the share left uncommitted)
+        self._backlog_released = 0
         self._closing = False
         self._budget = record_budget(kafka.max_record_bytes)
         #: sources whose batches Kafka refused, retried alone
@@ -203,8 +208,9 @@ class TransactionalSink:
         return self._pending
 
     async def wait_for_capacity(self) -> None:
-        """Return once fewer than `max_pending_fills` fetched fills await their commit."""
-        await self._capacity.wait()
+        """Return once fewer than `max_pending_fills` fetched fills (of the whole process) await
+        their commit."""
+        await self._backlog.wait_for_capacity()
 
     def submit(self, batch: SourceBatch) -> None:
         """Queue a batch for the next transaction. Never blocks: callers gate on capacity first."""
@@ -216,11 +222,7 @@ class TransactionalSink:
 
     def _add_pending(self, delta: int) -> None:
         self._pending += delta
-        self._metrics.pending_fills.set(self._pending)
-        if self._pending >= self._kafka.max_pending_fills:
-            self._capacity.clear()
-        else:
-            self._capacity.set()
+        self._backlog.add(delta)
 
     # ------------------------------------------------------------------ producer lifecycle
 
@@ -504,6 +506,7 @@ class TransactionalSink:
         The commit loop gets `timeout_s` minus a reserve for stopping the producer; when Kafka is
         away it is cancelled then (the uncommitted batches' checkpoints did not move, so the next
         start fetches those fills again). Returns True when everything submitted was committed.
+        What is left stays counted in :attr:`pending_fills` but leaves the process' backlog.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
@@ -518,4 +521,8 @@ class TransactionalSink:
         drained = self._pending == 0
         await self._producers.close(max(0.2, deadline - loop.time()))
         self._healthy = False
+        # what is left is abandoned (its checkpoints did not move: the next owner fetches it again)
+        # and no longer holds the process' pollers back; close() may be called more than once
+        self._backlog.add(self._backlog_released - self._pending)
+        self._backlog_released = self._pending
         return drained
