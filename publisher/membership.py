@@ -63,6 +63,7 @@ class GroupMembership(ConsumerRebalanceListener):
         self._joined_once = False
         #: what start-up waits for before the first join
         self._waiting = "waiting for Kafka: checkpoint topic"
+        self._background: set[asyncio.Task[bool]] = set()
 
     def not_ready_reason(self) -> str | None:
         if not self.assigned:
@@ -84,10 +85,17 @@ class GroupMembership(ConsumerRebalanceListener):
         finally:
             budget = max(1.0, shutdown_budget_s - 1.0 - (time.monotonic() - stopped))
             await self._ownership.give_back_all(budget)
-            self.assigned = False
             # leaves the group (LeaveGroup, unless static membership), so the others take over now
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(consumer.stop(), 2.0)
+            await self._leave(consumer)
+
+    async def _leave(self, consumer: AIOKafkaConsumer) -> None:
+        """Stop being a member: no shard may stay owned past its consumer (aiokafka's stop() calls
+        no revocation callback), so whatever a callback took is given back first."""
+        self.assigned = False
+        await self._ownership.give_back_all(1.0)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(consumer.stop(), 2.0)
+        self._consumer = None
 
     async def _prepare(self, stop: asyncio.Event) -> bool:
         """Create missing topics, the checkpoint topic with one partition per shard; check that
@@ -146,18 +154,26 @@ class GroupMembership(ConsumerRebalanceListener):
             )
             consumer.subscribe([kafka.checkpoint_topic], listener=self)
             self._consumer = consumer
-            try:
-                await asyncio.wait_for(consumer.start(), kafka.request_timeout_s)
-                log.info("joining consumer group %s (%d shards)", self.group_id, len(self._layout.shards))
+            # start() returns once the group assigned us partitions: a rebalance may wait for
+            # other members up to the rebalance timeout, so no deadline here, only `stop`
+            starting = asyncio.create_task(consumer.start(), name="join")
+            stopped = asyncio.create_task(stop.wait(), name="stop")
+            await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if starting.done() and starting.exception() is None:
+                log.info("joined consumer group %s (%d shards)", self.group_id, len(self._layout.shards))
                 return consumer
-            except Exception as exc:  # noqa: BLE001 - Kafka away: retry
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(consumer.stop(), 2.0)
-                delay = backoff.next_delay()
-                log.warning("cannot join consumer group %s (%s: %s); retrying in %.1fs",
-                            self.group_id, type(exc).__name__, exc, delay)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            error = None if starting.cancelled() else starting.exception()
+            await self._leave(consumer)
+            if error is None:
+                break  # stopped
+            delay = backoff.next_delay()
+            log.warning("cannot join consumer group %s (%s: %s); retrying in %.1fs",
+                        self.group_id, type(error).__name__, error, delay)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
         return None
 
     async def _heartbeat_until(self, stop: asyncio.Event, consumer: AIOKafkaConsumer) -> None:
@@ -202,6 +218,15 @@ class GroupMembership(ConsumerRebalanceListener):
         real = [n for n in shards if self._layout.shard(n) is not None]
         self._metrics.rebalances.inc()
         log.info("consumer group %s assigned shards %s to this instance", self.group_id, _numbers(real) or "none")
+        stale = set(self._ownership.owned) - set(shards)
+        if stale:
+            # the eager protocol revokes everything before assigning; a revocation that failed
+            # must not leave a shard running here that the group gave to another member
+            log.warning("shards %s are still running here but no longer assigned; giving them back", _numbers(stale))
+            task = asyncio.get_running_loop().create_task(
+                self._ownership.give_back(stale, self._settings.config.cluster.session_timeout_s * _GIVE_BACK_SHARE))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         self._ownership.take(shards)
         self.assigned = True
         self._joined_once = True

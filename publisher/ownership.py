@@ -45,7 +45,7 @@ class Ownership:
         self.lost: TransactionalIdLostError | None = None
         #: a failure that is not a loss (e.g. a ConfigError the broker's settings caused)
         self.failure: BaseException | None = None
-        #: producers rebuilt after failures, over every shard this instance ran
+        #: shards taken again with a new producer after failures, over every shard this instance ran
         self._rebuilds_before = 0
         #: lost or failed shards being stopped
         self._dropping: set[asyncio.Task[None]] = set()
@@ -56,7 +56,7 @@ class Ownership:
 
     @property
     def rebuilds(self) -> int:
-        return self._rebuilds_before + sum(r.sink.rebuilds for r in self.runners.values())
+        return self._rebuilds_before + sum(r.rebuilds for r in self.runners.values())
 
     def not_ready_reason(self) -> str | None:
         """What the first shard not serving yet waits for; None when every owned shard serves."""
@@ -136,7 +136,7 @@ class Ownership:
         if task is not None and not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        self._rebuilds_before += runner.sink.rebuilds
+        self._rebuilds_before += runner.rebuilds
         if self.layout.grouped:
             for source in runner.shard.sources:
                 self._metrics.forget_source(source.venue_name, source.name)

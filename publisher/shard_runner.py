@@ -14,6 +14,12 @@ Whatever is not committed then is fetched again by the next owner: its checkpoin
 
 Losing it (another instance initialised the shard's producer: fencing) ends :meth:`run` with
 :class:`~publisher.sink.TransactionalIdLostError` at once; :meth:`drop` then sends nothing more.
+
+Its producer failing in a way an abort cannot repair (:class:`~publisher.sink.ProducerStateLost`)
+makes the runner take the shard again from step 1. Only a take initialises the shard's
+transactional id, and every take restores after that: an instance that was frozen while another
+took the shard, and thaws to find its transaction timed out, restores what the other committed
+before it writes anything, instead of writing from its own stale state.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from publisher.kafkaclient import consumer_options, ensure_topics
 from publisher.metrics import Metrics
 from publisher.poll import Backoff, Poller, SourceState
 from publisher.shards import Shard
-from publisher.sink import TransactionalSink
+from publisher.sink import ProducerStateLost, TransactionalSink
 from publisher.sink.backlog import Backlog
 from publisher.venues import VENUES
 from publisher.venues.transport import SourceTransport
@@ -51,11 +57,10 @@ class ShardRunner:
         self._metrics = metrics
         self._tls = tls
         self._create_topics = create_topics
-        kafka = settings.config.kafka
-        self.sink = TransactionalSink(kafka, settings.sasl_password, metrics,
-                                      transactional_id=shard.transactional_id,
-                                      checkpoint_partition=shard.checkpoint_partition,
-                                      ssl_key_password=settings.ssl_key_password, backlog=backlog)
+        self._backlog = backlog
+        self.sink = self._new_sink()
+        #: times the shard was taken again because its producer had to be replaced
+        self.rebuilds = 0
         self.pollers: list[Poller] = []
         #: checkpoints are restored and the sources poll
         self.restored = False
@@ -67,6 +72,21 @@ class ShardRunner:
     @property
     def number(self) -> int:
         return self.shard.number
+
+    @property
+    def _grouped(self) -> bool:
+        return self.shard.checkpoint_partition is not None
+
+    @property
+    def _name(self) -> str:
+        return f"shard {self.shard.number}" if self._grouped else f"transactional id {self.shard.transactional_id}"
+
+    def _new_sink(self) -> TransactionalSink:
+        settings = self._settings
+        return TransactionalSink(settings.config.kafka, settings.sasl_password, self._metrics,
+                                 transactional_id=self.shard.transactional_id,
+                                 checkpoint_partition=self.shard.checkpoint_partition,
+                                 ssl_key_password=settings.ssl_key_password, backlog=self._backlog)
 
     def not_ready_reason(self) -> str | None:
         """None once the shard polls and commits, else what it waits for."""
@@ -82,29 +102,64 @@ class ShardRunner:
     async def run(self) -> None:
         """Take the shard and serve it until :meth:`give_back` (returns) or the shard's
         transactional id is lost (raises TransactionalIdLostError). Raises ConfigError when the
-        cluster refuses the config (the broker's transaction timeout)."""
+        cluster refuses the config (the broker's transaction timeout). Whenever the sink's producer
+        must be replaced (:class:`~publisher.sink.ProducerStateLost`), the shard is taken again:
+        a new producer, checkpoints restored after it started, the sources' recent fills read again."""
         if not self.shard.sources:
             # a shard no source hashes to: nothing to publish, no producer needed
             self.restored = True
             await self._stop.wait()
             return
+        while True:
+            if not await self._take():
+                return
+            assert self._sink_task is not None
+            try:
+                await self._sink_task  # ends when give_back() closes the sink
+                return
+            except ProducerStateLost as exc:
+                if self._stop.is_set():
+                    return
+                self.rebuilds += 1
+                log.warning("%s: %s; taking it again: a new producer, checkpoints restored from Kafka, the sources' "
+                            "recent fills read again (%d times so far)", self._name, exc, self.rebuilds)
+                await self._reset()
+
+    async def _take(self) -> bool:
+        """Producer, checkpoints, pollers; False when stopped first."""
+        if self._stop.is_set():
+            return False  # given back already: the shard may be another instance's by now
         try:
             await self.sink.start(self._stop)
         except asyncio.CancelledError:
             if self._stop.is_set():
-                return
+                return False
             raise
         checkpoints = await self._restore()
         if checkpoints is None:
-            return
+            return False
         self._build_pollers(checkpoints)
         self._sink_task = asyncio.create_task(self.sink.run(), name=f"sink:{self.shard.transactional_id}")
         self._poll_tasks = [asyncio.create_task(p.run(self._stop), name=f"poll:{p.source.name}")
                             for p in self.pollers]
         self.restored = True
-        grouped = self.shard.checkpoint_partition is not None
-        log.info("%sready: %d sources polling", f"shard {self.shard.number} " if grouped else "", len(self.pollers))
-        await self._sink_task  # ends when give_back() closes the sink, raises when the id is lost
+        log.info("%sready: %d sources polling", f"shard {self.shard.number} " if self._grouped else "",
+                 len(self.pollers))
+        return True
+
+    async def _reset(self) -> None:
+        """Forget everything since the last take: pollers stopped at once (what they fetched is
+        fetched again), the sink's uncommitted batches abandoned, a new unstarted sink."""
+        self.restored = False
+        for task in self._poll_tasks:
+            task.cancel()
+        await asyncio.gather(*self._poll_tasks, return_exceptions=True)
+        self._poll_tasks = []
+        self.pollers = []
+        await self.sink.close(None, 0.5)
+        await self._close_transports()
+        self.sink = self._new_sink()
+        self._sink_task = None
 
     async def _restore(self) -> dict[str, Checkpoint] | None:
         """Create topics (without a cluster) and read checkpoints, retrying until it works (None:
@@ -113,6 +168,7 @@ class ShardRunner:
         kafka = settings.config.kafka
         sources = self.shard.sources
         if self._create_topics and kafka.create_topics:
+            self._create_topics = False  # once: a shard taken again finds them
             venues = sorted({s.venue_name for s in settings.config.sources})
             await ensure_topics(kafka, settings.sasl_password, [fills_topic(kafka, v) for v in venues],
                                 ssl_key_password=settings.ssl_key_password)
@@ -175,18 +231,21 @@ class ShardRunner:
             await asyncio.gather(*self._poll_tasks, return_exceptions=True)
         pending = self.sink.pending_fills
         remaining = max(1.0, budget_s - (time.monotonic() - started))
-        drained = await self.sink.close(self._sink_task, remaining)
+        sink_task = self._sink_task
+        drained = await self.sink.close(sink_task, remaining)
+        failed = sink_task.exception() if sink_task is not None and sink_task.done() and not sink_task.cancelled() \
+            else None
         await self._close_transports()
         if not self.restored:
             return True  # nothing was fetched
-        grouped = self.shard.checkpoint_partition is not None
+        grouped = self._grouped
         what = f"shard {self.shard.number} given back" if grouped else "stopped"
         if drained:
             log.info("%s: everything fetched was committed (%d fills were in flight at the signal)", what, pending)
         else:
             log.warning("%s with %d fetched fills not committed (%s); their sources' checkpoints did not move, so "
                         "the next %s fetches them again", what, self.sink.pending_fills,
-                        self.sink.held or "Kafka unavailable", "owner" if grouped else "start")
+                        failed or self.sink.held or "Kafka unavailable", "owner" if grouped else "start")
         return drained
 
     async def drop(self) -> None:

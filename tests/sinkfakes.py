@@ -50,8 +50,6 @@ class World:
     commit_gate: asyncio.Event | None = None
     #: the next offset of each (topic, partition)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
-    #: how often the sink asked whether a record's transaction committed
-    settled: int = 0
 
     def committed(self) -> list[Sent]:
         """Records of committed transactions, in order (a transaction's records are those sent
@@ -72,12 +70,6 @@ class World:
 
     def calls(self, kind: str) -> int:
         return sum(1 for entry in self.log if entry[0] == kind)
-
-    async def settle(self, topic: str, partition: int, offset: int) -> bool:
-        """The sink's `settle`: whether the record at `offset` belongs to a committed transaction."""
-        self.settled += 1
-        return any(r.topic == topic and (r.partition or 0) == partition and r.offset == offset
-                   for r in self.committed())
 
 
 class FakeBatch:

@@ -1,5 +1,5 @@
 """The sink's commit loop as a state machine, against a fake producer (tests/sinkfakes.py): group
-commit, abort vs rebuild vs final, callbacks only after the commit, record sizes, isolation of a
+commit, abort vs giving the producer up vs final, callbacks only after the commit, record sizes, isolation of a
 source whose records Kafka refuses, and the checkpoint's records. Fast: no broker, no network.
 """
 
@@ -28,6 +28,7 @@ from publisher.event import DeadLetter, FillEvent
 from publisher.metrics import Metrics
 from publisher.sink import (
     ProducerFencedError,
+    ProducerStateLost,
     SourceBatch,
     TransactionalIdFencedError,
     TransactionalIdNotAuthorisedError,
@@ -76,7 +77,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
 
 @pytest.fixture
 async def sink(world: World) -> AsyncIterator[TransactionalSink]:
-    s = TransactionalSink(KAFKA, None, Metrics(), max_backoff_s=0.01, settle=world.settle)
+    s = TransactionalSink(KAFKA, None, Metrics(), max_backoff_s=0.01)
     await s.start()
     yield s
 
@@ -145,7 +146,7 @@ async def test_fill_records_keep_key_headers_partition_and_order(world: World, s
     assert await stop(sink, task)
 
 
-# -- failures: abort, rebuild, final -----------------------------------------------------------------
+# -- failures: abort, give up, final -----------------------------------------------------------------
 
 async def test_a_failed_transaction_is_aborted_and_retried_on_the_same_producer(
         world: World, sink: TransactionalSink) -> None:
@@ -154,97 +155,77 @@ async def test_a_failed_transaction_is_aborted_and_retried_on_the_same_producer(
     sink.submit(done.batch("a"))
     task = await running(sink)
     await until(lambda: done.calls)
-    assert world.calls("abort") == 1 and sink.rebuilds == 0 and len(world.producers) == 1
+    assert world.calls("abort") == 1 and len(world.producers) == 1
     assert len(records(world, "fills.kalshi")) == 2  # the aborted attempt's records are not counted
     assert await stop(sink, task)
 
 
-async def test_a_broken_producer_state_rebuilds_without_an_abort(world: World, sink: TransactionalSink) -> None:
+async def lost_state(world: World, sink: TransactionalSink, done: Committed) -> ProducerStateLost:
+    """Run the sink until it gives its producer up; checks what every such end has in common:
+    the producer stopped and no other made, nothing more sent, the batch neither committed nor
+    told, not ready, and its fills out of the process' backlog once the sink is closed (their
+    checkpoint did not move: the next take fetches them again)."""
+    task = await running(sink)
+    with pytest.raises(ProducerStateLost) as raised:
+        await asyncio.wait_for(task, 3)
+    sent = len(world.sent)
+    assert world.log[-1] == ("stop", 0) and len(world.producers) == 1
+    assert done.calls == [] and records(world, "fills.kalshi") == [] and not sink.healthy
+    assert not await stop(sink, task)
+    assert sink.pending_fills == 2 and sink._backlog.total == 0
+    assert len(world.sent) == sent
+    return raised.value
+
+
+async def test_a_broken_producer_state_gives_the_producer_up_without_an_abort(
+        world: World, sink: TransactionalSink) -> None:
+    """Only a new start followed by a restore may write again (publisher.shard_runner takes the
+    shard again): a producer the sink initialised itself could fence the instance that owns the
+    id now, and write from this instance's stale state."""
     world.faults["send_batch"] = [OutOfOrderSequenceNumber()]
     done = Committed()
     sink.submit(done.batch("a"))
-    task = await running(sink)
-    await until(lambda: done.calls)
-    assert world.calls("abort") == 0 and sink.rebuilds == 1 and len(world.producers) == 2
-    assert world.log.count(("stop", 0)) == 1  # the old producer was stopped
-    assert await stop(sink, task)
+    lost = await lost_state(world, sink, done)
+    assert world.calls("abort") == 0 and world.calls("start") == 1
+    assert "OutOfOrderSequenceNumber" in str(lost)
 
 
-async def test_a_failing_abort_rebuilds(world: World, sink: TransactionalSink) -> None:
+async def test_a_failing_abort_gives_the_producer_up(world: World, sink: TransactionalSink) -> None:
     world.faults["send"] = [KafkaError("send failed")]
     world.faults["abort"] = [AssertionError("illegal transition")]
     done = Committed()
     sink.submit(done.batch("a"))
-    task = await running(sink)
-    await until(lambda: done.calls)
-    assert world.calls("abort") == 1 and sink.rebuilds == 1
-    assert len(records(world, "fills.kalshi")) == 2
-    assert await stop(sink, task)
+    lost = await lost_state(world, sink, done)
+    assert world.calls("abort") == 1 and "abort failed" in str(lost)
 
 
-# -- a commit whose outcome is unknown -------------------------------------------------------------
-
-async def test_a_commit_that_took_effect_but_failed_is_not_sent_again(world: World, sink: TransactionalSink) -> None:
-    """The coordinator committed, the answer was lost: retrying blindly would publish twice."""
-    world.faults["commit"] = [LOST_ANSWER]
+@pytest.mark.parametrize("fault", [LOST_ANSWER, KafkaError("refused")], ids=["took-effect", "refused"])
+async def test_a_commit_that_failed_after_its_request_went_out_is_never_sent_again_by_the_sink(
+        world: World, sink: TransactionalSink, fault: BaseException | str) -> None:
+    """The coordinator may have committed it (the answer was lost): sending its batches again
+    would publish them twice. The restore after the next start tells (it holds their checkpoint
+    exactly when they committed)."""
+    world.faults["commit"] = [fault]
     done = Committed()
     sink.submit(done.batch("a"))
     task = await running(sink)
-    await until(lambda: done.calls)
-    assert world.calls("abort") == 0 and sink.rebuilds == 1 and world.settled == 1
-    assert len(records(world, "fills.kalshi")) == 2 and world.calls("begin") == 1
-    assert done.calls == ["a"] and sink.pending_fills == 0 and sink.healthy
-    # the next transaction runs as usual on the rebuilt producer
-    sink.submit(done.batch("b"))
-    await until(lambda: len(done.calls) == 2)
-    assert len(records(world, "fills.kalshi")) == 4 and world.settled == 1
-    assert await stop(sink, task)
+    with pytest.raises(ProducerStateLost) as raised:
+        await asyncio.wait_for(task, 3)
+    assert world.calls("abort") == 0 and world.calls("begin") == 1 and "may have committed" in str(raised.value)
+    assert done.calls == [] and world.log[-1] == ("stop", 0) and len(world.producers) == 1
+    assert not await stop(sink, task)
 
 
-async def test_a_commit_refused_before_it_took_effect_is_sent_again_once(
+async def test_a_hung_transaction_is_given_up_at_its_deadline_with_its_producer(
         world: World, sink: TransactionalSink) -> None:
-    world.faults["commit"] = [KafkaError("not committed")]
-    done = Committed()
-    sink.submit(done.batch("a"))
-    task = await running(sink)
-    await until(lambda: done.calls)
-    assert world.calls("abort") == 0 and sink.rebuilds == 1 and world.settled == 1
-    assert world.calls("begin") == 2 and len(records(world, "fills.kalshi")) == 2
-    assert done.calls == ["a"] and sink.pending_fills == 0
-    assert await stop(sink, task)
-
-
-async def test_an_unsettled_commit_is_asked_again_until_kafka_answers(world: World) -> None:
-    """Settling fails while Kafka is away: the batches wait, neither dropped nor sent twice."""
-    answers = [TimeoutError(), KafkaConnectionError("away")]
-
-    async def settle(topic: str, partition: int, offset: int) -> bool:
-        if answers:
-            world.settled += 1
-            raise answers.pop(0)
-        return await world.settle(topic, partition, offset)
-
-    sink = TransactionalSink(KAFKA, None, Metrics(), max_backoff_s=0.01, settle=settle)
-    await sink.start()
-    world.faults["commit"] = [LOST_ANSWER]
-    done = Committed()
-    sink.submit(done.batch("a"))
-    task = await running(sink)
-    await until(lambda: done.calls)
-    assert world.settled == 3 and world.calls("begin") == 1 and len(records(world, "fills.kalshi")) == 2
-    assert await stop(sink, task)
-
-
-async def test_a_hung_transaction_is_given_up_at_its_deadline_and_the_producer_rebuilt(
-        world: World, sink: TransactionalSink) -> None:
+    """aiokafka's idempotent producer retries forever while the broker is away (and an instance
+    frozen past its deadline may find its id taken): the transaction is given up at its deadline,
+    and with it the producer."""
     world.faults["send_batch"] = ["hang"]
     done = Committed()
     sink.submit(done.batch("a"))
-    task = await running(sink)
-    await until(lambda: not sink.healthy or done.calls, 3)
-    await until(lambda: done.calls, 5)
-    assert sink.rebuilds == 1 and world.calls("abort") == 0 and sink.healthy
-    assert await stop(sink, task)
+    lost = await lost_state(world, sink, done)
+    assert world.calls("abort") == 0 and "TimeoutError" in str(lost)
 
 
 @pytest.mark.parametrize(("error", "lost"), [(ProducerFenced(), TransactionalIdFencedError),
@@ -268,7 +249,7 @@ async def test_a_lost_transactional_id_is_final_and_sends_nothing_more(
 
 async def test_start_retries_until_the_cluster_answers(world: World) -> None:
     world.faults["start"] = [KafkaConnectionError("down"), KafkaConnectionError("down")]
-    sink = TransactionalSink(KAFKA, None, Metrics(), max_backoff_s=0.01, settle=world.settle)
+    sink = TransactionalSink(KAFKA, None, Metrics(), max_backoff_s=0.01)
     await sink.start()
     assert sink.healthy and world.calls("start") == 3 and world.calls("stop") == 2  # failed ones discarded
 
@@ -392,8 +373,7 @@ async def test_a_shrinking_checkpoint_tombstones_the_parts_it_no_longer_writes(
 
 
 async def test_checkpoint_partition_puts_every_checkpoint_record_there(world: World) -> None:
-    sink = TransactionalSink(KAFKA, None, Metrics(), transactional_id="fp-3", checkpoint_partition=3,
-                             settle=world.settle)
+    sink = TransactionalSink(KAFKA, None, Metrics(), transactional_id="fp-3", checkpoint_partition=3)
     await sink.start()
     assert world.producers[0].options["transactional_id"] == "fp-3" and sink.transactional_id == "fp-3"
     done = Committed()

@@ -4,10 +4,10 @@ One concern per module: :mod:`~publisher.sink.records` (the contract's record la
 :mod:`~publisher.sink.batching` (records gathered per partition), :mod:`~publisher.sink.producer`
 (the transactional producer's lifecycle and what each aiokafka error means) and
 :mod:`~publisher.sink.commit` (the group-commit loop, :class:`TransactionalSink`) and
-:mod:`~publisher.sink.outcome` (whether a transaction whose commit failed midway committed).
+:mod:`~publisher.sink.backlog` (the memory bound every sink of the process shares).
 """
 
-from publisher.sink.commit import SourceBatch, TransactionalSink
+from publisher.sink.commit import ProducerStateLost, SourceBatch, TransactionalSink
 from publisher.sink.producer import (
     ProducerFencedError,
     TransactionalIdFencedError,
@@ -17,6 +17,7 @@ from publisher.sink.producer import (
 
 __all__ = [
     "ProducerFencedError",
+    "ProducerStateLost",
     "SourceBatch",
     "TransactionalIdFencedError",
     "TransactionalIdLostError",

@@ -6,23 +6,27 @@ newest checkpoint in ONE Kafka transaction, and commits. Only then does it tell 
 owners (`on_commit`), so published counters and lag describe committed data only.
 
 Failure handling, in the order it matters:
-- a batch handed to the sink is never dropped: a failed transaction is aborted (or the producer is
-  rebuilt, which aborts it on the broker) and the same batches are retried with backoff until they
-  commit or the process ends; a crash loses nothing because the checkpoint did not move either;
-- every transaction has a deadline (`transaction_timeout_s`): aiokafka's idempotent producer
-  retries forever while the broker is away (its batches never expire), so a hung transaction is
-  given up and the producer rebuilt; so is a producer whose id/epoch/sequence state broke
-  (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch) or whose sender task died;
+- a producer of our transactional id is initialised only when the sink starts, and the caller
+  restores the checkpoints it writes from only after that start (see :mod:`publisher.shard_runner`):
+  whoever initialised the id last writes from the state Kafka committed last. So the sink never
+  replaces its producer itself. When the producer must go, it raises :class:`ProducerStateLost` out
+  of :meth:`run` and its batches are abandoned (their checkpoints did not move: the next start
+  fetches those fills again). That is the case when the producer's id/epoch/sequence state broke
+  (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch) or its sender task died, when
+  a transaction outlived its deadline (`transaction_timeout_s`: aiokafka's idempotent producer
+  retries forever while a broker is away, and the instance may have been frozen while another took
+  its id), when an abort fails, and when a commit failed after its request went out (the
+  coordinator may have committed it: sending its batches again would publish them twice);
+- any other failed transaction is aborted and the same batches retried with backoff until they
+  commit: a batch handed to the sink is never dropped by the sink itself;
 - /readyz follows :attr:`TransactionalSink.healthy`: false after a failed attempt, and while a
   transaction hangs, until the next commit succeeds;
 - memory is bounded: :meth:`wait_for_capacity` holds pollers back while `max_pending_fills` fetched
-  fills are waiting, so an outage pauses polling instead of buffering without limit;
-- a commit whose outcome is unknown (it failed or timed out after the commit request went out:
-  the coordinator may have committed it) is never retried blindly, which would publish its fills
-  twice: the producer is rebuilt, which makes the coordinator finish or abort it for good, and one
-  of its records is read back (:mod:`publisher.sink.outcome`) to tell which;
-- fencing (another instance took our transactional id) is final: :class:`~publisher.sink.producer.TransactionalIdLostError` is
-  raised out of :meth:`run` and the process exits non-zero, so a zombie never publishes.
+  fills (of the whole process, :mod:`publisher.sink.backlog`) are waiting, so an outage pauses
+  polling instead of buffering without limit;
+- fencing (another instance took our transactional id) is final:
+  :class:`~publisher.sink.producer.TransactionalIdLostError` is raised out of :meth:`run`, so a
+  zombie never publishes.
 
 The sink knows Kafka and the contract's record layout (:mod:`publisher.sink.records`), nothing
 about venues. The producer's lifecycle is :mod:`publisher.sink.producer`, the grouping of fill
@@ -36,7 +40,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
@@ -44,13 +48,11 @@ from aiokafka import AIOKafkaProducer
 from publisher.checkpoint import encoded_checkpoint_records
 from publisher.config import KafkaConfig, fills_topic
 from publisher.event import DeadLetter, FillEvent, encode
-from publisher.kafkaclient import consumer_options
 from publisher.metrics import Metrics
 from publisher.secret import Secret
 from publisher.sink.backlog import Backlog
 from publisher.sink.batching import PartitionBatches, partition_for
 from publisher.sink.held import HeldSources
-from publisher.sink.outcome import record_committed
 from publisher.sink.producer import (
     FATAL,
     REBUILD,
@@ -94,20 +96,15 @@ class SourceBatch:
         return len(self.fills) + len(self.dead_letters)
 
 
-#: (topic, partition, offset) -> whether the record's transaction committed (see publisher.sink.outcome)
-Settle = Callable[[str, int, int], Awaitable[bool]]
+class ProducerStateLost(RuntimeError):
+    """The sink's producer must be replaced, and a replacement may only write from checkpoints
+    restored after it started: the caller starts a new sink and restores (see the module
+    docstring). The sink's uncommitted batches are abandoned."""
 
 
-@dataclass(slots=True, eq=False)
-class _InDoubt:
-    """A transaction whose commit request went out but whose outcome we do not know."""
-
-    batches: list[SourceBatch]
-    parts: dict[str, int]
-    #: where one of its records (the last checkpoint record) was written
-    topic: str
-    partition: int
-    offset: int
+def _retrieve(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _sources(batches: list[SourceBatch]) -> str:
@@ -128,21 +125,13 @@ class TransactionalSink:
         transactional_id: str | None = None,
         checkpoint_partition: int | None = None,
         ssl_key_password: Secret | None = None,
-        settle: Settle | None = None,
         backlog: Backlog | None = None,
     ):
         self._kafka = kafka
-        if settle is None:
-            options = consumer_options(kafka, sasl_password, ssl_key_password)
-            deadline_s = max(kafka.request_timeout_s, kafka.transaction_timeout_s)
-
-            async def settle(topic: str, partition: int, offset: int) -> bool:
-                return await record_committed(options, topic, partition, offset, deadline_s)
-        self._settle = settle
-        #: the transaction whose commit outcome is unknown, settled before the next one begins
-        self._in_doubt: _InDoubt | None = None
-        #: a transaction was begun on the current producer and neither committed nor left behind
+        #: a transaction was begun on the producer and neither committed nor aborted
         self._txn_open = False
+        #: the commit request of the open transaction went out: its outcome is unknown if it fails
+        self._commit_sent = False
         #: the checkpoint topic's partition every checkpoint record of this sink goes to (a shard's
         #: partition); None: the default partitioner's choice by source name
         self.checkpoint_partition = checkpoint_partition
@@ -174,11 +163,6 @@ class TransactionalSink:
     @property
     def transactional_id(self) -> str:
         return self._producers.transactional_id
-
-    @property
-    def rebuilds(self) -> int:
-        """Producers replaced after a failure, for tests and logs."""
-        return self._producers.rebuilds
 
     @property
     def _producer(self) -> AIOKafkaProducer | None:
@@ -243,7 +227,19 @@ class TransactionalSink:
     # ------------------------------------------------------------------ commit loop
 
     async def run(self) -> None:
-        """Commit queued batches until :meth:`close`; raises :class:`~publisher.sink.producer.TransactionalIdLostError`."""
+        """Commit queued batches until :meth:`close`. Raises
+        :class:`~publisher.sink.producer.TransactionalIdLostError` (fenced: final) and
+        :class:`ProducerStateLost` (a new sink must start from restored checkpoints); either way
+        the producer is discarded and nothing more is sent."""
+        try:
+            await self._commit_loop()
+        except (ProducerStateLost, TransactionalIdLostError) as exc:
+            self._healthy = False
+            log.warning("transactional producer %s given up: %s", self.transactional_id, exc)
+            await self._producers.close(0.5)
+            raise
+
+    async def _commit_loop(self) -> None:
         while True:
             due = self._held.due(time.monotonic())
             if due is not None:
@@ -283,33 +279,29 @@ class TransactionalSink:
     async def _commit_until_done(self, batches: list[SourceBatch]) -> None:
         """Commit `batches` in one transaction, retrying (never dropping them) until it works.
 
-        Every failure but a final one (:data:`FATAL`) is counted, followed by an abort or a
-        producer rebuild (:meth:`_recover`) and a backoff. That includes errors aiokafka raises
-        from its own state machine (AssertionError on an illegal transition after a cancelled
-        commit, "Unexpected error during batch delivery" when its sender task died): a fresh
-        producer is the cure for all of them.
+        Every failure but a final one (:data:`FATAL`) is counted, followed by an abort and a
+        backoff; where an abort cannot leave the transaction behind (see the module docstring),
+        :class:`ProducerStateLost` is raised instead. That includes errors aiokafka raises from its
+        own state machine (AssertionError on an illegal transition after a cancelled commit,
+        "Unexpected error during batch delivery" when its sender task died).
 
         A failure that names a record the cluster refuses (:data:`RECORD_ERRORS`: too large for the
         topic, a topic we may not write) would fail every retry: the batches are then committed
         source by source, and a source whose own transaction still fails is held back (retried
         alone, with a growing pause) so that every other source goes on committing.
-
-        A transaction whose commit outcome is unknown is settled (:meth:`_settle_doubt`) before
-        anything else is written; until then its batches stay in this loop's list.
         """
         attempt = 0
         while batches:
             try:
-                if self._in_doubt is not None:
-                    batches = await self._settle_doubt(batches)
-                    continue
                 await self._attempt(batches)
             except FATAL as exc:
                 raise self._fatal(exc) from exc
+            except ProducerStateLost:
+                raise
             except Exception as exc:  # noqa: BLE001 - see docstring: recover, retry
                 attempt += 1
                 await self._failed(batches, exc)
-                if isinstance(exc, RECORD_ERRORS) and self._in_doubt is None:
+                if isinstance(exc, RECORD_ERRORS):
                     batches = await self._isolate(batches, exc)
                     continue
                 delay = self._producers.backoff(attempt)
@@ -322,41 +314,17 @@ class TransactionalSink:
 
     async def _attempt(self, batches: list[SourceBatch]) -> None:
         """One transaction of `batches`; on success, their owners are told."""
-        assert self._in_doubt is None, "settle the transaction in doubt first"
         if self._producer is None:
-            await self._producers.start_once()
+            raise ProducerStateLost("the sink has no producer (it was not started, or it was closed)")
         started = time.perf_counter()
         self._txn_started = time.monotonic()
         try:
             parts = await asyncio.wait_for(self._transaction(batches), self._kafka.transaction_timeout_s)
         finally:
             self._txn_started = None
-        self._in_doubt = None
         self._txn_open = False
         self._metrics.commit_duration.observe(time.perf_counter() - started)
         self._committed(batches, parts)
-
-    async def _settle_doubt(self, batches: list[SourceBatch]) -> list[SourceBatch]:
-        """Learn whether the transaction in doubt committed; returns what is still to be written:
-        `batches` without the doubtful transaction's batches when it committed, else with them
-        (first, as they are older). Raises when Kafka cannot tell yet (the loop retries later)."""
-        doubt = self._in_doubt
-        assert doubt is not None
-        if self._producer is None:
-            await self._producers.start_once()
-        # a producer of our transactional id was initialised after the doubtful commit (the
-        # rebuild that followed it), so its outcome is final now
-        committed = await self._settle(doubt.topic, doubt.partition, doubt.offset)
-        self._in_doubt = None
-        if committed:
-            log.warning("the transaction of %d batches (%d fills) of %s whose commit outcome was unknown had "
-                        "committed; its fills are not sent again", len(doubt.batches),
-                        sum(b.size for b in doubt.batches), _sources(doubt.batches))
-            self._committed(doubt.batches, doubt.parts)
-            return [b for b in batches if not any(b is d for d in doubt.batches)]
-        log.info("the transaction whose commit outcome was unknown had been aborted; sending its batches again")
-        missing = [d for d in doubt.batches if not any(d is b for b in batches)]
-        return [*missing, *batches]
 
     def _committed(self, batches: list[SourceBatch], parts: dict[str, int]) -> None:
         """`batches` are in Kafka: account for them and tell their owners."""
@@ -393,9 +361,11 @@ class TransactionalSink:
                 await self._attempt(group)
             except FATAL as fatal:
                 raise self._fatal(fatal) from fatal
+            except ProducerStateLost:
+                raise
             except Exception as again:  # noqa: BLE001 - like _commit_until_done
                 await self._failed(group, again)
-                if not isinstance(again, RECORD_ERRORS) or self._in_doubt is not None:
+                if not isinstance(again, RECORD_ERRORS):
                     return [b for g in (group, *pending) for b in g]
                 self._hold(group, again)
         return []
@@ -408,33 +378,24 @@ class TransactionalSink:
                   sum(b.size for b in batches), delay)
 
     async def _recover(self, exc: BaseException) -> None:
-        """Leave the failed transaction behind: abort it, or rebuild the producer.
-
-        Rebuild at once when the commit request went out (the outcome is unknown: only a new
-        producer's initialisation settles it) or the producer's own state is broken
-        (:data:`REBUILD`; a timed-out transaction counts, since aiokafka's idempotent producer never
-        expires its batches and an abort would queue behind them), else try an abort first. A final error (fencing)
-        raised by the abort or the rebuild propagates.
-        """
+        """Leave the failed transaction behind with an abort, or raise :class:`ProducerStateLost`
+        where an abort cannot (see the module docstring). A final error (fencing) raised by the
+        abort propagates."""
         producer = self._producer
         if producer is None or not self._txn_open:
-            return  # nothing begun to leave behind (the failure was the start or the settling)
+            return  # nothing was begun
         self._txn_open = False
-        if self._in_doubt is None and not isinstance(exc, REBUILD):
-            try:
-                await asyncio.wait_for(producer.abort_transaction(), self._kafka.request_timeout_s)
-                return
-            except FATAL:
-                raise
-            except Exception as abort_exc:  # noqa: BLE001 - any failure here means: start over
-                log.info("abort failed (%s); rebuilding the producer", type(abort_exc).__name__)
+        if self._commit_sent:
+            raise ProducerStateLost(f"the commit failed after its request went out ({type(exc).__name__}): the "
+                                    f"coordinator may have committed it; only restored checkpoints can tell") from exc
+        if isinstance(exc, REBUILD):
+            raise ProducerStateLost(f"the producer's state is unusable ({type(exc).__name__})") from exc
         try:
-            await self._producers.rebuild()
+            await asyncio.wait_for(producer.abort_transaction(), self._kafka.request_timeout_s)
         except FATAL:
             raise
-        except Exception as start_exc:  # noqa: BLE001 - the next attempt retries the start
-            log.warning("producer rebuild failed (%s: %s); retrying", type(start_exc).__name__, start_exc)
-            self._producer = None
+        except Exception as abort_exc:
+            raise ProducerStateLost(f"the abort failed ({type(abort_exc).__name__})") from abort_exc
 
     async def _transaction(self, batches: list[SourceBatch]) -> dict[str, int]:
         """Write and commit `batches`; returns the part count of each source's checkpoint.
@@ -445,11 +406,23 @@ class TransactionalSink:
         """
         producer = self._producer
         assert producer is not None
+        self._txn_open = True
+        self._commit_sent = False
+        await producer.begin_transaction()
+        records = PartitionBatches(producer, self._budget)
+        try:
+            return await self._write_and_commit(producer, batches, records)
+        except BaseException:
+            # the delivery futures of a failed transaction fail too, later, when nobody awaits
+            # them any more: retrieve their errors so asyncio does not log each as never retrieved
+            for future in records.futures:
+                future.add_done_callback(_retrieve)
+            raise
+
+    async def _write_and_commit(self, producer: AIOKafkaProducer, batches: list[SourceBatch],
+                                records: PartitionBatches) -> dict[str, int]:
         kafka = self._kafka
         budget = self._budget
-        self._txn_open = True
-        await producer.begin_transaction()
-        records = PartitionBatches(producer, budget)
         futures = records.futures
         checkpoints: dict[str, bytes] = {}
         for batch in batches:
@@ -488,13 +461,11 @@ class TransactionalSink:
                 # every record of a source's checkpoint in one partition: where its head would go
                 partition = partition_for(name.encode(), await producer.partitions_for(topic))
             for key, record in cp_records:
-                marker = await producer.send(topic, record, key=key, partition=partition)
-                futures.append(marker)
+                futures.append(await producer.send(topic, record, key=key, partition=partition))
             parts[name] = sum(1 for _, record in cp_records[:-1] if record is not None)
         await asyncio.gather(*futures)
-        written = marker.result()
         # from here on a failure leaves the outcome unknown: the coordinator may commit anyway
-        self._in_doubt = _InDoubt(batches, parts, written.topic, written.partition, written.offset)
+        self._commit_sent = True
         await producer.commit_transaction()
         return parts
 

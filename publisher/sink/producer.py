@@ -1,7 +1,8 @@
-"""The transactional producer's lifecycle: build, start (with retries), discard, rebuild.
+"""The transactional producer's lifecycle: build, start (with retries), discard.
 
 Which errors mean what: :data:`FATAL` (the transactional id is not ours: final),
-:data:`REBUILD` (the producer's id/epoch/sequence state is broken: a new producer),
+:data:`REBUILD` (the producer's id/epoch/sequence state is broken: a new producer, from restored
+checkpoints),
 :data:`RECORD_ERRORS` (a record the cluster refuses: isolate its source), anything else (abort,
 and rebuild if the abort fails; the commit loop decides).
 """
@@ -42,7 +43,8 @@ log = logging.getLogger(__name__)
 #: final: another instance owns our transactional id (aiokafka turns the broker's
 #: INVALID_PRODUCER_EPOCH on transactional requests into ProducerFenced), or we may not use it
 FATAL = (ProducerFenced, TransactionalIdAuthorizationFailed)
-#: the producer's id/epoch/sequence state is unusable (an abort cannot fix it): build a new one.
+#: the producer's id/epoch/sequence state is unusable (an abort cannot fix it): a new producer, and
+#: with it restored checkpoints (publisher.sink.commit).
 #: OutOfOrderSequenceNumber also kills aiokafka's sender task; a bare InvalidProducerEpoch is the
 #: coordinator having bumped our epoch (KIP-588: abortable), not fencing
 REBUILD = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, TimeoutError)
@@ -98,10 +100,8 @@ class TransactionalProducer:
         self._metrics = metrics
         self.transactional_id = transactional_id
         self._max_backoff_s = max_backoff_s
-        #: the producer in use; None before the start, after a failed rebuild and after close
+        #: the producer in use; None before the start and after close
         self.current: AIOKafkaProducer | None = None
-        #: producers replaced after a failure, for tests and logs
-        self.rebuilds = 0
 
     def build(self) -> AIOKafkaProducer:
         """A new, unstarted producer with the transactional settings."""
@@ -186,19 +186,6 @@ class TransactionalProducer:
         except Exception as exc:  # noqa: BLE001 - it is being discarded anyway
             log.debug("producer did not stop cleanly (%s); tearing it down", type(exc).__name__)
         await tear_down(producer)
-
-    async def rebuild(self) -> None:
-        """Drop the producer and make a new one.
-
-        The new producer's InitProducerId makes the coordinator abort our open transaction (real
-        Kafka; librdkafka's mock broker leaves it open forever).
-        """
-        old, self.current = self.current, None
-        if old is not None:
-            await self.discard(old, 0.5)  # it failed: a short grace, then torn down
-        self.rebuilds += 1
-        await self.start_once()
-        log.warning("rebuilt the transactional producer (%d rebuilds so far)", self.rebuilds)
 
     async def close(self, timeout_s: float) -> None:
         """Stop the current producer (if any) within about `timeout_s`."""

@@ -205,6 +205,8 @@ class Stack:
     sources: list[SourceSpec] = field(default_factory=list)
     kafka_extra: dict[str, Any] = field(default_factory=dict)
     http_port: int = field(default_factory=free_port)
+    #: further config sections (e.g. `cluster`)
+    sections: dict[str, Any] = field(default_factory=dict)
 
     @property
     def topics(self) -> dict[str, str]:
@@ -260,6 +262,7 @@ class Stack:
                 **kafka,
             },
             "http": {"host": "127.0.0.1", "port": self.http_port},
+            **self.sections,
             "sources": [s.settings for s in self.sources],
         }
         path = self.tmp / "config.yaml"

@@ -1,0 +1,234 @@
+"""Shards on real Apache Kafka: several instances share the sources through a consumer group.
+
+Every test runs real `fill-publisher run` child processes with one config (`cluster.shards`), the
+venue simulators over HTTP and the session's single-node Kafka, and ends with both witnesses of
+:func:`tests.test_realkafka_delivery.judge`: a plain read_committed consumer and the raw
+batch/marker reader, every fill exactly once, no transaction left open.
+
+What only real Kafka shows here: the group coordinator noticing a dead or frozen member (session
+timeout) and reassigning its shards; a new owner's InitProducerId fencing the old one and aborting
+its open transaction; the thawed zombie's commit refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness.delivery import COMMITTED, read_log
+from tests.harness.kafka import KafkaCluster
+from tests.harness.stack import PublisherProcess, Stack, free_port, wait_until
+from tests.test_faults_kafka import COMMON, cleanup, generate, observe  # noqa: F401 - cleanup is a fixture
+from tests.test_realkafka_delivery import FAST_KAFKA, fills_topics, judge_run
+
+pytestmark = [pytest.mark.realkafka, pytest.mark.integration]
+
+#: the group's session timeout: Kafka's smallest allowed (group.min.session.timeout.ms)
+SESSION_S = 6
+_ASSIGNED = re.compile(r"assigned shards (?P<shards>[0-9, ]+|none) to this instance")
+
+
+@dataclass
+class Fleet:
+    """Instances of one config, each its own process, HTTP port and log file."""
+
+    stack: Stack
+    tmp: Path
+    cleanup: list[Any]
+    instances: dict[str, PublisherProcess] = field(default_factory=dict)
+
+    def start(self, name: str) -> PublisherProcess:
+        port = free_port()
+        proc = PublisherProcess(self.stack.write_config(), self.tmp / f"{name}.log", port,
+                                env={"FILLPUB_HTTP__PORT": str(port)})
+        self.cleanup.append(proc)
+        self.instances[name] = proc.start()
+        return proc
+
+    def alive(self) -> dict[str, PublisherProcess]:
+        return {name: p for name, p in self.instances.items() if p.alive}
+
+    async def owned(self, name: str) -> int | None:
+        """Shards instance `name` owns (None: not answering, e.g. frozen)."""
+        try:
+            return int(await asyncio.wait_for(self.instances[name].metric("fillpub_shards_owned"), 1.5))
+        except (AssertionError, TimeoutError):
+            return None
+
+    async def ownership(self, names: list[str]) -> dict[str, int | None]:
+        return {name: await self.owned(name) for name in names}
+
+    async def all_owned(self, names: list[str], shards: int, *, each_at_least: int = 0) -> bool:
+        """`names` own every shard between them, each at least `each_at_least`, and are all ready."""
+        owned = await self.ownership(names)
+        if any(v is None or v < each_at_least for v in owned.values()) or sum(v or 0 for v in owned.values()) != shards:
+            return False
+        for name in names:
+            response = await self.instances[name].get("/readyz")
+            if response is None or response.status_code != 200:
+                return False
+        return True
+
+    def assigned(self, name: str) -> list[int]:
+        """The shards the instance's last assignment gave it (from its log)."""
+        found = [m["shards"] for m in _ASSIGNED.finditer(self.instances[name].logs())]
+        assert found, self.instances[name].log_tail()
+        return [] if found[-1] == "none" else [int(n) for n in found[-1].split(",")]
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {name}\n{p.log_tail(2000)}" for name, p in self.instances.items())
+
+
+async def sharded_stack(tmp: Path, kafka: KafkaCluster, prefix: str, shards: int, sources: int) -> Stack:
+    """`sources` sources (Kalshi and ZLL by turns), `cluster.shards: shards`; the publisher creates
+    the topics itself (the checkpoint topic with one partition per shard)."""
+    stack = Stack(tmp, kafka.bootstrap, prefix, kafka_extra={**FAST_KAFKA, "check_crcs": True},
+                  sections={"cluster": {"shards": shards, "session_timeout_s": SESSION_S}})
+    for i in range(sources):
+        if i % 2:
+            await stack.zll(f"zll-{i}", **COMMON)
+        else:
+            await stack.kalshi(f"kalshi-{i}", **COMMON)
+    return stack
+
+
+def sources_of(stack: Stack, shards: list[int], count: int) -> list[str]:
+    from publisher.config import load_settings
+    from publisher.shards import layout
+
+    plan = layout(load_settings(stack.write_config()).config)
+    assert len(plan.shards) == count
+    return [s.name for n in shards for s in plan.shards[n].sources]
+
+
+async def first_publish_elsewhere(fleet: Fleet, survivors: list[str], moved: list[str], since: float,
+                                  timeout_s: float) -> float:
+    """Seconds from `since` until a survivor has committed a fill of a moved source."""
+    async def published() -> bool:
+        for name in survivors:
+            for source in moved:
+                if await fleet.instances[name].metric("fillpub_fills_published_total", source=source):
+                    return True
+        return False
+
+    await wait_until(published, "a moved source publishing on a survivor", timeout_s, interval_s=0.1,
+                     context=fleet.logs)
+    return time.monotonic() - since
+
+
+def producers_of(raw: list[Any], checkpoint_topic: str, shards: list[int]) -> set[tuple[int, int]]:
+    """(producer id, epoch) of the shards' producers: the writers of their checkpoint partitions."""
+    return {(r.producer_id, r.producer_epoch) for r in raw
+            if r.topic == checkpoint_topic and r.partition in shards and r.status == COMMITTED}
+
+
+async def test_three_instances_share_eight_shards_and_survive_a_kill_and_a_freeze(
+        real_kafka: KafkaCluster, topic_prefix: str, tmp_path: Path, cleanup: list[Any]) -> None:
+    """3 instances, 8 shards, 12 sources, fills arriving: every shard owned, each instance some.
+    SIGKILL one: its shards move within about a session timeout and its sources publish again.
+    Freeze another (SIGSTOP) past the session timeout: its shards move; thawed, it publishes
+    nothing for them (the new owner fenced it) and rejoins. Every fill exactly once."""
+    shards = 8
+    stack = await sharded_stack(tmp_path, real_kafka, topic_prefix, shards, 12)
+    cleanup.append(stack)
+    fleet = Fleet(stack, tmp_path, cleanup)
+    started_ns = time.time_ns()
+    generate(stack, 3)
+    t0 = time.monotonic()
+    for name in ("a", "b", "c"):
+        fleet.start(name)
+    await wait_until(lambda: fleet.all_owned(["a", "b", "c"], shards, each_at_least=1),
+                     "3 instances owning the 8 shards between them", 60, context=fleet.logs)
+    shared_after_s = time.monotonic() - t0
+    spread = await fleet.ownership(["a", "b", "c"])
+    await asyncio.sleep(2)
+
+    # SIGKILL b: its shards go to a and c
+    lost = fleet.assigned("b")
+    moved = sources_of(stack, lost, shards)
+    killed_at = time.monotonic()
+    await fleet.instances["b"].kill()
+    await wait_until(lambda: fleet.all_owned(["a", "c"], shards), "a and c owning all 8 shards",
+                     SESSION_S * 4, context=fleet.logs)
+    moved_after_s = time.monotonic() - killed_at
+    handover_s = await first_publish_elsewhere(fleet, ["a", "c"], moved, killed_at, 30) if moved else 0.0
+
+    # SIGSTOP c past the session timeout: a takes everything; thawed, c is fenced and rejoins
+    frozen_shards = fleet.assigned("c")
+    c = fleet.instances["c"]
+    assert c.proc is not None
+    c.proc.send_signal(signal.SIGSTOP)
+    frozen_at = time.monotonic()
+    await wait_until(lambda: fleet.all_owned(["a"], shards), "a owning all 8 shards", SESSION_S * 4,
+                     context=fleet.logs)
+    freeze_moved_s = time.monotonic() - frozen_at
+    raw = await read_log(real_kafka.bootstrap, [*fills_topics(stack), stack.topics["checkpoint"]])
+    zombie = producers_of(raw, stack.topics["checkpoint"], frozen_shards)
+    committed_by_zombie = {(r.topic, r.partition, r.offset) for r in raw
+                           if (r.producer_id, r.producer_epoch) in zombie and r.status == COMMITTED}
+    c.proc.send_signal(signal.SIGCONT)
+    await wait_until(lambda: fleet.all_owned(["a", "c"], shards, each_at_least=1),
+                     "c rejoined, a and c sharing the shards", SESSION_S * 5, context=fleet.logs)
+    await asyncio.sleep(1.5)
+
+    expected, consumed = await judge_run(real_kafka, stack, started_ns)
+    raw = await read_log(real_kafka.bootstrap, [*fills_topics(stack), stack.topics["checkpoint"]])
+    after = {(r.topic, r.partition, r.offset) for r in raw if (r.producer_id, r.producer_epoch) in zombie
+             and r.status == COMMITTED}
+    extra = [(r.topic[-12:], r.partition, r.offset, r.producer_id, r.producer_epoch, r.timestamp_ms) for r in raw
+             if (r.topic, r.partition, r.offset) in after - committed_by_zombie]
+    assert after == committed_by_zombie, f"the thawed zombie committed for shards it lost: {extra[:20]} {zombie} {frozen_shards}\n{fleet.logs()}"
+    rebalances = {name: await fleet.instances[name].metric("fillpub_rebalances_total") for name in ("a", "c")}
+    for name in ("a", "c"):
+        code, took = await fleet.instances[name].terminate()
+        assert code == 0 and took < 10, fleet.instances[name].log_tail()
+    observe("shards 3x8 kill and freeze", shards_per_instance=spread, shared_after_s=round(shared_after_s, 2),
+            killed_shards=lost, kill_to_all_owned_s=round(moved_after_s, 2),
+            kill_to_first_fill_of_moved_source_s=round(handover_s, 2), frozen_shards=frozen_shards,
+            freeze_to_all_owned_s=round(freeze_moved_s, 2), zombie_producers=len(zombie),
+            rebalances=rebalances, fills_in=len(expected), fills_out=len(consumed))
+
+
+async def test_scale_one_to_three_to_one_under_load_with_a_standby(
+        real_kafka: KafkaCluster, topic_prefix: str, tmp_path: Path, cleanup: list[Any]) -> None:
+    """2 shards: one instance owns both; two more join (one owns a shard, one is a ready standby
+    with none); they leave again one by one (SIGTERM: shards handed over at once, no session
+    timeout to wait for); repeated rebalances under load, every fill exactly once."""
+    shards = 2
+    stack = await sharded_stack(tmp_path, real_kafka, topic_prefix, shards, 4)
+    cleanup.append(stack)
+    fleet = Fleet(stack, tmp_path, cleanup)
+    started_ns = time.time_ns()
+    generate(stack, 5)
+    fleet.start("a")
+    await wait_until(lambda: fleet.all_owned(["a"], shards), "a owning both shards", 60, context=fleet.logs)
+    fleet.start("b")
+    fleet.start("c")
+    await wait_until(lambda: fleet.all_owned(["a", "b", "c"], shards), "3 instances, 2 shards", 60,
+                     context=fleet.logs)
+    spread = await fleet.ownership(["a", "b", "c"])
+    assert sorted(v or 0 for v in spread.values()) == [0, 1, 1], spread  # one ready standby
+    await asyncio.sleep(1.5)
+    handovers = []
+    for leaving, staying in (("b", ["a", "c"]), ("c", ["a"])):
+        t0 = time.monotonic()
+        code, took = await fleet.instances[leaving].terminate()
+        assert code == 0 and took < 10, fleet.instances[leaving].log_tail()
+        await wait_until(lambda: fleet.all_owned(staying, shards), f"{staying} owning both shards",  # noqa: B023
+                         SESSION_S * 3, context=fleet.logs)
+        handovers.append(round(time.monotonic() - t0, 2))
+        await asyncio.sleep(1.0)
+    expected, consumed = await judge_run(real_kafka, stack, started_ns)
+    rebalances = await fleet.instances["a"].metric("fillpub_rebalances_total")
+    assert rebalances >= 4, rebalances  # a joins; b and c join (together or one by one); b leaves; c leaves
+    code, took = await fleet.instances["a"].terminate()
+    assert code == 0 and took < 10, fleet.instances["a"].log_tail()
+    observe("shards scale 1-3-1", spread_at_3=spread, sigterm_to_all_owned_s=handovers,
+            rebalances_seen_by_a=rebalances, fills_in=len(expected), fills_out=len(consumed))
