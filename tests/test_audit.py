@@ -117,3 +117,25 @@ def test_table_and_exit_status_for_a_config_error(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "bootstrap_servers" in proc.stderr
+
+
+def test_kafka_clients_take_the_services_tls_settings_with_the_key_password(tmp_path: Path) -> None:
+    """The audit reaches a cluster the publisher reaches: an encrypted client key opens with its
+    password (without it, loading the key fails, or OpenSSL asks a terminal a CronJob lacks)."""
+    import ssl
+
+    from publisher.audit import kafka_options
+    from tests.harness.tls import Pki
+    from tests.test_config import base_config, load
+    from tests.test_kafka_settings import _encrypted_client_key
+
+    pki = Pki(tmp_path)
+    password = "audit-key-Pa55-9f2e"
+    (tmp_path / "key-password").write_text(password + "\n")
+    cfg = base_config(tmp_path)
+    cfg["kafka"].update(security_protocol="SSL", ssl_cafile=pki.cafile, ssl_certfile=pki.client_cert,
+                        ssl_keyfile=_encrypted_client_key(pki, tmp_path, password),
+                        ssl_key_password_file=str(tmp_path / "key-password"), client_id="fp")
+    options = kafka_options(load(tmp_path, cfg))
+    assert isinstance(options["ssl_context"], ssl.SSLContext)
+    assert options["security_protocol"] == "SSL" and options["client_id"] == "fp-audit"
