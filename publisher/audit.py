@@ -165,11 +165,22 @@ async def kafka_records(consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient, 
 _PROBE_OFFSETS = 50
 
 
+#: how long :func:`_newer_at_end` reads at most
+_PROBE_TIMEOUT_S = 10.0
+
+
 async def _newer_at_end(consumer: AIOKafkaConsumer, tp: TopicPartition, end: int, from_ms: int) -> bool:
-    """Whether one of the last records before `end` was written at or after `from_ms`."""
+    """Whether one of the last records before `end` was written at or after `from_ms`.
+
+    Read to `end`, not one fetch: a fetch may hand out part of the records (the newest come last).
+    """
     consumer.seek(tp, max(0, end - _PROBE_OFFSETS))
-    batches = await consumer.getmany(tp, timeout_ms=1000)
-    return any(record.timestamp >= from_ms for record in batches.get(tp, []))
+    deadline = time.monotonic() + _PROBE_TIMEOUT_S
+    while await consumer.position(tp) < end and time.monotonic() < deadline:
+        batches = await consumer.getmany(tp, timeout_ms=1000)
+        if any(record.timestamp >= from_ms for record in batches.get(tp, [])):
+            return True
+    return False
 
 
 def compare(source: SourceConfig, window: Window, at_venue: Sequence[FillEvent],
