@@ -167,3 +167,15 @@ def test_every_relative_link_of_the_docs_resolves() -> None:
             if not resolved.exists() or (anchor and resolved.suffix == ".md" and anchor not in anchors(resolved)):
                 broken.append(f"{doc.relative_to(REPO)}: {target}#{anchor}")
     assert broken == []
+
+
+def test_keys_backfill_and_the_audit_are_documented_from_the_readme() -> None:
+    assert "(docs/venues.md)" in README and "(docs/audit.md)" in README
+    venues = anchors(REPO / "docs" / "venues.md")
+    assert {"kalshi-keys-rsa-and-ed25519", "historical-fills-and-the-cutoff", "backfill_from"} <= venues
+    audit = (REPO / "docs" / "audit.md").read_text()
+    from publisher.audit import COMPARED_FIELDS, SETTLE_MARGIN_S
+
+    # the compared fields and the settle margin as the code has them
+    assert ", ".join(f"`{name}`" for name in COMPARED_FIELDS) in " ".join(audit.split())
+    assert f"settle margin of {SETTLE_MARGIN_S:g} s" in audit
