@@ -64,7 +64,8 @@ async def test_first_start_backfills_across_the_cutoff_and_a_restart_ignores_bac
         by_source = {s["source"]: s for s in report["sources"]}
         assert code == 0, report
         for name in ("kalshi-bf", "zll-bf"):
-            assert by_source[name]["venue_fills"] == by_source[name]["published"] == 17, report
+            # the 17 older fills, and the 2 recent ones once they are past the settle margin
+            assert by_source[name]["venue_fills"] == by_source[name]["published"] in (17, 19), report
 
         # a restart has checkpoints: backfill_from, moved earlier, changes nothing
         assert (await publisher.terminate())[0] == 0
