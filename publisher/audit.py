@@ -38,7 +38,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from publisher.config import ConfigError, Settings, fills_topic
 from publisher.event import FillEvent
-from publisher.kafkaclient import client_options, consumer_options
+from publisher.kafkaclient import admin_options, consumer_options
 from publisher.venues import VENUES
 from publisher.venues.base import NS, SourceConfig, VenueAdapter
 from publisher.venues.transport import SourceTransport
@@ -165,11 +165,22 @@ async def kafka_records(consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient, 
 _PROBE_OFFSETS = 50
 
 
+#: how long :func:`_newer_at_end` reads at most
+_PROBE_TIMEOUT_S = 10.0
+
+
 async def _newer_at_end(consumer: AIOKafkaConsumer, tp: TopicPartition, end: int, from_ms: int) -> bool:
-    """Whether one of the last records before `end` was written at or after `from_ms`."""
+    """Whether one of the last records before `end` was written at or after `from_ms`.
+
+    Read to `end`, not one fetch: a fetch may hand out part of the records (the newest come last).
+    """
     consumer.seek(tp, max(0, end - _PROBE_OFFSETS))
-    batches = await consumer.getmany(tp, timeout_ms=1000)
-    return any(record.timestamp >= from_ms for record in batches.get(tp, []))
+    deadline = time.monotonic() + _PROBE_TIMEOUT_S
+    while await consumer.position(tp) < end and time.monotonic() < deadline:
+        batches = await consumer.getmany(tp, timeout_ms=1000)
+        if any(record.timestamp >= from_ms for record in batches.get(tp, [])):
+            return True
+    return False
 
 
 def compare(source: SourceConfig, window: Window, at_venue: Sequence[FillEvent],
@@ -227,13 +238,21 @@ async def audit_source(settings: Settings, source: SourceConfig, since_s: float 
         await transport.aclose()
 
 
+def kafka_options(settings: Settings) -> dict[str, Any]:
+    """The audit's Kafka client settings: the service's own (TLS with the client key's password,
+    SASL, CRC checks) under a client id of its own, so brokers' logs and quotas tell it apart."""
+    kafka = settings.config.kafka
+    options = consumer_options(kafka, settings.sasl_password, settings.ssl_key_password)
+    options["client_id"] = f"{kafka.client_id}-audit"
+    return options
+
+
 async def run_audit(settings: Settings, names: Sequence[str] = (), since_s: float | None = None) -> list[SourceAudit]:
     """Audit the named sources (all of them when `names` is empty), in config order."""
     sources = [s for s in settings.config.sources if not names or s.name in names]
-    kafka = settings.config.kafka
-    consumer = AIOKafkaConsumer(**consumer_options(kafka, settings.sasl_password), isolation_level="read_committed",
-                                enable_auto_commit=False, group_id=None)
-    admin = AIOKafkaAdminClient(**client_options(kafka, settings.sasl_password))
+    options = kafka_options(settings)
+    consumer = AIOKafkaConsumer(**options, isolation_level="read_committed", enable_auto_commit=False, group_id=None)
+    admin = AIOKafkaAdminClient(**admin_options(options))
     await consumer.start()
     await admin.start()
     tls = httpx.create_ssl_context()

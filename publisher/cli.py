@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--config", required=True, metavar="PATH", help="YAML config file")
     check.add_argument("--connect", action="store_true",
-                       help="ask each source's venue for one page and Kafka for its metadata; publishes nothing")
+                       help="ask each source's venue for its fills from now on (one page; an oldest-first ZLL list "
+                            "a few) and Kafka for its metadata; publishes nothing")
 
     status = commands.add_parser(
         "status", help="each source's committed checkpoint: shard, watermark, dedupe window, when written",

@@ -8,8 +8,16 @@ async with FillConsumer("kafka:9092", ["fills.kalshi", "fills.zll"], group_id="r
 
 Consumers read with `isolation_level="read_committed"`, so records of aborted or unfinished
 transactions are never delivered (on real Kafka; docs/delivery-guarantees.md says what the test
-broker shows) and every fill arrives exactly once per consumer group. Values decode straight into :class:`FillEvent` with
-msgspec; prices, sizes and fees stay decimal strings (`decimal.Decimal(fill.price)` to compute).
+broker shows): the fills topics hold each fill exactly once. Values decode straight into
+:class:`FillEvent` with msgspec; prices, sizes and fees stay decimal strings
+(`decimal.Decimal(fill.price)` to compute).
+
+With a `group_id`, a fill's offset is committed only once the caller is done with it (it asked
+for the next fill, or the next batch), never when it is merely handed out: a consumer that dies
+mid-fill gets that fill again on restart and never skips one. Delivery to a consumer group is
+therefore at least once: a restart (or a rebalance) can deliver again the fills processed since
+the last commit. Exactly-once effects need the consumer's own bookkeeping: apply each
+`fill_id` once (it is unique per venue), or store the offsets with the consumer's state.
 
 Run `python -m publisher.consumer --bootstrap-servers HOST:PORT` to print fills as they arrive;
 it takes the publisher's Kafka settings (`--config` reads the `kafka:` section of a publisher
@@ -22,19 +30,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import msgspec
 import yaml
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from publisher.config import ConfigError, KafkaConfig, load_kafka_settings
 from publisher.event import FillEvent
 from publisher.kafkaclient import consumer_options
 from publisher.secret import Secret
+
+log = logging.getLogger(__name__)
+
+#: how often the offsets of finished fills are committed (and always when the consumer closes)
+COMMIT_INTERVAL_S = 1.0
 
 
 class FillDecodeError(ValueError):
@@ -44,9 +60,11 @@ class FillDecodeError(ValueError):
 class FillConsumer:
     """An async iterator of :class:`FillEvent` over one or more fills topics.
 
-    `group_id=None` reads without committing offsets (each start replays from `auto_offset_reset`);
-    with a group, offsets are committed automatically as aiokafka does. Extra keyword arguments go
-    to :class:`aiokafka.AIOKafkaConsumer` (security settings; `check_crcs=False` for the test broker).
+    `group_id=None` reads without committing offsets (each start replays from `auto_offset_reset`).
+    With a group, the offsets of the fills the caller is done with are committed every
+    `commit_interval_s` and when the consumer is closed (see the module docstring: at least
+    once, never a skipped fill). Extra keyword arguments go to :class:`aiokafka.AIOKafkaConsumer`
+    (security settings; `check_crcs=False` for the test broker).
     """
 
     def __init__(
@@ -56,6 +74,7 @@ class FillConsumer:
         *,
         group_id: str | None = None,
         auto_offset_reset: str = "earliest",
+        commit_interval_s: float = COMMIT_INTERVAL_S,
         **options: Any,
     ):
         self._consumer = AIOKafkaConsumer(
@@ -64,9 +83,17 @@ class FillConsumer:
             group_id=group_id,
             auto_offset_reset=auto_offset_reset,
             isolation_level="read_committed",
+            # aiokafka's auto-commit commits what it has handed out, processed or not: a crash
+            # between the two would skip fills. Offsets are committed here, of finished fills.
+            enable_auto_commit=False,
             **options,
         )
         self._decoder = msgspec.json.Decoder(FillEvent)
+        self._commits = group_id is not None
+        self._commit_interval_s = commit_interval_s
+        #: per partition, the offset after the last fill the caller is done with, not yet committed
+        self._done: dict[TopicPartition, int] = {}
+        self._last_commit = time.monotonic()
 
     @classmethod
     def from_settings(cls, kafka: KafkaConfig, topics: list[str], *, sasl_password: Secret | None = None,
@@ -83,7 +110,38 @@ class FillConsumer:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._consumer.stop()
+        try:
+            await self.commit()
+        finally:
+            await self._consumer.stop()
+
+    async def commit(self) -> None:
+        """Commit the offsets of the fills the caller is done with (with a group; else nothing).
+
+        Offsets of partitions this consumer no longer owns (a rebalance took them) are dropped:
+        their new owner reads those fills again, which is the at-least-once promise.
+        """
+        done, self._done = self._done, {}
+        self._last_commit = time.monotonic()
+        if not self._commits or not done:
+            return
+        owned = self._consumer.assignment()
+        offsets = {tp: offset for tp, offset in done.items() if tp in owned}
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:  # a rebalance under way: read again
+            log.warning("offsets not committed (%s); the fills since the last commit will be read again", exc)
+
+    async def _finished(self, records: Iterable[ConsumerRecord[Any, Any]]) -> None:
+        """The caller is done with `records`: commit them in due course."""
+        if not self._commits:
+            return
+        for record in records:
+            self._done[TopicPartition(record.topic, record.partition)] = record.offset + 1
+        if time.monotonic() - self._last_commit >= self._commit_interval_s:
+            await self.commit()
 
     def decode(self, value: bytes | None, where: str = "") -> FillEvent:
         """Decode one record value; :class:`FillDecodeError` names the record when it fails."""
@@ -98,12 +156,10 @@ class FillConsumer:
         """Fills in the batches Kafka delivers them (cheaper than one at a time)."""
         while True:
             fetched = await self._consumer.getmany(timeout_ms=timeout_ms)
-            out = [
-                self.decode(record.value, f"{tp.topic}[{tp.partition}]@{record.offset}")
-                for tp, records in fetched.items()
-                for record in records
-            ]
-            yield out
+            records = [record for batch in fetched.values() for record in batch]
+            yield [self.decode(record.value, f"{record.topic}[{record.partition}]@{record.offset}")
+                   for record in records]
+            await self._finished(records)  # the caller asked for the next batch: done with this one
 
     def __aiter__(self) -> AsyncIterator[FillEvent]:
         return self._iterate()
@@ -111,6 +167,7 @@ class FillConsumer:
     async def _iterate(self) -> AsyncIterator[FillEvent]:
         async for record in self._consumer:
             yield self.decode(record.value, f"{record.topic}[{record.partition}]@{record.offset}")
+            await self._finished((record,))  # the caller asked for the next fill: done with this one
 
 
 #: command-line options that set a `kafka:` setting of the same name
@@ -168,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="PATH", help="a publisher config: its kafka: section is used")
     parser.add_argument("--bootstrap-servers", metavar="HOST:PORT,...", help="required unless --config gives it")
     parser.add_argument("--topics", default="fills.kalshi,fills.zll", help="comma-separated (default: %(default)s)")
-    parser.add_argument("--group-id", default=None, help="commit offsets in this group (default: none, replay)")
+    parser.add_argument("--group-id", default=None,
+                        help="commit the offsets of printed fills in this group (default: none, replay)")
     parser.add_argument("--security-protocol", choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"])
     parser.add_argument("--sasl-mechanism", choices=["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
     parser.add_argument("--sasl-username")

@@ -1,9 +1,11 @@
 """`fill-publisher check-config --connect`: prove a config works, publishing nothing.
 
-Each source's venue is asked for fills through the real adapter and connection pool the service
-would use (signing, API key, proxy, TLS verification), starting now, so one page answers it; Kafka
-is asked for its metadata with the service's client settings. Each check ends with `ok` or the
-cause, one line each.
+Each source's venue is asked for the fills executed from now on, through the real adapter and
+connection pool the service would use (signing, API key, proxy, TLS verification): one fills page
+for Kalshi (and its fills cutoff) and for a ZLL venue listing newest first; a ZLL venue listing
+oldest first has no time filter, so the adapter gallops to the end of its list (a few pages, about
+log2 of the list's pages). The line says how many requests it took. Kafka is asked for its
+metadata with the service's client settings. Each check ends with `ok` or the cause, one line each.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def _cause(exc: BaseException) -> str:
 
 
 async def check_source(settings: Settings, source: SourceConfig) -> Check:
-    """Fetch what `source`'s venue shows from now on (one page) through the service's adapter."""
+    """Fetch what `source`'s venue shows from now on through the service's adapter (see the module
+    docstring for how many pages that is)."""
     what = f"source {source.name} ({source.venue_name} {source.base_url})"
     transport = SourceTransport(source.base_url, httpx.create_ssl_context())
     requests = 0

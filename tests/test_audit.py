@@ -117,3 +117,124 @@ def test_table_and_exit_status_for_a_config_error(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "bootstrap_servers" in proc.stderr
+
+
+def test_kafka_clients_take_the_services_tls_settings_with_the_key_password(tmp_path: Path) -> None:
+    """The audit reaches a cluster the publisher reaches: an encrypted client key opens with its
+    password (without it, loading the key fails, or OpenSSL asks a terminal a CronJob lacks)."""
+    import ssl
+
+    from publisher.audit import kafka_options
+    from tests.harness.tls import Pki
+    from tests.test_config import base_config, load
+    from tests.test_kafka_settings import _encrypted_client_key
+
+    pki = Pki(tmp_path)
+    password = "audit-key-Pa55-9f2e"
+    (tmp_path / "key-password").write_text(password + "\n")
+    cfg = base_config(tmp_path)
+    cfg["kafka"].update(security_protocol="SSL", ssl_cafile=pki.cafile, ssl_certfile=pki.client_cert,
+                        ssl_keyfile=_encrypted_client_key(pki, tmp_path, password),
+                        ssl_key_password_file=str(tmp_path / "key-password"), client_id="fp")
+    options = kafka_options(load(tmp_path, cfg))
+    assert isinstance(options["ssl_context"], ssl.SSLContext)
+    assert options["security_protocol"] == "SSL" and options["client_id"] == "fp-audit"
+
+
+# -- the Kafka read: sought by time, not the whole topic (a fake consumer records what is read) ---
+
+
+class FakeTopic:
+    """A fills topic's partitions as the audit's consumer and admin client see them: records
+    (offset, timestamp ms, key, value), offsets looked up by time, and what was fetched."""
+
+    def __init__(self, partitions: dict[int, list[tuple[int, bytes, bytes]]], by_time: bool = True):
+        from aiokafka import TopicPartition
+
+        self.tp = {p: TopicPartition("fills.zll", p) for p in partitions}
+        self.records = {self.tp[p]: records for p, records in partitions.items()}
+        self.by_time = by_time
+        self.positions: dict[Any, int] = {}
+        self.fetched: list[tuple[int, int]] = []  # (partition, offset) of every record handed out
+
+    async def describe_topics(self, topics: list[str]) -> list[dict[str, Any]]:
+        return [{"topic": topics[0], "error_code": 0, "partitions": [{"partition": p} for p in self.tp]}]
+
+    def assign(self, partitions: list[Any]) -> None:
+        self.positions = {tp: 0 for tp in partitions}
+
+    async def end_offsets(self, partitions: list[Any]) -> dict[Any, int]:
+        return {tp: len(self.records[tp]) for tp in partitions}
+
+    async def offsets_for_times(self, times: dict[Any, int]) -> dict[Any, Any]:
+        from aiokafka.structs import OffsetAndTimestamp
+
+        if not self.by_time:
+            return dict.fromkeys(times)  # librdkafka's mock: "none" for every time
+        found = {}
+        for tp, ms in times.items():
+            offset = next((i for i, (stamp, _key, _value) in enumerate(self.records[tp]) if stamp >= ms), None)
+            found[tp] = None if offset is None else OffsetAndTimestamp(offset, self.records[tp][offset][1])
+        return found
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.positions[tp] = offset
+
+    async def seek_to_beginning(self, tp: Any) -> None:
+        self.positions[tp] = 0
+
+    async def position(self, tp: Any) -> int:
+        return self.positions[tp]
+
+    async def getmany(self, *partitions: Any, timeout_ms: int = 0) -> dict[Any, list[Any]]:
+        from aiokafka.structs import ConsumerRecord
+
+        out = {}
+        for tp in partitions:
+            start = self.positions[tp]
+            chunk = self.records[tp][start:start + 10]
+            if chunk:
+                out[tp] = [ConsumerRecord(tp.topic, tp.partition, start + i, stamp, 0, key, value, None, 0, 0, [])
+                           for i, (stamp, key, value) in enumerate(chunk)]
+                self.fetched += [(tp.partition, start + i) for i in range(len(chunk))]
+                self.positions[tp] = start + len(chunk)
+        return out
+
+
+def fake_records(n: int, start_ms: int, source: str = "zll-audit") -> list[tuple[int, bytes, bytes]]:
+    from tests.test_consumer import fill
+
+    out = []
+    for i in range(n):
+        event = msgspec.structs.replace(fill(i), venue="zll", source=source, fill_id=f"z{start_ms + i}")
+        out.append((start_ms + i * 1000, f"{source}:KX-1".encode(), msgspec.json.encode(event)))
+    return out
+
+
+async def test_the_kafka_read_seeks_by_time_and_reads_only_from_there() -> None:
+    from publisher.audit import _PROBE_OFFSETS, kafka_records
+
+    base = 1_790_000_000_000
+    topic = FakeTopic({0: fake_records(500, base), 1: fake_records(300, base + 5), 2: fake_records(40, base - 900_000)})
+    from_ms = base + 450 * 1000  # the last 50 seconds of partition 0; nothing of 1 and 2 is that new
+    events = await kafka_records(topic, topic, "fills.zll", "zll-audit", from_ms * 1_000_000)  # type: ignore[arg-type]
+    assert {e.fill_id for e in events} == {f"z{base + i}" for i in range(450, 500)}
+    assert sorted(o for p, o in topic.fetched if p == 0) == list(range(450, 500))  # not a record more
+    # the others hold nothing that new: at most their last records are looked at, to be sure
+    assert all(o >= end - _PROBE_OFFSETS for p, o in topic.fetched for q, end in ((1, 300), (2, 40)) if p == q)
+
+
+async def test_a_broker_without_time_lookups_is_read_from_the_start_where_needed(caplog: pytest.LogCaptureFixture) -> None:
+    """Partition 0's newest records lie beyond the first fetch of the probe (10 records a fetch
+    here): the probe reads to the end before it decides."""
+    from publisher.audit import _PROBE_OFFSETS, kafka_records
+
+    base = 1_790_000_000_000
+    topic = FakeTopic({0: fake_records(100, base), 1: fake_records(30, base - 900_000)}, by_time=False)
+    events = await kafka_records(topic, topic, "fills.zll", "zll-audit", (base + 95 * 1000) * 1_000_000)  # type: ignore[arg-type]
+    # partition 0's newest records pass the seek time: read from its start (its older ones are
+    # kept too: the comparison, not the read, decides what belongs to the window)
+    assert {e.fill_id for e in events} == {f"z{base + i}" for i in range(100)}
+    assert "reading the partition from the start" in caplog.text
+    # partition 1 holds nothing that new: only its last records were looked at
+    assert {offset for p, offset in topic.fetched if p == 1} == set(range(max(0, 30 - _PROBE_OFFSETS), 30))

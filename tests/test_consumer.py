@@ -71,6 +71,54 @@ async def test_consumer_reads_committed_fills_decoded_into_the_event_type(broker
     assert all(isinstance(f, FillEvent) for f in got)
 
 
+async def first_fills(broker: Any, topic: str, group: str, n: int) -> list[str]:
+    """The first `n` fill ids a new consumer of `group` is given (the last one, left by `break`,
+    is not done: it is not committed)."""
+    got: list[str] = []
+    async with FillConsumer(broker.bootstrap_servers, [topic], group_id=group, check_crcs=False) as consumer:
+        async for fill_event in consumer:
+            got.append(fill_event.fill_id)
+            if len(got) == n:
+                break
+    return got
+
+
+class Crash(Exception):
+    """The consumer's own processing failed."""
+
+
+@pytest.mark.integration
+async def test_a_group_never_skips_the_fill_in_hand_when_the_consumer_dies(broker: Any, topic_prefix: str) -> None:
+    """Offsets are committed for fills the caller is done with, never for the one it holds: the
+    fill being processed when a consumer fails (or dies) is delivered again, none is skipped."""
+    topic = f"{topic_prefix}fills.kalshi"
+    await publish(broker, topic_prefix, topic, [fill(n) for n in range(8)])
+    group = f"{topic_prefix}risk"
+    # processing fails on the third fill: the first two are done and committed on the way out
+    seen: list[str] = []
+    with pytest.raises(Crash):
+        async with FillConsumer(broker.bootstrap_servers, [topic], group_id=group, check_crcs=False) as consumer:
+            async for fill_event in consumer:
+                seen.append(fill_event.fill_id)
+                if fill_event.fill_id == "f2":
+                    raise Crash
+    assert seen == ["f0", "f1", "f2"]
+
+    # the next consumer starts at the failed fill; it dies without closing (no commit on the way
+    # out): what the periodic commits covered stays read, the fill in hand comes again
+    consumer = FillConsumer(broker.bootstrap_servers, [topic], group_id=group, check_crcs=False,
+                            commit_interval_s=0)
+    await consumer.__aenter__()
+    held = []
+    async for fill_event in consumer:
+        held.append(fill_event.fill_id)
+        if len(held) == 3:
+            break
+    await consumer._consumer.stop()  # the process is gone: nothing more is committed
+    assert held == ["f2", "f3", "f4"]
+    assert await first_fills(broker, topic, group, 4) == ["f4", "f5", "f6", "f7"]
+
+
 def test_undecodable_record_names_where_it_was() -> None:
     consumer = FillConsumer.__new__(FillConsumer)
     consumer._decoder = msgspec.json.Decoder(FillEvent)

@@ -49,3 +49,23 @@ def test_demo_prints_fills_positions_and_a_summary() -> None:
     assert lag_fills == seen - 6
     # not a terminal: no colour codes
     assert "\x1b[" not in out
+
+
+def test_colour_only_on_a_terminal_and_never_with_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import os
+    import pty
+
+    from publisher.demo import Style
+
+    main, secondary = pty.openpty()
+    with os.fdopen(secondary, "w") as terminal:
+        monkeypatch.setattr(sys, "stdout", terminal)
+        monkeypatch.delenv("NO_COLOR", raising=False)
+        assert Style.for_stdout().bold("x") == "\x1b[1mx\x1b[0m"
+        monkeypatch.setenv("NO_COLOR", "1")
+        assert Style.for_stdout().red("x") == "x"
+    os.close(main)
+    monkeypatch.delenv("NO_COLOR")
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    assert Style.for_stdout().dim("x") == "x"

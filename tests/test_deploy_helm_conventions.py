@@ -236,3 +236,12 @@ def test_chart_readme_lists_every_value() -> None:
     assert not missing, f"chart README lacks rows for {sorted(missing)}"
     stale = {d for d in documented if d.split(".")[0] not in values}
     assert not stale, f"chart README documents values that do not exist: {sorted(stale)}"
+
+
+def test_chart_app_version_is_the_package_version() -> None:
+    """pyproject.toml writes the version; the chart's appVersion (the default image tag) must follow
+    it, or a release runs an image of another version than the chart says."""
+    from importlib.metadata import version
+
+    chart = yaml.safe_load((ds.CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == version("fill-publisher")

@@ -1,5 +1,6 @@
 """Kalshi at the venue edge: Ed25519 keys, historical fills and the cutoff, hostile fills, paging
-loops, overlapping sources and backfill_from (adapter over MockTransport and the simulator)."""
+loops, overlapping sources and backfill_from (adapter over MockTransport and the simulator), the
+key kind in check-config and the cutoff cache."""
 
 from __future__ import annotations
 
@@ -18,9 +19,21 @@ from publisher.secret import Secret
 from publisher.sim.kalshi import KalshiSimulator, generate_key_pair
 from publisher.venues import kalshi
 from publisher.venues.base import VenueError
-from tests.test_config import cfg, config_error  # noqa: F401 - fixture
+from publisher.venues.http import RateLimiter, VenueClient
+from tests.test_cli import assert_config_error, cli
+from tests.test_config import cfg, config_error, write_config  # noqa: F401 - fixture
 from tests.test_config import kalshi as kalshi_cfg
-from tests.test_kalshi_adapter import SINCE_NS, Venue, adapter, fill, paged, private_key, source  # noqa: F401
+from tests.test_kalshi_adapter import (  # noqa: F401 - private_key is a fixture
+    BASE_URL,
+    SINCE_NS,
+    RefusesReplays,
+    Venue,
+    adapter,
+    fill,
+    paged,
+    private_key,
+    source,
+)
 
 NS = 1_000_000_000
 #: RFC 8032 test 1: a fixed key signs deterministically, so the signature can be pinned
@@ -197,3 +210,92 @@ def test_first_start_floor_is_backfill_from() -> None:
     state = SourceState(source(backfill_from="2026-10-01T00:00:00Z"), None, now)
     assert state.floor_ns == 1_790_812_800 * NS and state.window.floor_ns == 1_790_812_800 * NS
     assert SourceState(source(), None, now).floor_ns == now - 300 * NS
+
+
+# -- Ed25519 through the CLI and the shared signatures ------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "named"), [("rsa", "RSA-2048 key"), ("ed25519", "Ed25519 key")])
+def test_check_config_names_the_key_kind(tmp_path: Path, cfg: dict[str, Any], kind: str, named: str) -> None:
+    private_pem, _ = generate_key_pair(kind)  # type: ignore[arg-type]
+    Path(kalshi_cfg(cfg)["private_key_file"]).write_bytes(private_pem + b"\n")
+    result = cli("check-config", "--config", str(write_config(tmp_path, cfg)))
+    assert result.returncode == 0, result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if line.strip().startswith("kalshi-main:")]
+    assert line.endswith(f"(secret ok, {named})")
+    assert not any(body in result.stdout for body in private_pem.decode().splitlines()[1:-1])
+
+
+def ed_pem() -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    return ed_key().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()).decode()
+
+
+async def test_sources_of_one_ed25519_key_share_signatures_and_each_verifies() -> None:
+    venue = Venue(paged({None: {"fills": [fill(1)]}}))
+    made = [kalshi.create_adapter(source(name=f"kalshi-{n}", subaccount=n, api_key_id="ed-shared"),
+                                  Secret(ed_pem()), httpx.MockTransport(venue), lambda: None) for n in (1, 2)]
+    for one in made:
+        await one.fetch(SINCE_NS, None, lambda: 1)
+    first, second = venue.requests
+    assert first.url.params["subaccount"] == "1" and second.url.params["subaccount"] == "2"
+    assert first.headers["KALSHI-ACCESS-SIGNATURE"] == second.headers["KALSHI-ACCESS-SIGNATURE"]
+    message = f"{first.headers['KALSHI-ACCESS-TIMESTAMP']}GET{first.url.path}".encode()
+    ed_key().public_key().verify(base64.b64decode(first.headers["KALSHI-ACCESS-SIGNATURE"]), message)
+
+
+async def test_a_refused_reused_ed25519_signature_is_replaced_by_a_fresh_one() -> None:
+    """Kalshi refusing a signature it has seen: with a deterministic key, "fresh" must still
+    mean other bytes (the timestamp moves on), or the retry would be refused as well."""
+    from tests.test_kalshi_adapter import BASE_URL, RefusesReplays
+    venue = RefusesReplays()
+    signer = kalshi.KalshiSigner("ed-key", ed_key(), clock_ms=lambda: 1_762_000_123_456)  # a clock that stands still
+    client = VenueClient(httpx.MockTransport(venue), BASE_URL, auth=kalshi.KalshiAuth(signer),
+                         limiter=RateLimiter(1000), describe_error=kalshi.describe_error)
+    made = kalshi.KalshiAdapter(source(), client)
+    for _ in range(3):
+        assert [f.fill_id for f in (await made.fetch(SINCE_NS, None, lambda: 1)).fills] == ["f-1"]
+    signatures = [r.headers["KALSHI-ACCESS-SIGNATURE"] for r in venue.requests]
+    assert len(signatures) == 4 and len(set(signatures)) == 3 and signer.reuse_ms == 0
+    for request in venue.requests:
+        message = f"{request.headers['KALSHI-ACCESS-TIMESTAMP']}GET{request.url.path}".encode()
+        ed_key().public_key().verify(base64.b64decode(request.headers["KALSHI-ACCESS-SIGNATURE"]), message)
+
+
+# -- the fills cutoff: cached, refreshed ---------------------------------------------------------
+
+
+async def test_the_cutoff_is_cached_and_read_again_when_old_or_near_the_floor(private_key: Any) -> None:
+    venue = Venue(paged({None: {"fills": [], "cursor": ""}}), cutoff="2026-09-15T00:00:00Z")
+    made = adapter(venue, private_key)
+    now = [T]
+    far = T - 300 * NS  # a floor far above the cutoff
+
+    async def poll(since_ns: int) -> None:
+        await made.fetch(since_ns, None, lambda: now[0])
+
+    await poll(far)
+    assert len(venue.cutoff_requests) == 1
+    for _ in range(5):  # a second apart: the cached cutoff serves
+        now[0] += NS
+        await poll(far)
+    assert len(venue.cutoff_requests) == 1
+    now[0] += kalshi.CUTOFF_REFRESH_NS  # old: read again
+    await poll(far)
+    assert len(venue.cutoff_requests) == 2
+    # a floor within a day of the cutoff: read on every poll (the cutoff may have passed it)
+    near = kalshi.cutoff_ns(b'{"trades_created_ts": "2026-09-15T00:00:00Z"}') + kalshi.CUTOFF_MARGIN_NS // 2
+    for _ in range(2):
+        now[0] += NS
+        await poll(near)
+    assert len(venue.cutoff_requests) == 4
+    assert all(r.url.path == "/trade-api/v2/portfolio/fills" for r in venue.requests)  # all above: live only
+
+
+def test_overlapping_sources_exit_2_naming_both(tmp_path: Path, cfg: dict[str, Any]) -> None:
+    cfg["sources"].append({**kalshi_cfg(cfg), "name": "kalshi-two", "subaccount": 3})
+    line = assert_config_error(cli("check-config", "--config", str(write_config(tmp_path, cfg))), "sources[kalshi-two]")
+    assert "sources[kalshi-main]" in line
+    assert_config_error(cli("run", "--config", str(write_config(tmp_path, cfg))), "sources[kalshi-two]")

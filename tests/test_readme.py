@@ -107,3 +107,75 @@ def test_docs_anchors_the_readme_uses_exist() -> None:
         headings = {re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-")
                     for h in re.findall(r"^#+ (.+)$", (REPO / path).read_text(), re.M)}
         assert anchor in headings, (path, anchor)
+
+
+#: a path inside this repository, as docs, comments and messages write them (not part of a URL)
+REPO_PATH = re.compile(r"(?<![\w/.-])((?:publisher|docs|tests|bench|helm|deploy|schemas|shared|seeds)/[\w./*{}-]*\.(?:py|md|ya?ml|json|txt|toml|tpl))\b")
+
+
+def tracked_text_files() -> list[Path]:
+    import subprocess
+
+    listed = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    return [REPO / name for name in listed if (REPO / name).suffix in {".py", ".md", ".yaml", ".yml", ".json", ".toml",
+                                                                     ".tpl", ".txt", ""} and (REPO / name).is_file()]
+
+
+def test_every_repository_path_named_in_code_comments_and_docs_exists() -> None:
+    missing = []
+    for path in tracked_text_files():
+        text = path.read_text(errors="replace")
+        for line_no, line in enumerate(text.splitlines(), 1):
+            for named in REPO_PATH.findall(line):
+                if "{" in named or named in WRITTEN_ELSEWHERE:
+                    continue
+                if not (list(REPO.glob(named)) if "*" in named else (REPO / named).exists()):
+                    missing.append(f"{path.relative_to(REPO)}:{line_no}: {named}")
+    assert missing == []
+
+
+def test_development_layout_names_every_module() -> None:
+    layout = section((REPO / "docs" / "development.md").read_text(), "Layout")
+    rows = [line for line in layout.splitlines() if line.startswith("| `")]
+    unnamed = []
+    for module in sorted((REPO / "publisher").rglob("*.py")):
+        rel = module.relative_to(REPO / "publisher")
+        if rel.name == "__init__.py":
+            continue
+        folder = "publisher/" + "".join(f"{part}/" for part in rel.parts[:-1])
+        if not any(row.split("|")[1].strip().startswith(f"`{folder}") and
+                   (f"`{folder}{rel.name}`" in row or f"`{rel.name}`" in row) for row in rows):
+            unnamed.append(str(rel))
+    assert unnamed == []
+
+
+def anchors(doc: Path) -> set[str]:
+    """The anchors GitHub makes of a Markdown file's headings."""
+    return {re.sub(r"[^a-z0-9 _-]", "", heading.strip().lower()).replace(" ", "-")
+            for heading in re.findall(r"^#+ (.+)$", doc.read_text(), re.M)}
+
+
+def test_every_relative_link_of_the_docs_resolves() -> None:
+    broken = []
+    for doc in [p for p in tracked_text_files() if p.suffix == ".md"]:
+        for target, anchor in re.findall(r"\]\(([^)\s#]*)(?:#([^)\s]*))?\)", doc.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue  # a URL
+            resolved = (doc.parent / target).resolve() if target else doc
+            if str(resolved.relative_to(REPO)) in WRITTEN_ELSEWHERE and not resolved.exists():
+                continue
+            if not resolved.exists() or (anchor and resolved.suffix == ".md" and anchor not in anchors(resolved)):
+                broken.append(f"{doc.relative_to(REPO)}: {target}#{anchor}")
+    assert broken == []
+
+
+def test_keys_backfill_and_the_audit_are_documented_from_the_readme() -> None:
+    assert "(docs/venues.md)" in README and "(docs/audit.md)" in README
+    venues = anchors(REPO / "docs" / "venues.md")
+    assert {"kalshi-keys-rsa-and-ed25519", "historical-fills-and-the-cutoff", "backfill_from"} <= venues
+    audit = (REPO / "docs" / "audit.md").read_text()
+    from publisher.audit import COMPARED_FIELDS, SETTLE_MARGIN_S
+
+    # the compared fields and the settle margin as the code has them
+    assert ", ".join(f"`{name}`" for name in COMPARED_FIELDS) in " ".join(audit.split())
+    assert f"settle margin of {SETTLE_MARGIN_S:g} s" in audit

@@ -181,6 +181,17 @@ async def test_cursor_does_not_remember_filters(sim: KalshiSimulator, client: ht
     assert {fill["ticker"] for fill in forgetful["fills"]} == {"A-1", "B-2"} and len(forgetful["fills"]) == 15
 
 
+async def test_ticker_takes_up_to_100_comma_separated_tickers(sim: KalshiSimulator, client: httpx.AsyncClient) -> None:
+    a, b = sim.add_fills(4, ticker="A-1"), sim.add_fills(3, ticker="B-2")
+    sim.add_fills(5, ticker="C-3")
+    both = await walk(client, ticker="A-1,B-2", limit=2)  # filters resent with every cursor
+    assert {f["fill_id"] for f in both} == {f.fill_id for f in a + b}
+    hundred = ",".join(["A-1", *(f"X-{n}" for n in range(99))])
+    assert {f["fill_id"] for f in await walk(client, ticker=hundred)} == {f.fill_id for f in a}
+    response = await client.get(FILLS, params={"ticker": hundred + ",B-2"})
+    assert response.status_code == 400 and "100" in response.json()["message"]
+
+
 @pytest.mark.parametrize("params", [{"limit": 0}, {"limit": 1001}, {"limit": "ten"}, {"limit": -1}, {"min_ts": "1.5"}, {"subaccount": 64}, {"cursor": "!!"}])
 async def test_invalid_parameters_are_400(client: httpx.AsyncClient, params: dict[str, Any]) -> None:
     response = await client.get(FILLS, params=params)
@@ -480,6 +491,50 @@ async def test_cli_creates_keys_and_verifies_with_them(tmp_path: Any) -> None:
         async with httpx.AsyncClient(auth=auth) as http:
             response = await http.get(base_url + "/portfolio/fills")
         assert response.status_code == 200 and response.json()["fills"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+
+
+async def test_cli_ed25519_key_historical_cutoff_and_shards(tmp_path: Any) -> None:
+    """The standalone simulator (compose, out-of-process tests) with an Ed25519 key, a fills
+    cutoff and exchange_index shards; the publisher's own adapter reads both tiers through it."""
+    import signal
+    import sys
+
+    from publisher.secret import Secret
+    from publisher.venues import kalshi
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "publisher.sim", "kalshi", "--port", "0", "--key-dir", str(tmp_path), "--fills-per-s", "0",
+        "--key-kind", "ed25519", "--fills-cutoff-age-s", "3600", "--exchange-indexes", "0,1,2", "--seed", "5",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        line = (await asyncio.wait_for(process.stdout.readline(), 10)).decode()  # type: ignore[union-attr]
+        base_url = line.split()[-1]
+        root = base_url.removesuffix("/trade-api/v2")
+        pem = Secret((tmp_path / "kalshi-private.pem").read_text())
+        assert kalshi.describe_secret(pem) == "Ed25519 key"
+        async with httpx.AsyncClient(base_url=root, timeout=5) as control:
+            now = time.time_ns()
+            old = (await control.post("/_sim/fills", json={"n": 4, "executed_at_ns": now - 7200 * 10**9})).json()["fills"]
+            new = (await control.post("/_sim/fills", json={"n": 6, "late_s": 60})).json()["fills"]
+            stats = (await control.get("/_sim/stats")).json()
+            assert abs(stats["fills_cutoff_ns"] - (now - 3600 * 10**9)) < 60 * 10**9
+            source = kalshi.KalshiSource(name="k", base_url=base_url, api_key_id=(tmp_path / "kalshi-key-id").read_text().strip(),
+                                         private_key_env="X")
+            made = kalshi.create_adapter(source, pem, httpx.AsyncHTTPTransport(), lambda: None)
+            result = await made.fetch(now - 3 * 3600 * 10**9, None, time.time_ns)
+            await made.aclose()
+            assert {f.fill_id for f in result.fills} == {f["fill_id"] for f in old + new}
+            assert len({f.venue_fields.exchange_index for f in result.fills}) > 1
+            served = (await control.get("/_sim/stats")).json()["served"]
+            assert served["historical_fills"] >= 1 and served["fills"] >= 1 and served["cutoff"] >= 1
+            # the cutoff moved from outside: nothing historical any more
+            moved = await control.post("/_sim/cutoff", json={"cutoff_ns": None})
+            assert moved.status_code == 200 and moved.json()["fills_cutoff_ns"] is None
+            assert (await control.post("/_sim/cutoff", json={})).status_code == 400
     finally:
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 10) == 0

@@ -269,6 +269,7 @@ async def test_cli_serves_with_the_generated_key(tmp_path: Any) -> None:
 
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "publisher.sim", "zll", "--port", "0", "--key-dir", str(tmp_path), "--order", "oldest",
+        "--listing", "insertion", "--fills-per-s", "0",
         stdout=asyncio.subprocess.PIPE,
     )
     try:
@@ -277,6 +278,12 @@ async def test_cli_serves_with_the_generated_key(tmp_path: Any) -> None:
         async with httpx.AsyncClient(base_url=url, headers={"X-API-KEY": key}) as http:
             assert (await http.get(FILLS, params={"subaccount_index": 0})).status_code == 200
             assert (await http.get("/_sim/stats")).json()["venue"] == "zll"
+            # insertion order: a late fill added last is listed last (oldest first), its time older
+            first = (await http.post("/_sim/fills", json={"n": 2})).json()["fills"]
+            late = (await http.post("/_sim/fills", json={"n": 1, "late_s": 30})).json()["fills"]
+            listed = (await http.get(FILLS, params={"subaccount_index": 0})).json()
+            assert [f["id"] for f in listed] == [f["fill_id"] for f in first + late]
+            assert listed[-1]["time"] < listed[0]["time"]
     finally:
         process.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(process.wait(), 10) == 0

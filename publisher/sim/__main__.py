@@ -17,8 +17,10 @@ import os
 import secrets
 import signal
 import sys
+import time
 import uuid
 from pathlib import Path
+from typing import Literal
 
 from publisher.sim.base import Simulator
 from publisher.sim.kalshi import SHAPE_MODES, KalshiSimulator, generate_key_pair
@@ -32,12 +34,13 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
         handle.write(data)
 
 
-def kalshi_credentials(key_dir: Path) -> tuple[str, bytes]:
-    """(key id, public key PEM) from `key_dir`, generating the key pair and id when missing."""
+def kalshi_credentials(key_dir: Path, kind: Literal["rsa", "ed25519"] = "rsa") -> tuple[str, bytes]:
+    """(key id, public key PEM) from `key_dir`, generating the key pair (of `kind`) and id when
+    missing; a key already there is used whatever its kind."""
     key_dir.mkdir(parents=True, exist_ok=True)
     private, public, key_id = (key_dir / name for name in ("kalshi-private.pem", "kalshi-public.pem", "kalshi-key-id"))
     if not private.exists() or not public.exists():
-        private_pem, public_pem = generate_key_pair()
+        private_pem, public_pem = generate_key_pair(kind)
         for path in (private, public):
             path.unlink(missing_ok=True)
         _write_new(private, private_pem, 0o600)
@@ -60,12 +63,15 @@ def build(args: argparse.Namespace) -> Simulator:
     """The simulator the command line asks for (not started)."""
     key_dir = Path(args.key_dir)
     if args.venue == "kalshi":
-        key_id, public_pem = kalshi_credentials(key_dir)
+        key_id, public_pem = kalshi_credentials(key_dir, args.key_kind)
+        cutoff_age_s = args.fills_cutoff_age_s
         return KalshiSimulator(
             public_key=public_pem,
             key_id=key_id,
             shape=args.shape,
             max_limit=args.max_limit,
+            exchange_indexes=args.exchange_indexes,
+            fills_cutoff_ns=None if cutoff_age_s is None else time.time_ns() - int(cutoff_age_s * 1e9),
             host=args.host,
             port=args.port,
             seed=args.seed,
@@ -73,12 +79,20 @@ def build(args: argparse.Namespace) -> Simulator:
     return ZllSimulator(
         api_key=zll_api_key(key_dir),
         order=args.order,
+        listing=args.listing,
         pinned_subaccount=args.pinned_subaccount,
         max_limit=args.max_limit,
         host=args.host,
         port=args.port,
         seed=args.seed,
     )
+
+
+def _indexes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -97,8 +111,17 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("--max-limit", type=int, default=1000, help="largest page the venue serves")
         if venue == "kalshi":
             sub.add_argument("--shape", choices=SHAPE_MODES, default="mixed")
+            sub.add_argument("--key-kind", choices=("rsa", "ed25519"), default="rsa",
+                             help="the kind of key pair created in --key-dir (an existing one is kept)")
+            sub.add_argument("--fills-cutoff-age-s", type=float, default=None, metavar="SECONDS",
+                             help="fills executed longer ago than this at start are on the historical endpoint "
+                                  "only (default: none; POST /_sim/cutoff moves it)")
+            sub.add_argument("--exchange-indexes", type=_indexes, default=(0,), metavar="N,N,...",
+                             help="exchange_index shards the fills are spread over (default: 0)")
         else:
             sub.add_argument("--order", choices=("newest", "oldest"), default="newest")
+            sub.add_argument("--listing", choices=("sorted", "insertion"), default="sorted",
+                             help="sorted by time (a database index) or in the order fills arrived")
             sub.add_argument("--pinned-subaccount", type=int, default=None)
     return top
 

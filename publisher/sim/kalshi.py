@@ -25,7 +25,9 @@ plausible answer and makes the others switchable:
   `GET /historical/fills` (same Fill object and cursor; `ticker`, `min_ts`, `max_ts`, `limit`,
   `cursor`, `subaccount`; no `exchange_index` filter), and `GET /historical/cutoff` reports the
   cutoff as `trades_created_ts` (RFC 3339). :meth:`KalshiSimulator.move_cutoff_after` moves it
-  after a number of requests, as when the venue migrates fills while a client pages.
+  after a number of requests, as when the venue migrates fills while a client pages;
+  `POST /_sim/cutoff {"cutoff_ns": t | null}` sets it from another process (`--fills-cutoff-age-s`
+  of the standalone simulator at start). `stats()` counts the requests answered per endpoint.
 - not simulated: the WebSocket feed, write endpoints.
 
 Shapes (`KalshiShape`), oldest first: `seed` (Nov 2025: integer cents and counts, `*_fixed`
@@ -44,6 +46,7 @@ import bisect
 import hashlib
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any, Literal, get_args
@@ -317,6 +320,8 @@ class KalshiSimulator(Simulator[KalshiFill]):
         #: fills executed before this (ns) are on the historical endpoint only; None: none are
         self.fills_cutoff_ns = fills_cutoff_ns
         self._cutoff_moves: list[tuple[int, int]] = []
+        #: authenticated requests answered, per endpoint (`fills`, `historical_fills`, `cutoff`)
+        self.served: Counter[str] = Counter()
         self._keys: dict[str, PublicKey] = {}
         #: key id -> the subaccount a restricted key is locked to
         self._restricted: dict[str, int] = {}
@@ -416,8 +421,10 @@ class KalshiSimulator(Simulator[KalshiFill]):
         if problem is not None:
             return self._error(401, "authentication_error", "authentication failed", details=problem)
         if request.path == cutoff_path:
+            self.served["cutoff"] += 1
             return Response(200, msgspec.json.encode(self._cutoffs()))
         historical = paths[request.path]
+        self.served["historical_fills" if historical else "fills"] += 1
         limit = int_param(request, "limit", default=100, lo=1, hi=self.max_limit)
         min_ts = int_param(request, "min_ts")
         max_ts = int_param(request, "max_ts")
@@ -478,6 +485,22 @@ class KalshiSimulator(Simulator[KalshiFill]):
         elif self.last_cursor != "omit":
             document["cursor"] = "" if self.last_cursor == "empty" else None
         return Response(200, self._body(document))
+
+    def stats(self) -> dict[str, Any]:
+        """The common counters, the fills cutoff and the requests answered per endpoint."""
+        return {**super().stats(), "fills_cutoff_ns": self.fills_cutoff_ns, "served": dict(self.served)}
+
+    async def _control_extra(self, request: Request) -> Response | None:
+        # `POST /_sim/cutoff {"cutoff_ns": t | null}`: move the fills cutoff (null: nothing is
+        # historical), for tests and benchmarks driving a simulator in another process
+        if (request.method, request.path) != ("POST", "/_sim/cutoff"):
+            return None
+        spec = msgspec.json.decode(request.body or b"{}")
+        if not isinstance(spec, dict) or "cutoff_ns" not in spec:
+            raise ValueError('expected {"cutoff_ns": <ns since the epoch> | null}')
+        value = spec["cutoff_ns"]
+        self.fills_cutoff_ns = None if value is None else int(value)
+        return Response(200, msgspec.json.encode(self.stats()))
 
     def _cutoffs(self) -> dict[str, Any]:
         """`GET /historical/cutoff`; fills go by `trades_created_ts` (the epoch: nothing historical)."""

@@ -236,10 +236,12 @@ class Stack:
         self.sources.append(SourceSpec(name, sim, entry, subaccount))
         return sim
 
-    async def zll(self, name: str, *, order: str = "newest", subaccount: int = 0, **settings: Any) -> ZllSimulator:
-        """Add a ZLL source with a simulator of its own."""
+    async def zll(self, name: str, *, order: str = "newest", listing: str = "sorted", subaccount: int = 0,
+                  **settings: Any) -> ZllSimulator:
+        """Add a ZLL source with a simulator of its own (`order`, `listing`: see ZllSimulator)."""
         api_key = base64.b64encode(os.urandom(24)).decode()
-        sim = ZllSimulator(api_key=api_key, order=order, subaccounts=(subaccount,), seed=100 + len(self.sources))  # type: ignore[arg-type]
+        sim = ZllSimulator(api_key=api_key, order=order, listing=listing, subaccounts=(subaccount,),  # type: ignore[arg-type]
+                           seed=100 + len(self.sources))
         await sim.start()
         key_file = self.tmp / f"{name}.key"
         key_file.write_text(api_key + "\n")
