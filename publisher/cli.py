@@ -1,4 +1,4 @@
-"""The `fill-publisher` command: run, demo, check-config, status, schema (and `--version`).
+"""The `fill-publisher` command: run, demo, check-config, status, audit, reshard, schema (and `--version`).
 
 A bad config or an unreadable secret ends the process with status 2 and one line on stderr,
 `fill-publisher: config error: <field>: <problem>`, never a traceback and never a secret.
@@ -22,7 +22,7 @@ EXIT_CONFIG = 2
 
 RUN_EPILOG = """\
 environment:
-  FILLPUB_<SECTION>__<KEY>        overrides a kafka: or http: setting of the file,
+  FILLPUB_<SECTION>__<KEY>        overrides a kafka:, http: or cluster: setting of the file,
                                   e.g. FILLPUB_KAFKA__BOOTSTRAP_SERVERS=kafka-0:9092
   FILLPUB_SOURCES__<NAME>__<KEY>  overrides a setting of the source NAME (upper case,
                                   - and . as _), e.g. FILLPUB_SOURCES__KALSHI_MAIN__PAGE_LIMIT=500
@@ -34,7 +34,8 @@ environment:
 exit status:
   0  stopped by SIGTERM/SIGINT after committing what was in flight
   2  config error or unreadable secret (one line on stderr names the field)
-  3  fenced: another instance took the Kafka transactional id (see docs/runbooks.md)
+  3  fenced: another instance took the Kafka transactional id (without cluster.shards > 1;
+     see docs/runbooks.md)
 """
 
 
@@ -95,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("schema", help="print the JSON Schema of the published event")
 
+    reshard = commands.add_parser(
+        "reshard", help="offline, every instance stopped: move each source's checkpoint to where the config's "
+                        "cluster.shards keeps it (fences every instance of the old layout first)",
+        epilog="exit status: 0 done, 1 Kafka failed (run it again), 2 config error",
+    )
+    reshard.add_argument("--config", required=True, metavar="PATH", help="the NEW YAML config file")
+    reshard.add_argument("--dry-run", action="store_true", help="print what would move; fence and write nothing")
+
     audit = commands.add_parser("audit", help="compare the venues' fills with the committed records on Kafka")
     audit.add_argument("--config", required=True, metavar="PATH", help="YAML config file")
     audit.add_argument("--source", action="append", default=[], metavar="NAME", help="audit only this source (repeatable)")
@@ -125,8 +134,14 @@ def _summary(path: str, settings: Settings) -> str:
         f"  topics: {', '.join(topics)}; dlq {kafka.dlq_topic}; checkpoints {kafka.checkpoint_topic}",
         f"  transactional_id_prefix={kafka.transactional_id_prefix}",
         f"http: {config.http.host}:{config.http.port}",
-        f"sources ({len(config.sources)}):",
     ]
+    from publisher.shards import layout  # noqa: PLC0415 - Kafka's partitioner (aiokafka): not for --version
+
+    shards = layout(config)
+    if shards.grouped:
+        lines.append(f"cluster: {len(shards.shards)} shards, consumer group {shards.group_id}"
+                     + (f", static member {config.cluster.instance_id}" if config.cluster.instance_id else ""))
+    lines.append(f"sources ({len(config.sources)}):")
     for source in config.sources:
         file_field, env_field = secret_fields(source)
         origin = (
@@ -136,7 +151,9 @@ def _summary(path: str, settings: Settings) -> str:
         )
         describe = getattr(VENUES[venue_of(source)], "describe_secret", None)
         kind = f", {describe(settings.source_secrets[source.name])}" if describe is not None else ""
-        lines.append(f"  {source.name}: venue={venue_of(source)} base_url={source.base_url} {origin} (secret ok{kind})")
+        shard = f" shard={shards.shard_of_source(source.name)}" if shards.grouped else ""
+        lines.append(f"  {source.name}: venue={venue_of(source)}{shard} base_url={source.base_url} {origin} "
+                     f"(secret ok{kind})")
     return "\n".join(lines)
 
 
@@ -163,6 +180,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
             from publisher.app import run  # noqa: PLC0415 - heavy (Kafka, HTTP clients): only when actually running
 
             return run(settings)
+        if args.command == "reshard":
+            return _reshard(_load(args.config), args.dry_run)
         if args.command == "audit":
             from publisher.audit import main as audit_main  # noqa: PLC0415 - heavy, as for run
 
@@ -202,6 +221,25 @@ def _status(settings: Settings, as_json: bool) -> int:
         print(logs.redact(f"{PROG}: kafka: {type(exc).__name__}: {exc}"), file=sys.stderr)
         return EXIT_FAILED
     print(render(statuses, as_json))
+    return EXIT_OK
+
+
+def _reshard(settings: Settings, dry_run: bool) -> int:
+    from publisher.reshard import reshard  # noqa: PLC0415 - Kafka clients: only for reshard
+
+    shards = settings.config.cluster.shards
+    print(f"{'planning' if dry_run else 'resharding'} to {shards} shard{'s' if shards > 1 else ''} "
+          f"(checkpoint topic {settings.config.kafka.checkpoint_topic}):", flush=True)
+    try:
+        moves = asyncio.run(reshard(settings, dry_run=dry_run))
+    except Exception as exc:  # noqa: BLE001 - whatever Kafka's client raised, said in one line
+        print(logs.redact(f"{PROG}: kafka: {type(exc).__name__}: {exc}"), file=sys.stderr)
+        return EXIT_FAILED
+    for move in moves:
+        print(f"  {move.line()}")
+    moved = sum(1 for m in moves if m.moves)
+    print(f"{'would move' if dry_run else 'moved'} {moved} checkpoint{'s' if moved != 1 else ''}"
+          + ("" if dry_run else "; every instance of the old layout is fenced: start the new one"))
     return EXIT_OK
 
 

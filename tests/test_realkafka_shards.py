@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,3 +234,65 @@ async def test_scale_one_to_three_to_one_under_load_with_a_standby(
     assert code == 0 and took < 10, fleet.instances["a"].log_tail()
     observe("shards scale 1-3-1", spread_at_3=spread, sigterm_to_all_owned_s=handovers,
             rebalances_seen_by_a=rebalances, fills_in=len(expected), fills_out=len(consumed))
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "publisher", *args], capture_output=True, text=True, timeout=120)
+
+
+async def test_reshard_moves_checkpoints_one_instance_to_four_shards_and_back(
+        real_kafka: KafkaCluster, topic_prefix: str, tmp_path: Path, cleanup: list[Any]) -> None:
+    """The offline step, under load. One instance without a cluster publishes; a config of 4
+    shards is refused at start (the checkpoint topic has 1 partition); `reshard` fences the old
+    instance (still running: it exits 3), adds partitions and moves every checkpoint to its shard's
+    partition; two instances of the new layout take over; `reshard` back to one shard; a single
+    instance again. Every fill exactly once: no source starts afresh at any step."""
+    stack = await sharded_stack(tmp_path, real_kafka, topic_prefix, 1, 4)
+    cleanup.append(stack)
+    stack.sections = {}
+    fleet = Fleet(stack, tmp_path, cleanup)
+    started_ns = time.time_ns()
+    generate(stack, 5)
+    alone = fleet.start("alone")
+    await alone.wait_ready(60)
+    await asyncio.sleep(2)
+
+    stack.sections = {"cluster": {"shards": 4, "session_timeout_s": SESSION_S}}
+    config = stack.write_config()
+    refused = run_cli("run", "--config", str(config))
+    assert refused.returncode == 2 and "cluster.shards" in refused.stderr and "reshard" in refused.stderr, refused
+
+    # the single instance kept every checkpoint in the topic's one partition: those of shard 0 stay
+    moving = len(stack.sources) - len(sources_of(stack, [0], 4))
+    assert moving > 0
+    dry = run_cli("reshard", "--config", str(config), "--dry-run")
+    assert dry.returncode == 0 and f"would move {moving} checkpoints" in dry.stdout, dry
+    assert alone.alive  # a dry run fences nothing
+    moved = run_cli("reshard", "--config", str(config))
+    assert moved.returncode == 0 and f"moved {moving} checkpoints" in moved.stdout, moved
+    assert await alone._wait(20) == 3, alone.log_tail()  # fenced by the reshard, not by a new instance
+
+    for name in ("x", "y"):
+        fleet.start(name)
+    await wait_until(lambda: fleet.all_owned(["x", "y"], 4, each_at_least=1), "x and y sharing 4 shards", 60,
+                     context=fleet.logs)
+    assert not any("no checkpoint in" in fleet.instances[n].logs() for n in ("x", "y")), fleet.logs()
+    await asyncio.sleep(2)
+    for name in ("x", "y"):
+        code, _ = await fleet.instances[name].terminate()
+        assert code == 0, fleet.instances[name].log_tail()
+
+    stack.sections = {}
+    config = stack.write_config()
+    back = run_cli("reshard", "--config", str(config))
+    assert back.returncode == 0 and "moved" in back.stdout, back
+    again = fleet.start("again")
+    await again.wait_ready(60)
+    assert "no checkpoint in" not in again.logs(), again.log_tail()
+    await asyncio.sleep(2)
+    expected, consumed = await judge_run(real_kafka, stack, started_ns)
+    code, _ = await again.terminate()
+    assert code == 0
+    observe("shards reshard 1-4-1", fills_in=len(expected), fills_out=len(consumed),
+            to_four=[line.strip() for line in moved.stdout.splitlines()[1:-1]],
+            back_to_one=[line.strip() for line in back.stdout.splitlines()[1:-1]])
