@@ -161,11 +161,10 @@ class Publisher:
         # building its own costs ~0.8 MiB, 800 MiB for a thousand sources
         tls = httpx.create_ssl_context()
         for source in settings.config.sources:
-            venue = VENUES[source.venue_name]
             transport = SourceTransport(source.base_url, tls)
             transports.append(transport)
             source_metrics = self.metrics.source(source.venue_name, source.name)
-            adapter = venue.create_adapter(
+            adapter = VENUES.of(source).adapter(
                 source, settings.source_secrets[source.name], transport, source_metrics.requests.inc
             )
             state = SourceState(source, checkpoints.get(source.name), now_ns)

@@ -41,7 +41,7 @@ import msgspec
 import yaml
 
 from publisher.secret import Secret
-from publisher.venues import SOURCE_CONFIG_TYPES, VENUES
+from publisher.venues import VENUES
 from publisher.venues.base import SOURCE_NAME_PATTERN, SourceConfig, parse_rfc3339_ns
 from publisher.venues.transport import proxy_problem
 
@@ -221,7 +221,7 @@ if TYPE_CHECKING:
     # statically, every source is a SourceConfig; msgspec decodes the tagged union below
     AnySource = SourceConfig
 else:
-    AnySource = Union[SOURCE_CONFIG_TYPES]  # noqa: UP007 - a tuple of types cannot use `|`
+    AnySource = Union[VENUES.source_configs()]  # noqa: UP007 - a tuple of types cannot use `|`
 
 
 class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -303,14 +303,14 @@ def _check_backfill_from(config: Config) -> None:
 
 def _check_overlapping_sources(config: Config) -> None:
     """Two sources reading the same part of one venue account would publish each fill twice under
-    two names: a venue module's `account_scope(source)` says what a source reads, as (account,
+    two names: a venue's `account_scope(source)` says what a source reads, as (account,
     part), part None meaning the whole account (Kalshi: api_key_id and subaccount)."""
     claimed: dict[tuple[str, str], list[tuple[SourceConfig, Any]]] = {}
     for source in config.sources:
-        scope_of = getattr(VENUES[venue_of(source)], "account_scope", None)
-        if scope_of is None:
+        scope = VENUES.of(source).scope(source)
+        if scope is None:
             continue
-        account, part = scope_of(source)
+        account, part = scope
         others = claimed.setdefault((venue_of(source), account), [])
         for other, other_part in others:
             if part is None or other_part is None or part == other_part:
@@ -471,12 +471,12 @@ def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
 # --- environment overrides --------------------------------------------------------------------
 
 _SECTIONS: dict[str, type[msgspec.Struct]] = {"kafka": KafkaConfig, "http": HttpConfig}
-_VENUE_TYPES: dict[str, type[SourceConfig]] = {cls.__struct_config__.tag: cls for cls in SOURCE_CONFIG_TYPES}
+_VENUE_TYPES: dict[str, type[SourceConfig]] = {name: venue.source_config for name, venue in VENUES.items()}
 #: pairs where giving one half in the environment replaces whichever half the file gave
 _SECRET_PAIRS = (
     ("sasl_password_file", "sasl_password_env"),
     ("ssl_key_password_file", "ssl_key_password_env"),
-    *((f"{cls.secret_field}_file", f"{cls.secret_field}_env") for cls in SOURCE_CONFIG_TYPES),
+    *((f"{cls.secret_field}_file", f"{cls.secret_field}_env") for cls in VENUES.source_configs()),
 )
 
 
@@ -604,7 +604,7 @@ _ERROR = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTA
 _PATH_TOKEN = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 _FIELD_PREFIX = re.compile(r"^(?P<field>[a-z_][a-z0-9_]*(?:\[\d+\])?(?:\.[a-z_][a-z0-9_]*)*): (?P<problem>.+)$", re.DOTALL)
 _NAMED_FIELD = re.compile(r"^Object (?P<kind>missing required|contains unknown) field `(?P<name>[^`]+)`$")
-_INLINE_SECRETS = {"sasl_password", "ssl_key_password"} | {cls.secret_field for cls in SOURCE_CONFIG_TYPES}
+_INLINE_SECRETS = {"sasl_password", "ssl_key_password"} | {cls.secret_field for cls in VENUES.source_configs()}
 
 
 def _decode(raw: dict[str, Any], origins: Mapping[str, str]) -> Config:
@@ -710,11 +710,8 @@ def _read_secret(
 
 
 def _check_venue_secret(venue: str, secret: Secret, field: str) -> None:
-    check = getattr(VENUES[venue], "check_secret", None)
-    if check is None:
-        return
     try:
-        check(secret)
+        VENUES[venue].check_secret(secret)
     except ValueError as exc:
         # the adapter promises a safe message; mask the value anyway in case it slipped in
         raise ConfigError(field, f"invalid {venue} secret: {str(exc).replace(secret.reveal(), '***')}") from None
