@@ -11,9 +11,8 @@ in the venue registry when the config is loaded.
 from __future__ import annotations
 
 import re
-import types
 from collections.abc import Iterable, Mapping
-from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import msgspec
 
@@ -29,7 +28,7 @@ from publisher.config._errors import (
     unknown_setting,
     unknown_venue,
 )
-from publisher.config._schema import Config, fields, inline_secrets, venue_of
+from publisher.config._schema import Config, fields, inline_secrets, options, venue_of
 from publisher.venues import VENUES
 from publisher.venues.base import SOURCE_NAME_PATTERN, SourceConfig, parse_rfc3339_ns
 
@@ -117,8 +116,7 @@ def _unannotated(hint: Any) -> tuple[Any, tuple[Any, ...]]:
 
 def _is_source(hint: Any) -> bool:
     """Whether `hint` is a venue's source config, or a union of them (`sources:` entries)."""
-    options = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
-    return all(isinstance(option, type) and issubclass(option, SourceConfig) for option in options)
+    return all(isinstance(option, type) and issubclass(option, SourceConfig) for option in options(hint))
 
 
 def _label(entry: Any, index: int) -> str:
@@ -139,8 +137,7 @@ def _scalar(raw: Any, hint: Any, path: str) -> Any:
 
 def _choices(hint: Any) -> tuple[Any, ...]:
     """The values of a `Literal` setting (optional or not); () for any other type."""
-    options = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
-    return tuple(value for option in options if get_origin(option) is Literal for value in get_args(option))
+    return tuple(value for option in options(hint) if get_origin(option) is Literal for value in get_args(option))
 
 
 def _convert(raw: Any, hint: Any, path: str) -> None:

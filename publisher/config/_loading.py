@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import os
 import re
-import types
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import msgspec
 import yaml
 
 from publisher.config._decode import decode_config, decode_struct
 from publisher.config._errors import ROOT, ConfigError
-from publisher.config._schema import KafkaConfig, fields, secret_bases, sections
+from publisher.config._schema import KafkaConfig, fields, options, secret_bases, sections
 from publisher.config._secrets import Settings, read_text, resolve, resolve_kafka
 from publisher.secret import Secret
 from publisher.venues import VENUES
@@ -215,10 +214,9 @@ def _env_value(text: str, field_type: Any) -> Any:
 
 def _text_only(field_type: Any) -> bool:
     """Whether every alternative of the (optional) setting's type is text: `str` or a Literal of strings."""
-    options = get_args(field_type) if get_origin(field_type) in (Union, types.UnionType) else (field_type,)
-    options = tuple(option.__origin__ if get_origin(option) is Annotated else option
-                    for option in options if option is not type(None))
-    return bool(options) and all(
-        option is str or (get_origin(option) is Literal and all(isinstance(v, str) for v in get_args(option)))
-        for option in options
+    kinds = [option.__origin__ if get_origin(option) is Annotated else option
+             for option in options(field_type) if option is not type(None)]
+    return bool(kinds) and all(
+        kind is str or (get_origin(kind) is Literal and all(isinstance(v, str) for v in get_args(kind)))
+        for kind in kinds
     )

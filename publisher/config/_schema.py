@@ -13,7 +13,7 @@ import re
 import string
 import types
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 import msgspec
 
@@ -233,6 +233,11 @@ def fields(struct: type[msgspec.Struct]) -> Mapping[str, msgspec.structs.FieldIn
 def sections() -> dict[str, type[msgspec.Struct]]:
     """The sections of :class:`Config` that are one Struct each (`kafka`, `http`), by name."""
     return {name: field.type for name, field in fields(Config).items() if _is_struct(field.type)}
+
+
+def options(hint: Any) -> tuple[Any, ...]:
+    """The alternatives of a union type (`X | None` -> `(X, NoneType)`); `(hint,)` for any other."""
+    return get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
 
 
 def _is_struct(hint: Any) -> bool:
