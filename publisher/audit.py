@@ -212,11 +212,10 @@ async def audit_source(settings: Settings, source: SourceConfig, since_s: float 
     """Audit one source (errors reading the venue or Kafka end up in `error`)."""
     now_ns = time.time_ns()
     window = window_of(source, since_s, now_ns)
-    venue = VENUES[source.venue_name]
     transport = SourceTransport(source.base_url, tls)
     try:
-        adapter: VenueAdapter = venue.create_adapter(source, settings.source_secrets[source.name], transport,
-                                                     lambda: None)
+        adapter: VenueAdapter = VENUES.of(source).adapter(source, settings.source_secrets[source.name], transport,
+                                                          lambda: None)
         topic = fills_topic(settings.config.kafka, source.venue_name)
         at_venue = await venue_fills(adapter, window)
         on_kafka = await kafka_records(consumer, admin, topic, source.name, window.start_ns - int(SEEK_MARGIN_S * NS))

@@ -149,7 +149,7 @@ def _summary(path: str, settings: Settings) -> str:
             if getattr(source, file_field) is not None
             else f"{env_field}={getattr(source, env_field)}"
         )
-        describe = getattr(VENUES[venue_of(source)], "describe_secret", None)
+        describe = VENUES.of(source).describe_secret
         kind = f", {describe(settings.source_secrets[source.name])}" if describe is not None else ""
         shard = f" shard={shards.shard_of_source(source.name)}" if shards.grouped else ""
         lines.append(f"  {source.name}: venue={venue_of(source)}{shard} base_url={source.base_url} {origin} "

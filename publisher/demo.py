@@ -33,7 +33,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer
 
 from publisher.app import Publisher
-from publisher.config import Config, Settings, fills_topic
+from publisher.config import Config, Settings, fills_topic, venue_of
 from publisher.consumer import FillConsumer
 from publisher.embedded_broker import EmbeddedBroker
 from publisher.logs import configure_logging
@@ -147,7 +147,9 @@ async def _run(duration: float | None, http_port: int | None) -> int:
         await zll.start()
         settings = demo_settings(broker.bootstrap_servers, http_port, kalshi, key_id, private_pem.decode(), zll)
         kafka = settings.config.kafka
-        for topic in (fills_topic(kafka, "kalshi"), fills_topic(kafka, "zll"), kafka.dlq_topic):
+        venues = list(dict.fromkeys(venue_of(source) for source in settings.config.sources))
+        fills_topics = [fills_topic(kafka, venue) for venue in venues]
+        for topic in (*fills_topics, kafka.dlq_topic):
             broker.create_topic(topic, partitions=kafka.topic_partitions)
         broker.create_topic(kafka.checkpoint_topic, partitions=1)
         # some history inside the lookback window, published by the first poll
@@ -174,8 +176,7 @@ async def _run(duration: float | None, http_port: int | None) -> int:
 
         book = PositionBook()
         lags: list[float] = []
-        consumer = FillConsumer(broker.bootstrap_servers, [fills_topic(kafka, "kalshi"), fills_topic(kafka, "zll")],
-                                check_crcs=False)
+        consumer = FillConsumer(broker.bootstrap_servers, fills_topics, check_crcs=False)
         dead_letters = AIOKafkaConsumer(kafka.dlq_topic, bootstrap_servers=broker.bootstrap_servers,
                                         isolation_level="read_committed", auto_offset_reset="earliest",
                                         check_crcs=False)
@@ -237,7 +238,7 @@ async def _run(duration: float | None, http_port: int | None) -> int:
         metrics = publisher.metrics
         print("\nsummary (duplicates: fills re-read in the overlap window each poll, already published,"
               " so dropped)")
-        for venue in ("kalshi", "zll"):
+        for venue in venues:
             published = _counter_total(metrics, "fillpub_fills_published_total", venue=venue)
             duplicates = _counter_total(metrics, "fillpub_fills_duplicate_total", venue=venue)
             invalid = _counter_total(metrics, "fillpub_fills_invalid_total", venue=venue)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Iterable, Iterator, Sequence
+from typing import get_args
 
 from prometheus_client import (
     CollectorRegistry,
@@ -28,9 +29,8 @@ from prometheus_client.registry import Collector
 from publisher import __version__
 from publisher.venues.base import ErrorReason
 
-POLL_ERROR_REASONS: tuple[ErrorReason, ...] = (
-    "timeout", "connect", "http_429", "http_4xx", "http_5xx", "auth", "decode",
-)
+#: every `reason` label value of `fillpub_poll_errors_total`, in the order :data:`ErrorReason` lists them
+POLL_ERROR_REASONS: tuple[ErrorReason, ...] = get_args(ErrorReason)
 
 # Fill lag spans sub-second (normal) to minutes (outage, late fills): default buckets stop at 10 s.
 _LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 120, 300, 600, float("inf"))

@@ -59,7 +59,7 @@ async def check_source(settings: Settings, source: SourceConfig) -> Check:
         nonlocal requests
         requests += 1
 
-    adapter = VENUES[source.venue_name].create_adapter(source, settings.source_secrets[source.name], transport, count)
+    adapter = VENUES.of(source).adapter(source, settings.source_secrets[source.name], transport, count)
     try:
         now_ns = time.time_ns()
         # the adapter's own timeouts bound each request; this bounds a venue that trickles pages

@@ -208,11 +208,10 @@ class ShardRunner:
         settings = self._settings
         now_ns = time.time_ns()
         for source in self.shard.sources:
-            venue = VENUES[source.venue_name]
             transport = SourceTransport(source.base_url, self._tls)
             self._transports.append(transport)
             source_metrics = self._metrics.source(source.venue_name, source.name)
-            adapter = venue.create_adapter(
+            adapter = VENUES.of(source).adapter(
                 source, settings.source_secrets[source.name], transport, source_metrics.requests.inc
             )
             state = SourceState(source, checkpoints.get(source.name), now_ns)

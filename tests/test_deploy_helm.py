@@ -482,7 +482,7 @@ def test_values_schema_knows_exactly_the_config_fields_of_the_code() -> None:
     it must list exactly the fields the code's config structs accept: fails on drift."""
     try:
         from publisher.config import Config, HttpConfig, KafkaConfig
-        from publisher.venues import SOURCE_CONFIG_TYPES
+        from publisher.venues import VENUES
     except ImportError as exc:  # pragma: no cover - the code is written in parallel
         pytest.skip(f"publisher.config not importable yet: {exc}")
     schema = json.loads((ds.CHART / "values.schema.json").read_text())
@@ -490,7 +490,7 @@ def test_values_schema_knows_exactly_the_config_fields_of_the_code() -> None:
     assert set(cfg) == set(Config.__struct_fields__)
     assert set(cfg["kafka"]["properties"]) == set(KafkaConfig.__struct_fields__)
     assert set(cfg["http"]["properties"]) == set(HttpConfig.__struct_fields__)
-    for cls in SOURCE_CONFIG_TYPES:
+    for cls in VENUES.source_configs():
         venue = cls.__struct_config__.tag
         props = schema["definitions"][f"{venue}Source"]["properties"]
         assert set(props) == set(cls.__struct_fields__) | {"venue"}, venue

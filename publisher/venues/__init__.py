@@ -1,17 +1,18 @@
-"""Venue adapters. Adding a venue means adding one module here and one line to `VENUES`.
+"""Venue adapters. Adding a venue means adding one module here and one `VENUES.register` line below.
 
 Each venue module defines its source config struct (a tagged :class:`SourceConfig` subclass), an
-adapter class and a `create_adapter` factory, and `check_secret` to validate the secret offline.
+adapter class, and a :class:`~publisher.venues.registry.VenueSpec` named `VENUE` that says how to
+build the adapter and check the secret offline. :data:`VENUES` is the registry everything else reads.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
-
 from publisher.venues import kalshi, zll
+from publisher.venues.registry import VenueRegistry, VenueSpec
 
-#: venue name -> module with SOURCE_CONFIG, create_adapter, check_secret
-VENUES: dict[str, ModuleType] = {"kalshi": kalshi, "zll": zll}
+__all__ = ["VENUES", "VenueRegistry", "VenueSpec"]
 
-#: every venue's source config type, for decoding the `sources:` list as a tagged union
-SOURCE_CONFIG_TYPES = tuple(module.SOURCE_CONFIG for module in VENUES.values())
+#: every venue the service knows, by name
+VENUES = VenueRegistry()
+VENUES.register(kalshi.VENUE)
+VENUES.register(zll.VENUE)

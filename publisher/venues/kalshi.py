@@ -56,9 +56,10 @@ from publisher.venues.base import (
     text_problem,
 )
 from publisher.venues.http import VenueClient, describe_json_error
+from publisher.venues.registry import VenueSpec
 
 __all__ = [
-    "SOURCE_CONFIG",
+    "VENUE",
     "KalshiAdapter",
     "KalshiAuth",
     "KalshiFill",
@@ -89,8 +90,6 @@ class KalshiSource(SourceConfig, tag="kalshi", kw_only=True):
     #: 0 is the primary account, 1..63 subaccounts; None asks for all of them
     subaccount: Annotated[int, msgspec.Meta(ge=0, le=63)] | None = None
 
-
-SOURCE_CONFIG = KalshiSource
 
 FILLS_PATH = "portfolio/fills"
 """Relative to `base_url` (which ends in `/trade-api/v2`): no leading slash, so httpx appends it to the
@@ -834,3 +833,15 @@ def create_adapter(
     auth = KalshiAuth(_shared_signer(source.api_key_id, secret.reveal()))
     client = VenueClient.for_source(transport, source, auth=auth, describe_error=describe_error, on_request=on_request)
     return KalshiAdapter(source, client)
+
+
+VENUE = VenueSpec(
+    name="kalshi",
+    source_config=KalshiSource,
+    create_adapter=create_adapter,
+    check_secret=check_secret,
+    venue_fields=frozenset({"trade_id", "outcome_side", "book_side", "side", "action", "subaccount_number",
+                            "exchange_index", "client_order_id", "no_price"}),
+    account_scope=account_scope,
+    describe_secret=describe_secret,
+)

@@ -73,9 +73,10 @@ from publisher.venues.base import (
     text_problem,
 )
 from publisher.venues.http import VenueClient, describe_json_error
+from publisher.venues.registry import VenueSpec
 
 __all__ = [
-    "SOURCE_CONFIG",
+    "VENUE",
     "ZllAdapter",
     "ZllAuth",
     "ZllFill",
@@ -97,8 +98,6 @@ class ZllSource(SourceConfig, tag="zll", kw_only=True):
     subaccount_index: Annotated[int, msgspec.Meta(ge=0)]
     portfolio_index: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
-
-SOURCE_CONFIG = ZllSource
 
 FILLS_PATH = "/api/v1/fills"
 
@@ -730,3 +729,12 @@ def create_adapter(
     auth = ZllAuth(secret)
     client = VenueClient.for_source(transport, source, auth=auth, describe_error=describe_error, on_request=on_request)
     return ZllAdapter(source, client)
+
+
+VENUE = VenueSpec(
+    name="zll",
+    source_config=ZllSource,
+    create_adapter=create_adapter,
+    check_secret=check_secret,
+    venue_fields=frozenset({"account_id", "subaccount_index", "portfolio_index"}),
+)
