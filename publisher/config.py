@@ -42,7 +42,8 @@ import yaml
 
 from publisher.secret import Secret
 from publisher.venues import SOURCE_CONFIG_TYPES, VENUES
-from publisher.venues.base import SOURCE_NAME_PATTERN, SourceConfig, parse_rfc3339_ns
+from publisher.venues.base import SOURCE_NAME_PATTERN, SourceConfig
+from publisher.venues.fields import parse_rfc3339_ns
 from publisher.venues.transport import proxy_problem
 
 ENV_PREFIX = "FILLPUB_"

@@ -26,7 +26,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from publisher import __version__
-from publisher.venues.base import ErrorReason
+from publisher.venues.errors import ErrorReason
 
 POLL_ERROR_REASONS: tuple[ErrorReason, ...] = (
     "timeout", "connect", "http_429", "http_4xx", "http_5xx", "auth", "decode",

@@ -39,14 +39,10 @@ from publisher.event import DeadLetter, FillEvent, Venue
 from publisher.floor import BelowFloor
 from publisher.metrics import SourceMetrics
 from publisher.sink import SourceBatch, TransactionalSink
-from publisher.venues.base import (
-    InvalidFill,
-    SourceConfig,
-    VenueAdapter,
-    VenueDecodeError,
-    VenueError,
-    parse_rfc3339_ns,
-)
+from publisher.venues.base import SourceConfig, VenueAdapter
+from publisher.venues.errors import VenueDecodeError, VenueError
+from publisher.venues.fields import parse_rfc3339_ns
+from publisher.venues.results import InvalidFill
 
 log = logging.getLogger(__name__)
 

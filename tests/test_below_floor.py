@@ -14,7 +14,8 @@ from publisher.event import FillEvent, VenueFields
 from publisher.floor import BELOW_FLOOR_MEMORY_S
 from publisher.metrics import Metrics
 from publisher.poll import Poller, SourceState
-from publisher.venues.base import FetchResult, VenueAdapter
+from publisher.venues.base import VenueAdapter
+from publisher.venues.results import FetchResult
 from publisher.venues.zll import ZllSource
 
 NS = 1_000_000_000

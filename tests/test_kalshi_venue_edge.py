@@ -17,7 +17,7 @@ from publisher.poll import SourceState
 from publisher.secret import Secret
 from publisher.sim.kalshi import KalshiSimulator, generate_key_pair
 from publisher.venues import kalshi
-from publisher.venues.base import VenueError
+from publisher.venues.errors import VenueError
 from tests.test_config import cfg, config_error  # noqa: F401 - fixture
 from tests.test_config import kalshi as kalshi_cfg
 from tests.test_kalshi_adapter import SINCE_NS, Venue, adapter, fill, paged, private_key, source  # noqa: F401

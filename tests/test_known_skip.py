@@ -18,8 +18,9 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from publisher.venues import base, zll
-from publisher.venues.base import FetchResult, FillCollector
+from publisher.venues import pages, zll
+from publisher.venues.pages import FillCollector
+from publisher.venues.results import FetchResult
 from tests.test_kalshi_adapter import SINCE_NS, Venue, paged, private_key  # noqa: F401 - fixture
 from tests.test_kalshi_adapter import adapter as kalshi_adapter
 from tests.test_kalshi_adapter import fill as kalshi_fill
@@ -111,7 +112,7 @@ KALSHI_BAD: list[Callable[[int], Any]] = [
 @pytest.mark.parametrize("seed", range(40))
 async def test_kalshi_page_strategies_agree(seed: int, private_key: rsa.RSAPrivateKey,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(base, "SLICE", 1 + seed % 4)  # pages are handled in slices: cut them small
+    monkeypatch.setattr(pages, "SLICE", 1 + seed % 4)  # pages are handled in slices: cut them small
     rng = random.Random(seed)
     entries = _mixed_entries(rng, kalshi_fill, KALSHI_BAD)
     body = msgspec.json.encode({"fills": entries, "cursor": "next"})
@@ -142,7 +143,7 @@ ZLL_BAD: list[Callable[[int], Any]] = [
 
 @pytest.mark.parametrize("seed", range(40))
 async def test_zll_page_strategies_agree(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(base, "SLICE", 1 + seed % 4)  # pages are handled in slices: cut them small
+    monkeypatch.setattr(pages, "SLICE", 1 + seed % 4)  # pages are handled in slices: cut them small
     rng = random.Random(seed)
     entries = _mixed_entries(rng, lambda n: zll_fill(n, T + rng.randint(0, 5)), ZLL_BAD)
     body = msgspec.json.encode(entries)

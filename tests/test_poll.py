@@ -15,8 +15,10 @@ import pytest
 
 from publisher.metrics import Metrics
 from publisher.poll import Backoff, Poller, SourceState
-from publisher.venues.base import FetchResult, InvalidFill, VenueAdapter, VenueError
+from publisher.venues.base import VenueAdapter
+from publisher.venues.errors import VenueError
 from publisher.venues.kalshi import decode_fill
+from publisher.venues.results import FetchResult, InvalidFill
 from publisher.venues.zll import ZllSource
 
 NS = 1_000_000_000

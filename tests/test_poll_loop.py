@@ -16,7 +16,8 @@ import pytest
 from publisher.event import FillEvent
 from publisher.metrics import Metrics
 from publisher.poll import Backoff, Poller, SourceState
-from publisher.venues.base import FetchResult, VenueAdapter
+from publisher.venues.base import VenueAdapter
+from publisher.venues.results import FetchResult
 from publisher.venues.zll import ZllSource
 from tests.harness.stack import wait_until
 

@@ -34,7 +34,7 @@ from publisher.poll import Poller, SourceState
 from publisher.secret import Secret
 from publisher.sim.kalshi import generate_key_pair
 from publisher.venues import kalshi, zll
-from publisher.venues.base import PagingError, ResponseTooLarge, VenueDecodeError, VenueError
+from publisher.venues.errors import PagingError, ResponseTooLarge, VenueDecodeError, VenueError
 from publisher.venues.http import MAX_RETRY_AFTER_S, RateLimiter, VenueClient, _retry_after
 from publisher.venues.transport import SourceTransport, _as_httpx_error
 from tests.harness.hostile import HostileVenue, Mode

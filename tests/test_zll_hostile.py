@@ -12,7 +12,7 @@ import pytest
 
 from publisher.event import FillEvent
 from publisher.venues import zll
-from publisher.venues.base import VenueError
+from publisher.venues.errors import VenueError
 from tests.test_zll_adapter import NOW, FakeZll, T, adapter, fill, times
 
 

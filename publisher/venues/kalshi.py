@@ -5,7 +5,7 @@ Kalshi's Fill object changed shape several times (integer cents, then `*_fixed` 
 then `*_dollars` strings and `count_fp`; legacy `side`/`action` giving way to `outcome_side` and
 `book_side`), and a poller must read all of them, including mixtures. :class:`KalshiFill` therefore
 declares every field optional and :func:`normalise` does all validation, so one odd fill becomes an
-:class:`~publisher.venues.base.InvalidFill` instead of failing its page.
+:class:`~publisher.venues.results.InvalidFill` instead of failing its page.
 
 Normalisation is in YES terms (see the contract): `side` is `buy` when the fill adds YES contracts
 (buy yes / sell no, `outcome_side` yes) and `price` is the YES price in dollars.
@@ -34,28 +34,21 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
 from publisher.event import FillEvent, VenueFields, plain
 from publisher.secret import Secret
-from publisher.venues.base import (
+from publisher.venues.base import SourceConfig, VenueAdapter
+from publisher.venues.errors import PagingError, VenueError
+from publisher.venues.fields import (
     MAX_FUTURE_NS,
     MAX_TEXT_LENGTH,
     MIN_EXECUTED_AT_NS,
-    FetchResult,
-    FillCollector,
-    InvalidFill,
-    PagingError,
-    SourceConfig,
-    VenueAdapter,
-    VenueError,
     decimal_text,
-    ends_new,
     executed_at_problem,
-    in_slices,
     is_positive,
     parse_rfc3339_ns,
-    raw_key,
-    repaired_utf8,
     text_problem,
 )
 from publisher.venues.http import VenueClient, describe_json_error
+from publisher.venues.pages import FillCollector, ends_new, in_slices
+from publisher.venues.results import FetchResult, InvalidFill, raw_key, repaired_utf8
 
 __all__ = [
     "SOURCE_CONFIG",
@@ -748,7 +741,7 @@ class KalshiAdapter(VenueAdapter):
         published (the overlap re-read), the fills' keys first, counting those :attr:`known` to
         be published instead of normalising them, and then only the new fills; while they hold
         mostly new fills (a backlog), the whole page typed in one go and every fill normalised
-        (unless an end of it is published already, see :func:`~publisher.venues.base.ends_new`);
+        (unless an end of it is published already, see :func:`~publisher.venues.pages.ends_new`);
         fill by fill, when a fill is malformed or not UTF-8. Fills are handled in slices
         (:func:`in_slices`) so a big page does not hold the event loop.
         """

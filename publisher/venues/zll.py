@@ -51,28 +51,22 @@ import msgspec
 
 from publisher.event import FillEvent, VenueFields
 from publisher.secret import Secret
-from publisher.venues.base import (
+from publisher.venues.base import SourceConfig, VenueAdapter
+from publisher.venues.errors import PagingError, VenueError
+from publisher.venues.fields import (
     MAX_FUTURE_NS,
     MAX_INT64,
     MAX_TEXT_LENGTH,
     MIN_EXECUTED_AT_NS,
-    FetchResult,
-    FillCollector,
-    InvalidFill,
-    PagingError,
-    SourceConfig,
-    VenueAdapter,
-    VenueError,
     decimal_text,
-    ends_new,
     executed_at_problem,
-    in_slices,
     is_negative,
     is_positive,
-    raw_key,
     text_problem,
 )
 from publisher.venues.http import VenueClient, describe_json_error
+from publisher.venues.pages import FillCollector, ends_new, in_slices
+from publisher.venues.results import FetchResult, InvalidFill, raw_key
 
 __all__ = [
     "SOURCE_CONFIG",
@@ -490,7 +484,7 @@ class _Poll:
 
     async def _read_typed(self, body: bytes, observed_at_ns: int, known: Callable[[str], bool] | None) -> list[_Item]:
         """:meth:`page` decoded in one go, straight into types; with `known`, fills published
-        already are skipped when an end of the page is (see :func:`~publisher.venues.base.ends_new`)."""
+        already are skipped when an end of the page is (see :func:`~publisher.venues.pages.ends_new`)."""
         try:
             fills = _typed_page_decoder.decode(body)
         except (msgspec.ValidationError, msgspec.DecodeError):
