@@ -42,7 +42,7 @@ from publisher.sink import SourceBatch, TransactionalSink
 from publisher.venues.base import SourceConfig, VenueAdapter
 from publisher.venues.errors import VenueDecodeError, VenueError
 from publisher.venues.fields import parse_rfc3339_ns
-from publisher.venues.results import InvalidFill
+from publisher.venues.results import DEAD_LETTER_PREFIX, FetchResult
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +153,6 @@ class Poller:
     ):
         self.source = source
         self._adapter = adapter
-        # re-read fills this source already published need not be normalised again (the state's
-        # window is made once, with the state: binding its method saves a call per re-read fill)
-        adapter.known = state.window.has_id
         self.state = state
         self._sink = sink
         self._metrics = metrics
@@ -182,7 +179,7 @@ class Poller:
                 self._metrics.errors["decode"].inc()
                 log.exception("source %s: the poll loop failed (counted as decode); restarting it from the last "
                               "checkpoint in %.1fs", self.source.name, pause)
-                self._rewind()
+                self.state.rewind()
                 if await _wait(stop, pause):
                     return
 
@@ -211,7 +208,9 @@ class Poller:
         poll_start_ns = self._now_ns()
         started = time.perf_counter()
         try:
-            result = await self._adapter.fetch(state.floor_ns, state.paging_state, self._now_ns)
+            # the window answers "published already?" for the adapter, which can then skip
+            # normalising the re-read fills the poll would only drop as duplicates
+            result = await self._adapter.fetch(state.floor_ns, state.paging_state, self._now_ns, state.window)
         except VenueError as exc:
             return self._failed(exc)
         except RecursionError:
@@ -223,12 +222,11 @@ class Poller:
             log.exception("source %s: adapter bug (counted as decode); retrying in %.1fs", self.source.name, pause)
             return pause
         try:
-            self._accept(result.fills, result.invalid, result.paging_state, poll_start_ns, result.known,
-                         conflicts=result.conflicts)
+            self._accept(result, poll_start_ns)
         except Exception:
             # e.g. a value the checkpoint cannot encode: nothing of this poll reached the sink, so
             # forget what it changed and read it again (it fails again while the venue serves it)
-            self._rewind()
+            state.rewind()
             metrics.errors["decode"].inc()
             pause = self._backoff.next_delay()
             log.exception("source %s: the poll's result could not be handed to the sink (counted as decode); "
@@ -254,28 +252,32 @@ class Poller:
                         self.source.name, exc.reason, detail, pause)
         return pause
 
-    def _rewind(self) -> None:
-        self.state.rewind()
-        self._adapter.known = self.state.window.has_id  # the rewound state's window
-
-    def _accept(self, fills: list[FillEvent], invalid: list[InvalidFill], paging_state: Any, poll_start_ns: int,
-                known: int = 0, *, conflicts: list[tuple[FillEvent, FillEvent]] | None = None) -> None:
-        """Dedupe and hand over one poll's result; `known` fills were dropped unread by the adapter,
-        `conflicts` are repeats the adapter dropped whose values differ from the copy kept."""
+    def _accept(self, result: FetchResult, poll_start_ns: int) -> None:
+        """Dedupe one poll's result and hand it over: fills the adapter skipped as published
+        already count as duplicates, and so do the repeats the window drops; the adapter's
+        conflicts (repeats it dropped whose values differ from the copy kept) are counted."""
         state = self.state
         window = state.window
         floor = window.floor_ns
-        # older than the overlap window: outside what this source tracks
-        inside = [fill for fill in fills if fill.executed_at_ns >= floor]
-        if len(inside) < len(fills):
-            self._count_below_floor([fill for fill in fills if fill.executed_at_ns < floor], floor)
-        verdicts = window.admit_all(fill_keys([fill.fill_id for fill in inside]), [fill.executed_at_ns for fill in inside])
-        fresh = list(itertools.compress(inside, verdicts))
-        duplicates = known + len(inside) - len(fresh)
-        if conflicts:
-            self._count_conflicts(conflicts, fresh)
+        fills = result.fills
+        # each fill's key as the adapter looked it up (computed here for an adapter that did not)
+        keys = result.keys if result.keys is not None else fill_keys([fill.fill_id for fill in fills])
+        times = [fill.executed_at_ns for fill in fills]
+        if times and min(times) < floor:
+            # older than the overlap window: outside what this source tracks
+            inside = [executed_at_ns >= floor for executed_at_ns in times]
+            outside = [not keep for keep in inside]
+            self._count_below_floor(list(itertools.compress(fills, outside)),
+                                    list(itertools.compress(keys, outside)), floor)
+            fills = list(itertools.compress(fills, inside))
+            keys = list(itertools.compress(keys, inside))
+            times = list(itertools.compress(times, inside))
+        fresh = list(itertools.compress(fills, window.admit_all(keys, times)))
+        duplicates = result.skipped_published + len(fills) - len(fresh)
+        if result.conflicts:
+            self._count_conflicts(result.conflicts, fresh)
         letters: list[DeadLetter] = []
-        for bad in invalid:
+        for bad in result.invalid:
             when = bad.executed_at_ns
             if when is not None and when < floor:
                 continue  # like a good fill of that age: outside the window, already handled or too late
@@ -288,12 +290,12 @@ class Poller:
             # is whole seconds, ZLL has no time filter), so a key kept only from this poll's start
             # would expire while the fill is still served, and the dead letter would come again.
             # Without a readable time, this poll's start is the best stamp there is.
-            if window.admit(fill_key("dlq:" + bad.key), max(poll_start_ns, floor) if when is None else when):
+            if window.admit(fill_key(DEAD_LETTER_PREFIX + bad.key), max(poll_start_ns, floor) if when is None else when):
                 letters.append(DeadLetter(source=state.name, venue=cast(Venue, state.venue), error=bad.error, raw=bad.raw))
         fresh.sort(key=_sort_key)
 
-        paging_changed = paging_state != state.paging_state
-        state.paging_state = paging_state
+        paging_changed = result.paging_state != state.paging_state
+        state.paging_state = result.paging_state
         state.watermark_ns = max(state.watermark_ns, poll_start_ns)
         self._below_floor.forget(window.advance(state.floor_ns), window.floor_ns)
         stale = poll_start_ns - state.last_checkpoint_ns >= CHECKPOINT_REFRESH_NS
@@ -315,10 +317,10 @@ class Poller:
         if duplicates:
             self._metrics.duplicate.inc(duplicates)
 
-    def _count_below_floor(self, below: list[FillEvent], floor_ns: int) -> None:
+    def _count_below_floor(self, below: list[FillEvent], keys: list[bytes], floor_ns: int) -> None:
         """Count (once each) the fills below the floor that were never published; see
-        :mod:`publisher.floor`."""
-        lost = self._below_floor.unpublished(below, floor_ns)
+        :mod:`publisher.floor`. `keys` are their dedupe keys."""
+        lost = self._below_floor.unpublished(below, keys, floor_ns)
         if not lost:
             return
         self._metrics.below_floor.inc(len(lost))

@@ -38,7 +38,7 @@ class _Venue(VenueAdapter):
         self.fills: list[FillEvent] = []
         self.conflicts: list[tuple[FillEvent, FillEvent]] = []
 
-    async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Any) -> FetchResult:
+    async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Any, published: Any = None) -> FetchResult:
         conflicts, self.conflicts = self.conflicts, []
         return FetchResult(fills=list(self.fills), conflicts=conflicts)
 

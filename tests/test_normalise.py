@@ -313,7 +313,7 @@ ZLL_FILL = {
 
 def zll_event(fill: dict[str, Any]) -> FillEvent | InvalidFill:
     raw = msgspec.Raw(msgspec.json.encode(fill))
-    return zll._decode_item(raw, source="z", observed_at_ns=OBSERVED).outcome
+    return zll.decode_fill(raw, source="z", observed_at_ns=OBSERVED)
 
 
 def test_zll_seed_fill() -> None:

@@ -93,7 +93,7 @@ class _Failing(VenueAdapter):
     def __init__(self, errors: list[BaseException]):
         self.errors = errors
 
-    async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Any) -> FetchResult:
+    async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Any, published: Any = None) -> FetchResult:
         if self.errors:
             raise self.errors.pop(0)
         return FetchResult()
@@ -161,7 +161,7 @@ class _Serving(VenueAdapter):
     def __init__(self, invalid: list[InvalidFill]):
         self.invalid = invalid
 
-    async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Any) -> FetchResult:
+    async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Any, published: Any = None) -> FetchResult:
         return FetchResult(invalid=list(self.invalid))
 
 

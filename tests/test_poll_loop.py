@@ -40,7 +40,7 @@ class _Script(VenueAdapter):
         self.paging_states = paging_states
         self.polls = 0
 
-    async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Any) -> FetchResult:
+    async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Any, published: Any = None) -> FetchResult:
         state = self.paging_states[min(self.polls, len(self.paging_states) - 1)]
         self.polls += 1
         return FetchResult(fills=list(self.fills), paging_state=state)
@@ -115,7 +115,7 @@ async def test_an_adapter_bug_is_logged_as_one(caplog: pytest.LogCaptureFixture)
     class _Buggy(VenueAdapter):
         venue = "zll"
 
-        async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Any) -> FetchResult:
+        async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Any, published: Any = None) -> FetchResult:
             return None.fills  # type: ignore[attr-defined, no-any-return]
 
     poller, metrics = _poller(_Buggy(), _Sink(), time.time_ns())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from decimal import Decimal
 
@@ -17,8 +18,10 @@ from publisher.venues.fields import (
     is_negative,
     is_positive,
     parse_rfc3339_ns,
+    printable_json,
     text_problem,
 )
+from tests.test_zll_adapter import T, fill
 
 
 def test_parse_rfc3339_truncates_beyond_nanoseconds() -> None:
@@ -101,3 +104,9 @@ def test_text_problem_names_empty_long_and_unprintable_identifiers() -> None:
     assert "longer than" in (text_problem("fill_id", "x" * (MAX_TEXT_LENGTH + 1)) or "")
     assert "control" in (text_problem("market", "BTC\x1b[2J") or "")
     assert text_problem("side", "x" * 33, 32) is not None
+
+
+def test_printable_json_is_the_fast_path_only_for_printable_ascii() -> None:
+    assert printable_json(json.dumps(fill(1, T)).encode())
+    for odd in ('"\\u001b"', '"\\n"', '"\x7f"', '"\u00e9"'):
+        assert not printable_json(b"[" + odd.encode() + b"]"), odd

@@ -16,6 +16,7 @@ from typing import Annotated, Any, ClassVar
 
 import msgspec
 
+from publisher.venues.pages import PublishedFills
 from publisher.venues.results import FetchResult
 
 
@@ -28,20 +29,21 @@ class VenueAdapter(abc.ABC):
     """
 
     venue: ClassVar[str]
-    #: set by the poll loop: True for a venue fill id (the dedupe key of a fill or dead letter)
-    #: already published. Re-reading the overlap window returns mostly such fills, and an
-    #: adapter may skip normalising them, counting them in :attr:`FetchResult.known` instead: the
-    #: poll loop would only drop them as duplicates.
-    known: Callable[[str], bool] | None = None
 
     @abc.abstractmethod
-    async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Callable[[], int]) -> FetchResult:
+    async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Callable[[], int],
+                    published: PublishedFills | None = None) -> FetchResult:
         """Fetch every fill executed at or after `since_ns` (more is fine: the caller filters).
 
         `paging_state` is what the previous successful poll returned (None on a first start).
         `clock_ns()` (wall clock, ns) is read as each page arrives and stamps that page's
-        events as `observed_at_ns`. Raises :class:`VenueError` when the poll
-        cannot complete; no partial result is used then.
+        events as `observed_at_ns`. `published` (the poll loop's dedupe window) says which fills
+        were published already: re-reading the overlap window returns mostly those, and an adapter
+        may skip normalising them (counting them in :attr:`FetchResult.skipped_published`), since
+        the poll loop would only drop them; it then returns the keys it had computed for the
+        fills it returns (:attr:`FetchResult.keys`). Raises
+        :class:`~publisher.venues.errors.VenueError` when the poll cannot complete; no partial
+        result is used then.
         """
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook

@@ -146,3 +146,12 @@ def parse_rfc3339_ns(text: str) -> int:
     except ValueError as exc:
         raise ValueError(f"{exc}: {text[:40]!r}") from None
     return seconds * 1_000_000_000 + (int(fraction[:9].ljust(9, "0")) if fraction else 0)
+
+
+def printable_json(body: bytes) -> bool:
+    """Whether every string in the JSON document `body` is printable ASCII, judged on the bytes
+    without looking at the strings: true when they are ASCII with no backslash and no DEL, because
+    JSON allows no raw control character below 0x20 inside a string, and any other non-printable
+    character is either an escape or non-ASCII. A few scans of a page in C instead of an
+    isprintable() per field of every fill; a page that fails it has its fills checked one by one."""
+    return body.isascii() and b"\\" not in body and b"\x7f" not in body

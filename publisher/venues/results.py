@@ -13,13 +13,18 @@ import msgspec
 
 from publisher.event import FillEvent
 
+#: the poll loop remembers a dead letter it sent under this prefix and the letter's key, apart
+#: from a fill of the same venue id (which is remembered under the bare id); see :class:`InvalidFill`
+DEAD_LETTER_PREFIX = "dlq:"
+
 
 @dataclass(slots=True)
 class InvalidFill:
     """A fill the adapter could not decode or normalise.
 
     `key` identifies it for dedupe so the DLQ receives it once, not on every overlapping poll: the
-    venue's fill id when it could be read, else a digest of the raw bytes.
+    venue's fill id when it could be read, else a digest of the raw bytes. The poll loop remembers
+    a dead letter sent under :data:`DEAD_LETTER_PREFIX` + `key`, beside the fills' ids.
     """
 
     key: str
@@ -40,8 +45,14 @@ class FetchResult:
     #: opaque paging hint stored in the checkpoint and handed back on the next poll (e.g. ZLL's
     #: resume offset); None when the venue needs none
     paging_state: Any = None
-    #: fills skipped unread because :attr:`VenueAdapter.known` said they were already published
-    known: int = 0
+    #: fills skipped unread because the poll loop had published them already (see
+    #: :class:`~publisher.venues.pages.PublishedFills`); the poll loop counts them as duplicates
+    skipped_published: int = 0
+    #: the dedupe key of each of `fills`, in order, as the poll loop's
+    #: :class:`~publisher.venues.pages.PublishedFills` computed it while the adapter looked the
+    #: fills up: the poll loop admits them under these. None when the adapter was given none to
+    #: ask (the poll loop computes the keys then)
+    keys: list[bytes] | None = None
     #: (first copy, later copy) of fill ids the venue served twice in this poll with different
     #: values; the first copy is the one kept
     conflicts: list[tuple[FillEvent, FillEvent]] = field(default_factory=list)
