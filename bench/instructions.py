@@ -50,11 +50,12 @@ from aiokafka.structs import RecordMetadata, TopicPartition
 from publisher.config import KafkaConfig
 from publisher.event import encode
 from publisher.metrics import Metrics
-from publisher.poll import Poller, SourceState
+from publisher.poll import Poller
 from publisher.secret import Secret
 from publisher.sim.kalshi import KalshiSimulator, generate_key_pair
 from publisher.sim.zll import ZllSimulator
 from publisher.sink import SourceBatch, TransactionalSink
+from publisher.state import SourceState
 from publisher.venues import kalshi, zll
 from publisher.venues.http import VenueClient
 

@@ -29,8 +29,9 @@ from publisher.endpoints import make_handler
 from publisher.httpserver import HttpServer
 from publisher.kafkaclient import consumer_options, ensure_topics
 from publisher.metrics import Metrics
-from publisher.poll import Backoff, Poller, SourceState
+from publisher.poll import Backoff, Poller
 from publisher.sink import ProducerFencedError, TransactionalSink
+from publisher.state import SourceState
 from publisher.venues import VENUES
 from publisher.venues.transport import SourceTransport
 

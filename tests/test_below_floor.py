@@ -13,7 +13,8 @@ import pytest
 from publisher.event import FillEvent, VenueFields
 from publisher.floor import BELOW_FLOOR_MEMORY_S
 from publisher.metrics import Metrics
-from publisher.poll import Poller, SourceState
+from publisher.poll import Poller
+from publisher.state import SourceState
 from publisher.venues.base import VenueAdapter
 from publisher.venues.results import FetchResult
 from publisher.venues.zll import ZllSource

@@ -13,9 +13,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from publisher.config import ConfigError
-from publisher.poll import SourceState
 from publisher.secret import Secret
 from publisher.sim.kalshi import KalshiSimulator, generate_key_pair
+from publisher.state import SourceState
 from publisher.venues import kalshi
 from publisher.venues.errors import VenueError
 from tests.test_config import cfg, config_error  # noqa: F401 - fixture

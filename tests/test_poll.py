@@ -14,7 +14,8 @@ import msgspec
 import pytest
 
 from publisher.metrics import Metrics
-from publisher.poll import Backoff, Poller, SourceState
+from publisher.poll import Backoff, Poller
+from publisher.state import SourceState
 from publisher.venues.base import VenueAdapter
 from publisher.venues.errors import VenueError
 from publisher.venues.kalshi import decode_fill

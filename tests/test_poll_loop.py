@@ -15,7 +15,8 @@ import pytest
 
 from publisher.event import FillEvent
 from publisher.metrics import Metrics
-from publisher.poll import Backoff, Poller, SourceState
+from publisher.poll import Backoff, Poller
+from publisher.state import SourceState
 from publisher.venues.base import VenueAdapter
 from publisher.venues.results import FetchResult
 from publisher.venues.zll import ZllSource
