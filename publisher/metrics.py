@@ -26,10 +26,14 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from publisher import __version__
-from publisher.venues.errors import ErrorReason
+from publisher.venues.errors import ErrorReason, FailureKind
 
 POLL_ERROR_REASONS: tuple[ErrorReason, ...] = (
     "timeout", "connect", "http_429", "http_4xx", "http_5xx", "auth", "decode",
+)
+#: the kinds of failure behind `reason="decode"` (see :data:`~publisher.venues.errors.FailureKind`)
+POLL_FAILURE_KINDS: tuple[FailureKind, ...] = (
+    "unreadable_answer", "answer_too_large", "paging_loop", "adapter_bug", "result_not_handed_over", "loop_failure",
 )
 
 # Fill lag spans sub-second (normal) to minutes (outage, late fills): default buckets stop at 10 s.
@@ -139,6 +143,12 @@ class Metrics:
             "fillpub_poll_requests", "HTTP requests made to the venue", per_source, registry=r)
         self.poll_errors = Counter(
             "fillpub_poll_errors", "Failed polls by reason", [*per_source, "reason"], registry=r)
+        # beyond the contract's list: its `decode` reason covers the venue's unreadable answers and
+        # endless paging as well as our own bugs; this tells them apart (each such failure counts
+        # in both)
+        self.poll_failures = Counter(
+            "fillpub_poll_failures", 'Failed polls counted as reason="decode", by what failed', [*per_source, "kind"],
+            registry=r)
         self.publish_errors = Counter(
             "fillpub_publish_errors", "Kafka errors", ["reason"], registry=r)
         self.last_success = Gauge(
@@ -193,6 +203,7 @@ class SourceMetrics:
         "conflicting",
         "duplicate",
         "errors",
+        "failures",
         "invalid",
         "lag",
         "last_success",
@@ -209,6 +220,7 @@ class SourceMetrics:
         self.invalid = metrics.fills_invalid.labels(**labels)
         self.requests = metrics.poll_requests.labels(**labels)
         self.errors = {reason: metrics.poll_errors.labels(**labels, reason=reason) for reason in POLL_ERROR_REASONS}
+        self.failures = {kind: metrics.poll_failures.labels(**labels, kind=kind) for kind in POLL_FAILURE_KINDS}
         self.last_success = metrics.last_success.labels(**labels)
         self.lag = metrics.fill_lag.labels(**labels)
         self.poll_duration = metrics.poll_duration.labels(**labels)

@@ -18,7 +18,9 @@ jitter (longer for auth failures, which need a human), so one bad source never s
 Whatever else goes wrong (an adapter bug, a poll's result that cannot be checkpointed, a failure of
 the loop itself) is logged with its traceback, counted as `decode`, and the source starts over
 from the last checkpoint it handed to the sink, so the fills of the failed poll are read again and
-none is lost.
+none is lost. Every failure counted as `decode`, the venue's and ours, is also counted by what it
+was (`fillpub_poll_failures_total{kind}`, :data:`~publisher.venues.errors.FailureKind`) and its
+log line carries that `kind`.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from publisher.metrics import SourceMetrics
 from publisher.sink import SourceBatch, TransactionalSink
 from publisher.state import SourceState
 from publisher.venues.base import SourceConfig, VenueAdapter
-from publisher.venues.errors import VenueDecodeError, VenueError
+from publisher.venues.errors import FailureKind, VenueDecodeError, VenueError
 from publisher.venues.results import DEAD_LETTER_PREFIX, FetchResult
 
 log = logging.getLogger(__name__)
@@ -115,9 +117,9 @@ class Poller:
                 return
             except Exception:
                 pause = self._backoff.next_delay()
-                self._metrics.errors["decode"].inc()
+                self._count_decode_failure("loop_failure")
                 log.exception("source %s: the poll loop failed (counted as decode); restarting it from the last "
-                              "checkpoint in %.1fs", self.source.name, pause)
+                              "checkpoint in %.1fs", self.source.name, pause, extra={"kind": "loop_failure"})
                 self.state.rewind()
                 if await _wait(stop, pause):
                     return
@@ -156,9 +158,10 @@ class Poller:
             # msgspec's answer to JSON nested deeper than it recurses: the venue's page, not our bug
             return self._failed(VenueDecodeError("the answer is JSON nested too deeply to decode"))
         except Exception:  # an adapter bug must not kill the source's loop
-            metrics.errors["decode"].inc()
+            self._count_decode_failure("adapter_bug")
             pause = self._backoff.next_delay()
-            log.exception("source %s: adapter bug (counted as decode); retrying in %.1fs", self.source.name, pause)
+            log.exception("source %s: adapter bug (counted as decode); retrying in %.1fs", self.source.name, pause,
+                          extra={"kind": "adapter_bug"})
             return pause
         try:
             self._accept(result, poll_start_ns)
@@ -166,10 +169,11 @@ class Poller:
             # e.g. a value the checkpoint cannot encode: nothing of this poll reached the sink, so
             # forget what it changed and read it again (it fails again while the venue serves it)
             state.rewind()
-            metrics.errors["decode"].inc()
+            self._count_decode_failure("result_not_handed_over")
             pause = self._backoff.next_delay()
             log.exception("source %s: the poll's result could not be handed to the sink (counted as decode); "
-                          "reading it again from the last checkpoint in %.1fs", self.source.name, pause)
+                          "reading it again from the last checkpoint in %.1fs", self.source.name, pause,
+                          extra={"kind": "result_not_handed_over"})
             return pause
         self._backoff.reset()
         self._auth_backoff.reset()
@@ -177,10 +181,21 @@ class Poller:
         metrics.last_success.set(time.time())
         return None
 
+    def _count_decode_failure(self, kind: FailureKind) -> None:
+        """Count a failed poll the contract calls `decode`, and what failed (its `kind`)."""
+        self._metrics.errors["decode"].inc()
+        self._metrics.failures[kind].inc()
+
     def _failed(self, exc: VenueError) -> float:
         """Count and log a failed poll; the pause before the next one."""
+        detail = f"{exc.summary}: {exc}" if exc.summary else str(exc)
+        if exc.reason == "decode":
+            self._count_decode_failure(exc.kind)
+            pause = self._backoff.next_delay(exc.retry_after_s or 0.0)
+            log.warning("source %s: poll failed, decode (%s); retrying in %.1fs", self.source.name, detail, pause,
+                        extra={"kind": exc.kind})
+            return pause
         self._metrics.errors[exc.reason].inc()
-        detail = f"{exc.kind}: {exc}" if exc.kind else str(exc)
         if exc.reason == "auth":
             pause = self._auth_backoff.next_delay()
             log.error("source %s: venue rejected our credentials (%s); retrying in %.0fs",

@@ -5,6 +5,7 @@ Integration behaviour is in tests/test_faults_venue.py."""
 
 from __future__ import annotations
 
+import logging
 import random
 import statistics
 import time
@@ -17,7 +18,7 @@ from publisher.metrics import Metrics
 from publisher.poll import Backoff, Poller
 from publisher.state import SourceState
 from publisher.venues.base import VenueAdapter
-from publisher.venues.errors import VenueError
+from publisher.venues.errors import PagingError, ResponseTooLarge, VenueDecodeError, VenueError
 from publisher.venues.kalshi import decode_fill
 from publisher.venues.results import FetchResult, InvalidFill
 from publisher.venues.zll import ZllSource
@@ -143,6 +144,35 @@ async def test_poll_failures_back_off_by_reason_and_success_resets() -> None:
     for reason, count in (("http_5xx", 1), ("timeout", 1), ("http_429", 1), ("auth", 2), ("decode", 1),
                           ("connect", 0), ("http_4xx", 0)):
         assert _errors(metrics, reason) == count, reason
+
+
+def _failures(metrics: Metrics, kind: str) -> float:
+    value = metrics.registry.get_sample_value(
+        "fillpub_poll_failures_total", {"venue": "zll", "source": "zll-unit", "kind": kind})
+    return value or 0.0
+
+
+async def test_each_failure_behind_decode_is_counted_and_logged_by_its_kind(caplog: pytest.LogCaptureFixture) -> None:
+    errors: list[BaseException] = [
+        VenueDecodeError("not JSON"),
+        ResponseTooLarge("the answer exceeds 4096 bytes"),
+        PagingError("a cursor came back"),
+        RecursionError("nested too deeply"),
+        KeyError("adapter bug"),
+        VenueError("decode", "an adapter's own decode error"),
+        VenueError("http_5xx", "HTTP 500"),
+    ]
+    poller, metrics = _poller(errors)
+    with caplog.at_level(logging.WARNING, logger="publisher.poll"):
+        for _ in range(7):
+            assert await poller.poll_once() is not None
+    kinds = {"unreadable_answer": 3, "answer_too_large": 1, "paging_loop": 1, "adapter_bug": 1,
+             "result_not_handed_over": 0, "loop_failure": 0}
+    assert {kind: _failures(metrics, kind) for kind in kinds} == kinds
+    assert _errors(metrics, "decode") == sum(kinds.values()) and _errors(metrics, "http_5xx") == 1
+    logged = [getattr(record, "kind", None) for record in caplog.records]
+    assert logged == ["unreadable_answer", "answer_too_large", "paging_loop", "unreadable_answer", "adapter_bug",
+                      "unreadable_answer", None]
 
 
 async def test_backoffs_can_be_injected() -> None:

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from publisher.event import FillEvent, VenueFields, plain
 from publisher.secret import Secret
 from publisher.venues.base import SourceConfig, VenueAdapter
-from publisher.venues.errors import PagingError, VenueError
+from publisher.venues.errors import PagingError, VenueDecodeError
 from publisher.venues.fields import (
     MAX_FUTURE_NS,
     MAX_TEXT_LENGTH,
@@ -382,7 +382,7 @@ def cutoff_ns(body: bytes) -> int:
     try:
         value = _cutoffs_decoder.decode(body).trades_created_ts
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise VenueError("decode", f"undecodable historical cutoff: {exc}") from None
+        raise VenueDecodeError(f"undecodable historical cutoff: {exc}") from None
     try:
         if isinstance(value, str):
             return parse_rfc3339_ns(value)
@@ -390,8 +390,8 @@ def cutoff_ns(body: bytes) -> int:
             # seconds, unless the magnitude says milliseconds (13 digits)
             return int(value * (1_000_000 if value >= 1e11 else 1_000_000_000))
     except ValueError as exc:
-        raise VenueError("decode", f"historical cutoff trades_created_ts: {exc}") from None
-    raise VenueError("decode", f"historical cutoff has no usable trades_created_ts ({str(value)[:40]!r})")
+        raise VenueDecodeError(f"historical cutoff trades_created_ts: {exc}") from None
+    raise VenueDecodeError(f"historical cutoff has no usable trades_created_ts ({str(value)[:40]!r})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -687,7 +687,7 @@ class KalshiPages(PageCodec[_Key, KalshiFill]):
         try:
             page = _page_decoder.decode(body)
         except msgspec.DecodeError as exc:
-            raise VenueError("decode", f"undecodable fills page: {exc}") from None
+            raise VenueDecodeError(f"undecodable fills page: {exc}") from None
         return page.fills or (), page.cursor
 
     def raw_id(self, raw: msgspec.Raw, observed_at_ns: int) -> str:

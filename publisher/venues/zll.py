@@ -52,7 +52,7 @@ import msgspec
 from publisher.event import FillEvent, VenueFields
 from publisher.secret import Secret
 from publisher.venues.base import SourceConfig, VenueAdapter
-from publisher.venues.errors import PagingError, VenueError
+from publisher.venues.errors import PagingError, VenueDecodeError, VenueError
 from publisher.venues.fields import (
     MAX_FUTURE_NS,
     MAX_INT64,
@@ -347,7 +347,7 @@ class ZllPages(PageCodec[_Key, ZllFill]):
         try:
             return _page_decoder.decode(body), None
         except msgspec.DecodeError as exc:
-            raise VenueError("decode", f"undecodable fills page: {exc}") from None
+            raise VenueDecodeError(f"undecodable fills page: {exc}") from None
 
     def raw_id(self, raw: msgspec.Raw, observed_at_ns: int) -> str:
         return _loose_fields(raw, observed_at_ns)[0] or ""
@@ -485,8 +485,8 @@ class _Poll:
             return
         self._same += 1
         if self._same >= MAX_SAME_PAGES:
-            raise VenueError("decode", f"the venue served the same page {self._same + 1} times in a row, up to "
-                             f"offset {offset}: it ignores `offset`")
+            raise PagingError(f"the venue served the same page {self._same + 1} times in a row, up to "
+                              f"offset {offset}: it ignores `offset`")
 
     def _old(self, t: int) -> bool:
         return t < self._since
