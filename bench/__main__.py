@@ -176,8 +176,9 @@ def source_entries(info: dict[str, Any], n_kalshi: int, n_zll: int, subaccounts:
     out = []
     keys = len(info["kalshi_key_ids"])
     for i in range(n_kalshi):
-        # as a firm has it: each key serves up to 64 subaccounts, so many sources need several keys
-        key = min(i // 64, keys - 1)
+        # as a firm has it: a key serves `subaccounts` subaccounts (up to 64), so more sources need
+        # more keys; two sources reading one subaccount of one key are a config error (overlap)
+        key = min(i // subaccounts, keys - 1)
         out.append({"name": f"kalshi-{i}", "venue": "kalshi", "base_url": info["kalshi"][i % len(info["kalshi"])],
                     "api_key_id": info["kalshi_key_ids"][key], "private_key_file": info["kalshi_key_files"][key],
                     "subaccount": i % subaccounts if subaccounts > 1 else 0, **settings})
@@ -205,7 +206,9 @@ def publisher(env: Env, name: str, topics: dict[str, str], sources: list[dict[st
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if child.proc.poll() is not None:
-            raise RuntimeError(f"publisher {name} exited; see {env.tmp / (name + '-publisher.log')}")
+            # the log is in a temporary folder removed on the way out: show its end here
+            tail = "\n".join((env.tmp / f"{name}-publisher.log").read_text(errors="replace").splitlines()[-20:])
+            raise RuntimeError(f"publisher {name} exited; its log ends:\n{tail}")
         try:
             http("GET", f"http://127.0.0.1:{port}/readyz")
             return child, port, stats
@@ -279,7 +282,7 @@ def bench_ceiling(env: Env, n: int) -> float:
 def bench_throughput(env: Env, total: int, ceiling: float) -> None:
     print("throughput: backlog drain", flush=True)
     per = total // 10
-    sim, info = sims(env, "tp", kalshi=5, zll=5, backlog=per, span_s=240)
+    sim, info = sims(env, "tp", kalshi=5, kalshi_keys=5, zll=5, backlog=per, span_s=240)
     topics = env.topics("tp.")
     cons, out = consumer(env, "tp", [topics["kalshi"], topics["zll"]], expect=total)
     sources = source_entries(info, 5, 5, 1, poll_interval_s=1.0, lookback_s=300, page_limit=1000,
@@ -321,7 +324,7 @@ def bench_throughput(env: Env, total: int, ceiling: float) -> None:
 def bench_latency(env: Env, interval: float, duration: float, lookback: float) -> None:
     print(f"latency: poll interval {interval}s", flush=True)
     name = f"lat{str(interval).replace('.', '')}"
-    sim, info = sims(env, name, kalshi=5, zll=5, rate_per_s=100)
+    sim, info = sims(env, name, kalshi=5, kalshi_keys=5, zll=5, rate_per_s=100)
     topics = env.topics(f"{name}.")
     cons, out = consumer(env, name, [topics["kalshi"], topics["zll"]], latency=True)
     sources = source_entries(info, 5, 5, 1, poll_interval_s=interval, lookback_s=lookback, page_limit=1000,
@@ -417,7 +420,7 @@ def bench_memory(env: Env, quick: bool) -> None:
     env.row("  checkpoint carrying that window", f"{result['checkpoint_bytes'] / 1e6:.1f} MB, encoded in {result['checkpoint_encode_ms']:.0f} ms")
     # a Kafka outage: the broker stalls (SIGSTOP) while fills keep arriving
     limit = 100_000
-    sim, info = sims(env, "outage", kalshi=5, zll=5)
+    sim, info = sims(env, "outage", kalshi=5, kalshi_keys=5, zll=5)
     topics = env.topics("out.")
     offered = 120_000
     cons, out = consumer(env, "outage", [topics["kalshi"], topics["zll"]], expect=offered)

@@ -26,7 +26,7 @@ def make_fills(n: int, sources: int = 10) -> list[FillEvent]:
             event = kalshi.decode_fill(wire, source=source, observed_at_ns=now)
         else:
             wire = msgspec.Raw(msgspec.json.encode(zsim._new_fill(zsim._rng, now + i, now, {}).wire()))
-            event = zll._decode_item(wire, source=source, observed_at_ns=now).outcome
+            event = zll.decode_fill(wire, source=source, observed_at_ns=now)
         assert isinstance(event, FillEvent)
         out.append(event)
     return out

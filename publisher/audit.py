@@ -40,7 +40,8 @@ from publisher.config import ConfigError, Settings, fills_topic
 from publisher.event import FillEvent
 from publisher.kafkaclient import admin_options, consumer_options
 from publisher.venues import VENUES
-from publisher.venues.base import NS, SourceConfig, VenueAdapter
+from publisher.venues.base import SourceConfig, VenueAdapter
+from publisher.venues.fields import NS
 from publisher.venues.transport import SourceTransport
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,8 @@ newest committed checkpoint describes exactly the committed fills.
 
 It holds the watermark (the start of the source's newest poll, the lower edge of the next overlap
 window is `watermark - lookback`), the floor of the dedupe window when written, the window's keys
-(see :mod:`publisher.dedupe`) and the venue adapter's opaque paging hint. Values are msgpack:
+(see :mod:`publisher.dedupe`) and the venue adapter's opaque paging hint: the state of
+:class:`publisher.state.SourceState`, which builds and restores it. Values are msgpack:
 compact (16 bytes per remembered fill) and versioned; a version newer than this code reads is an
 error (:class:`CheckpointVersionError`), never a silent fresh start.
 
@@ -53,9 +54,14 @@ class CheckpointVersionError(ValueError):
 
 
 class Checkpoint(msgspec.Struct, kw_only=True, frozen=True):
-    """A source's committed position (the head record of a split checkpoint)."""
+    """A source's committed position (the head record of a split checkpoint). Every field is
+    read back: `version` by the check on decode, `source` against the record's key, `venue` by the
+    start-up check that the source still polls that venue, `written_at_ns` by `status`, the rest
+    by the restore (:class:`publisher.state.SourceState`). Fields are never renamed or renumbered:
+    records of every version stay readable."""
 
     version: int = CHECKPOINT_VERSION
+    #: the source's name, as the record's key
     source: str
     venue: str
     #: start of the newest poll whose fills are committed (ns since the epoch, publisher clock)
@@ -73,7 +79,8 @@ class Checkpoint(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class CheckpointPart(msgspec.Struct, kw_only=True, frozen=True):
-    """One part of a split checkpoint's window."""
+    """One part of a split checkpoint's window (`source` and `index` repeat the record's key:
+    restore ignores a part whose key and value disagree)."""
 
     version: int = CHECKPOINT_VERSION
     source: str
@@ -196,12 +203,19 @@ class _Assembler:
                 index = int(number)
                 if value is None:
                     self._parts.pop((source, index), None)
-                else:
-                    self._parts[(source, index)] = decode_part(value)
+                    return
+                part = decode_part(value)
+                if (part.source, part.index) != (source, index):
+                    raise ValueError(f"the part holds part {part.index} of source {part.source!r}, not what "
+                                     "its key says")
+                self._parts[(source, index)] = part
             elif value is None:  # tombstone: the source was reset on purpose
                 self.found.pop(source, None)
             else:
-                self._head(source, decode_checkpoint(value), where)
+                head = decode_checkpoint(value)
+                if head.source != source:
+                    raise ValueError(f"the checkpoint is source {head.source!r}'s, not what its key says")
+                self._head(source, head, where)
         except CheckpointVersionError as exc:
             raise CheckpointVersionError(f"source {source} at {where}: {exc}") from None
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:

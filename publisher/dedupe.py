@@ -15,7 +15,7 @@ pruning a walk over a few buckets and the checkpoint a compact map of second -> 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 _NS = 1_000_000_000
 KEY_SIZE = 16
@@ -58,10 +58,15 @@ class SeenWindow:
     def __contains__(self, key: bytes) -> bool:
         return key in self._keys
 
-    def has_id(self, fill_id: str) -> bool:
-        """Whether the key of venue fill id `fill_id` is in the window (:func:`fill_key` inlined:
-        this runs for every fill an overlapping poll re-reads)."""
-        return _blake2b(fill_id.encode(), digest_size=KEY_SIZE).digest() in self._keys
+    def keys(self, fill_ids: Sequence[str]) -> list[bytes]:
+        """:func:`fill_keys`: the key of each venue fill id (what an adapter admits fills under,
+        as :class:`~publisher.venues.pages.PublishedFills`)."""
+        return fill_keys(fill_ids)
+
+    def are_published(self, keys: Sequence[bytes]) -> list[bool]:
+        """Whether each key is in the window, in order (one call for a page of fills)."""
+        known = self._keys
+        return [key in known for key in keys]
 
     @property
     def floor_ns(self) -> int:

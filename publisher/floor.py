@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from publisher.dedupe import fill_keys
 from publisher.event import FillEvent
 
 _NS = 1_000_000_000
@@ -49,16 +48,13 @@ class BelowFloor:
         for second in [s for s in self._buckets if s < oldest_s]:
             self._keys.difference_update(self._buckets.pop(second))
 
-    def unpublished(self, below: Sequence[FillEvent], floor_ns: int) -> list[FillEvent]:
-        """The fills of `below` (all older than `floor_ns`) known never to have been published;
-        each is remembered, so a later call does not return it again."""
+    def unpublished(self, below: Sequence[FillEvent], keys: Sequence[bytes], floor_ns: int) -> list[FillEvent]:
+        """The fills of `below` (all older than `floor_ns`; `keys` their dedupe keys) known never
+        to have been published; each is remembered, so a later call does not return it again."""
         oldest = max(self._start_floor_ns, floor_ns - self._memory_ns)
-        judged = [fill for fill in below if fill.executed_at_ns >= oldest]
-        if not judged:
-            return []
         found = []
-        for fill, key in zip(judged, fill_keys([fill.fill_id for fill in judged]), strict=True):
-            if key in self._keys:
+        for fill, key in zip(below, keys, strict=True):
+            if fill.executed_at_ns < oldest or key in self._keys:
                 continue
             self._keys.add(key)
             self._buckets.setdefault(fill.executed_at_ns // _NS, []).append(key)

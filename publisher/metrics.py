@@ -27,10 +27,12 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from publisher import __version__
-from publisher.venues.base import ErrorReason
+from publisher.venues.errors import ErrorReason, FailureKind
 
 #: every `reason` label value of `fillpub_poll_errors_total`, in the order :data:`ErrorReason` lists them
 POLL_ERROR_REASONS: tuple[ErrorReason, ...] = get_args(ErrorReason)
+#: the kinds of failure behind `reason="decode"` (see :data:`~publisher.venues.errors.FailureKind`)
+POLL_FAILURE_KINDS: tuple[FailureKind, ...] = get_args(FailureKind)
 
 # Fill lag spans sub-second (normal) to minutes (outage, late fills): default buckets stop at 10 s.
 _LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 120, 300, 600, float("inf"))
@@ -143,6 +145,12 @@ class Metrics:
             "fillpub_poll_requests", "HTTP requests made to the venue", per_source, registry=r)
         self.poll_errors = Counter(
             "fillpub_poll_errors", "Failed polls by reason", [*per_source, "reason"], registry=r)
+        # beyond the contract's list: its `decode` reason covers the venue's unreadable answers and
+        # endless paging as well as our own bugs; this tells them apart (each such failure counts
+        # in both)
+        self.poll_failures = Counter(
+            "fillpub_poll_failures", 'Failed polls counted as reason="decode", by what failed', [*per_source, "kind"],
+            registry=r)
         self.publish_errors = Counter(
             "fillpub_publish_errors", "Kafka errors", ["reason"], registry=r)
         self.last_success = Gauge(
@@ -217,6 +225,7 @@ class SourceMetrics:
         "conflicting",
         "duplicate",
         "errors",
+        "failures",
         "invalid",
         "lag",
         "last_success",
@@ -233,6 +242,7 @@ class SourceMetrics:
         self.invalid = metrics.fills_invalid.labels(**labels)
         self.requests = metrics.poll_requests.labels(**labels)
         self.errors = {reason: metrics.poll_errors.labels(**labels, reason=reason) for reason in POLL_ERROR_REASONS}
+        self.failures = {kind: metrics.poll_failures.labels(**labels, kind=kind) for kind in POLL_FAILURE_KINDS}
         self.last_success = metrics.last_success.labels(**labels)
         self.lag = metrics.fill_lag.labels(**labels)
         self.poll_duration = metrics.poll_duration.labels(**labels)

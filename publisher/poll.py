@@ -18,7 +18,9 @@ jitter (longer for auth failures, which need a human), so one bad source never s
 Whatever else goes wrong (an adapter bug, a poll's result that cannot be checkpointed, a failure of
 the loop itself) is logged with its traceback, counted as `decode`, and the source starts over
 from the last checkpoint it handed to the sink, so the fills of the failed poll are read again and
-none is lost.
+none is lost. Every failure counted as `decode`, the venue's and ours, is also counted by what it
+was (`fillpub_poll_failures_total{kind}`, :data:`~publisher.venues.errors.FailureKind`) and its
+log line carries that `kind`.
 """
 
 from __future__ import annotations
@@ -30,23 +32,18 @@ import operator
 import random
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import cast
 
 from publisher import logs
-from publisher.checkpoint import Checkpoint, encode_checkpoint
-from publisher.dedupe import SeenWindow, fill_key, fill_keys
+from publisher.dedupe import fill_key, fill_keys
 from publisher.event import DeadLetter, FillEvent, Venue
 from publisher.floor import BelowFloor
 from publisher.metrics import SourceMetrics
 from publisher.sink import SourceBatch, TransactionalSink
-from publisher.venues.base import (
-    InvalidFill,
-    SourceConfig,
-    VenueAdapter,
-    VenueDecodeError,
-    VenueError,
-    parse_rfc3339_ns,
-)
+from publisher.state import SourceState
+from publisher.venues.base import SourceConfig, VenueAdapter
+from publisher.venues.errors import FailureKind, VenueDecodeError, VenueError
+from publisher.venues.results import DEAD_LETTER_PREFIX, FetchResult
 
 log = logging.getLogger(__name__)
 
@@ -76,66 +73,6 @@ class Backoff:
         self.failures = 0
 
 
-class SourceState:
-    """What a source knows about its own progress; restored from and saved to checkpoints."""
-
-    def __init__(self, source: SourceConfig, checkpoint: Checkpoint | None, now_ns: int):
-        self.name = source.name
-        self.venue = source.venue_name
-        self.lookback_ns = int(source.lookback_s * _NS)
-        if checkpoint is None:
-            # first start: publish what was executed in the last lookback_s (or since
-            # backfill_from, when that is earlier), then carry on; the first poll's floor is
-            # watermark - lookback, and every later poll's the usual one
-            start_ns = now_ns - self.lookback_ns
-            if source.backfill_from is not None:
-                start_ns = min(start_ns, parse_rfc3339_ns(source.backfill_from))
-            self.watermark_ns = start_ns + self.lookback_ns
-            self.window = SeenWindow(start_ns)
-            self.paging_state: Any = None
-        else:
-            self.watermark_ns = checkpoint.watermark_ns
-            # the window knows no fill below the floor it had: a lookback_s raised since then must
-            # not make those fills look new (they would be published again)
-            self.window = SeenWindow.from_packed(max(self.floor_ns, checkpoint.floor_ns), checkpoint.seen)
-            self.paging_state = checkpoint.paging_state
-        self.last_checkpoint_ns = now_ns
-        # what rewind() returns to: the start, then each checkpoint handed to the sink
-        self._source = source
-        self._start_ns = now_ns
-        self._restore_point = checkpoint
-        self._built: Checkpoint | None = None
-
-    @property
-    def floor_ns(self) -> int:
-        return self.watermark_ns - self.lookback_ns
-
-    def checkpoint(self, now_ns: int) -> bytes:
-        record = Checkpoint(
-            source=self.name,
-            venue=self.venue,
-            watermark_ns=self.watermark_ns,
-            floor_ns=self.window.floor_ns,
-            seen=self.window.packed(),
-            paging_state=self.paging_state,
-            written_at_ns=now_ns,
-        )
-        data = encode_checkpoint(record)
-        self._built = record
-        return data
-
-    def handed_over(self) -> None:
-        """The checkpoint built last went to the sink (which never drops a batch): rewinding
-        returns here from now on."""
-        self._restore_point = self._built
-
-    def rewind(self) -> None:
-        """Forget everything since the last checkpoint handed to the sink (or since the start):
-        the state a restart would restore, so a poll that failed halfway is read again whole."""
-        again = SourceState(self._source, self._restore_point, self._start_ns)
-        self.__dict__.update(again.__dict__)
-
-
 #: the contract's order within a batch: (executed_at_ns, fill_id); attrgetter sorts in C
 _sort_key = operator.attrgetter("executed_at_ns", "fill_id")
 
@@ -157,9 +94,6 @@ class Poller:
     ):
         self.source = source
         self._adapter = adapter
-        # re-read fills this source already published need not be normalised again (the state's
-        # window is made once, with the state: binding its method saves a call per re-read fill)
-        adapter.known = state.window.has_id
         self.state = state
         self._sink = sink
         self._metrics = metrics
@@ -183,10 +117,10 @@ class Poller:
                 return
             except Exception:
                 pause = self._backoff.next_delay()
-                self._metrics.errors["decode"].inc()
+                self._count_decode_failure("loop_failure")
                 log.exception("source %s: the poll loop failed (counted as decode); restarting it from the last "
-                              "checkpoint in %.1fs", self.source.name, pause)
-                self._rewind()
+                              "checkpoint in %.1fs", self.source.name, pause, extra={"kind": "loop_failure"})
+                self.state.rewind()
                 if await _wait(stop, pause):
                     return
 
@@ -215,28 +149,31 @@ class Poller:
         poll_start_ns = self._now_ns()
         started = time.perf_counter()
         try:
-            result = await self._adapter.fetch(state.floor_ns, state.paging_state, self._now_ns)
+            # the window answers "published already?" for the adapter, which can then skip
+            # normalising the re-read fills the poll would only drop as duplicates
+            result = await self._adapter.fetch(state.floor_ns, state.paging_state, self._now_ns, state.window)
         except VenueError as exc:
             return self._failed(exc)
         except RecursionError:
             # msgspec's answer to JSON nested deeper than it recurses: the venue's page, not our bug
             return self._failed(VenueDecodeError("the answer is JSON nested too deeply to decode"))
         except Exception:  # an adapter bug must not kill the source's loop
-            metrics.errors["decode"].inc()
+            self._count_decode_failure("adapter_bug")
             pause = self._backoff.next_delay()
-            log.exception("source %s: adapter bug (counted as decode); retrying in %.1fs", self.source.name, pause)
+            log.exception("source %s: adapter bug (counted as decode); retrying in %.1fs", self.source.name, pause,
+                          extra={"kind": "adapter_bug"})
             return pause
         try:
-            self._accept(result.fills, result.invalid, result.paging_state, poll_start_ns, result.known,
-                         conflicts=result.conflicts)
+            self._accept(result, poll_start_ns)
         except Exception:
             # e.g. a value the checkpoint cannot encode: nothing of this poll reached the sink, so
             # forget what it changed and read it again (it fails again while the venue serves it)
-            self._rewind()
-            metrics.errors["decode"].inc()
+            state.rewind()
+            self._count_decode_failure("result_not_handed_over")
             pause = self._backoff.next_delay()
             log.exception("source %s: the poll's result could not be handed to the sink (counted as decode); "
-                          "reading it again from the last checkpoint in %.1fs", self.source.name, pause)
+                          "reading it again from the last checkpoint in %.1fs", self.source.name, pause,
+                          extra={"kind": "result_not_handed_over"})
             return pause
         self._backoff.reset()
         self._auth_backoff.reset()
@@ -244,10 +181,21 @@ class Poller:
         metrics.last_success.set(time.time())
         return None
 
+    def _count_decode_failure(self, kind: FailureKind) -> None:
+        """Count a failed poll the contract calls `decode`, and what failed (its `kind`)."""
+        self._metrics.errors["decode"].inc()
+        self._metrics.failures[kind].inc()
+
     def _failed(self, exc: VenueError) -> float:
         """Count and log a failed poll; the pause before the next one."""
+        detail = f"{exc.summary}: {exc}" if exc.summary else str(exc)
+        if exc.reason == "decode":
+            self._count_decode_failure(exc.kind)
+            pause = self._backoff.next_delay(exc.retry_after_s or 0.0)
+            log.warning("source %s: poll failed, decode (%s); retrying in %.1fs", self.source.name, detail, pause,
+                        extra={"kind": exc.kind})
+            return pause
         self._metrics.errors[exc.reason].inc()
-        detail = f"{exc.kind}: {exc}" if exc.kind else str(exc)
         if exc.reason == "auth":
             pause = self._auth_backoff.next_delay()
             log.error("source %s: venue rejected our credentials (%s); retrying in %.0fs",
@@ -258,28 +206,32 @@ class Poller:
                         self.source.name, exc.reason, detail, pause)
         return pause
 
-    def _rewind(self) -> None:
-        self.state.rewind()
-        self._adapter.known = self.state.window.has_id  # the rewound state's window
-
-    def _accept(self, fills: list[FillEvent], invalid: list[InvalidFill], paging_state: Any, poll_start_ns: int,
-                known: int = 0, *, conflicts: list[tuple[FillEvent, FillEvent]] | None = None) -> None:
-        """Dedupe and hand over one poll's result; `known` fills were dropped unread by the adapter,
-        `conflicts` are repeats the adapter dropped whose values differ from the copy kept."""
+    def _accept(self, result: FetchResult, poll_start_ns: int) -> None:
+        """Dedupe one poll's result and hand it over: fills the adapter skipped as published
+        already count as duplicates, and so do the repeats the window drops; the adapter's
+        conflicts (repeats it dropped whose values differ from the copy kept) are counted."""
         state = self.state
         window = state.window
         floor = window.floor_ns
-        # older than the overlap window: outside what this source tracks
-        inside = [fill for fill in fills if fill.executed_at_ns >= floor]
-        if len(inside) < len(fills):
-            self._count_below_floor([fill for fill in fills if fill.executed_at_ns < floor], floor)
-        verdicts = window.admit_all(fill_keys([fill.fill_id for fill in inside]), [fill.executed_at_ns for fill in inside])
-        fresh = list(itertools.compress(inside, verdicts))
-        duplicates = known + len(inside) - len(fresh)
-        if conflicts:
-            self._count_conflicts(conflicts, fresh)
+        fills = result.fills
+        # each fill's key as the adapter looked it up (computed here for an adapter that did not)
+        keys = result.keys if result.keys is not None else fill_keys([fill.fill_id for fill in fills])
+        times = [fill.executed_at_ns for fill in fills]
+        if times and min(times) < floor:
+            # older than the overlap window: outside what this source tracks
+            inside = [executed_at_ns >= floor for executed_at_ns in times]
+            outside = [not keep for keep in inside]
+            self._count_below_floor(list(itertools.compress(fills, outside)),
+                                    list(itertools.compress(keys, outside)), floor)
+            fills = list(itertools.compress(fills, inside))
+            keys = list(itertools.compress(keys, inside))
+            times = list(itertools.compress(times, inside))
+        fresh = list(itertools.compress(fills, window.admit_all(keys, times)))
+        duplicates = result.skipped_published + len(fills) - len(fresh)
+        if result.conflicts:
+            self._count_conflicts(result.conflicts, fresh)
         letters: list[DeadLetter] = []
-        for bad in invalid:
+        for bad in result.invalid:
             when = bad.executed_at_ns
             if when is not None and when < floor:
                 continue  # like a good fill of that age: outside the window, already handled or too late
@@ -292,12 +244,12 @@ class Poller:
             # is whole seconds, ZLL has no time filter), so a key kept only from this poll's start
             # would expire while the fill is still served, and the dead letter would come again.
             # Without a readable time, this poll's start is the best stamp there is.
-            if window.admit(fill_key("dlq:" + bad.key), max(poll_start_ns, floor) if when is None else when):
+            if window.admit(fill_key(DEAD_LETTER_PREFIX + bad.key), max(poll_start_ns, floor) if when is None else when):
                 letters.append(DeadLetter(source=state.name, venue=cast(Venue, state.venue), error=bad.error, raw=bad.raw))
         fresh.sort(key=_sort_key)
 
-        paging_changed = paging_state != state.paging_state
-        state.paging_state = paging_state
+        paging_changed = result.paging_state != state.paging_state
+        state.paging_state = result.paging_state
         state.watermark_ns = max(state.watermark_ns, poll_start_ns)
         self._below_floor.forget(window.advance(state.floor_ns), window.floor_ns)
         stale = poll_start_ns - state.last_checkpoint_ns >= CHECKPOINT_REFRESH_NS
@@ -319,10 +271,10 @@ class Poller:
         if duplicates:
             self._metrics.duplicate.inc(duplicates)
 
-    def _count_below_floor(self, below: list[FillEvent], floor_ns: int) -> None:
+    def _count_below_floor(self, below: list[FillEvent], keys: list[bytes], floor_ns: int) -> None:
         """Count (once each) the fills below the floor that were never published; see
-        :mod:`publisher.floor`."""
-        lost = self._below_floor.unpublished(below, floor_ns)
+        :mod:`publisher.floor`. `keys` are their dedupe keys."""
+        lost = self._below_floor.unpublished(below, keys, floor_ns)
         if not lost:
             return
         self._metrics.below_floor.inc(len(lost))

@@ -21,7 +21,8 @@ from publisher.config import Settings, fills_topic
 from publisher.kafkaclient import client_options
 from publisher.logs import redact
 from publisher.venues import VENUES
-from publisher.venues.base import SourceConfig, VenueError
+from publisher.venues.base import SourceConfig
+from publisher.venues.errors import VenueError
 from publisher.venues.transport import SourceTransport
 
 

@@ -34,10 +34,11 @@ from publisher.checkpoint import Checkpoint, read_checkpoints
 from publisher.config import Settings, fills_topic
 from publisher.kafkaclient import consumer_options, ensure_topics
 from publisher.metrics import Metrics
-from publisher.poll import Backoff, Poller, SourceState
+from publisher.poll import Backoff, Poller
 from publisher.shards import Shard
 from publisher.sink import ProducerStateLost, TransactionalSink
 from publisher.sink.backlog import Backlog
+from publisher.state import SourceState
 from publisher.venues import VENUES
 from publisher.venues.transport import SourceTransport
 

@@ -13,8 +13,10 @@ import pytest
 from publisher.event import FillEvent, VenueFields
 from publisher.floor import BELOW_FLOOR_MEMORY_S
 from publisher.metrics import Metrics
-from publisher.poll import Poller, SourceState
-from publisher.venues.base import FetchResult, VenueAdapter
+from publisher.poll import Poller
+from publisher.state import SourceState
+from publisher.venues.base import VenueAdapter
+from publisher.venues.results import FetchResult
 from publisher.venues.zll import ZllSource
 
 NS = 1_000_000_000
@@ -37,7 +39,7 @@ class _Venue(VenueAdapter):
         self.fills: list[FillEvent] = []
         self.conflicts: list[tuple[FillEvent, FillEvent]] = []
 
-    async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Any) -> FetchResult:
+    async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Any, published: Any = None) -> FetchResult:
         conflicts, self.conflicts = self.conflicts, []
         return FetchResult(fills=list(self.fills), conflicts=conflicts)
 

@@ -106,3 +106,24 @@ def test_part_records_of_other_sources_are_ignored() -> None:
     log = [*checkpoint_records(checkpoint("b", seen=window(20_000)), LIMIT),
            *checkpoint_records(checkpoint("a"), LIMIT)]
     assert set(checkpoints_from_records(log, ["a"])) == {"a"}
+
+
+def test_a_record_whose_value_disagrees_with_its_key_is_not_restored(caplog: pytest.LogCaptureFixture) -> None:
+    good = checkpoint_records(checkpoint("a", watermark_ns=1), LIMIT)
+    split = checkpoint_records(checkpoint("a", watermark_ns=2, seen=window(20_000)), LIMIT)
+    swapped = [(split[1][0], split[0][1]), (split[0][0], split[1][1]), *split[2:]]  # parts 1 and 2 under each other's key
+    assert checkpoints_from_records([*good, *swapped], ["a"])["a"].watermark_ns == 1
+    elsewhere = [(b"a", encode_checkpoint(checkpoint("b", watermark_ns=3)))]  # source b's head under a's key
+    assert checkpoints_from_records([*good, *elsewhere], ["a"])["a"].watermark_ns == 1
+    assert "not what its key says" in caplog.text
+
+
+def test_a_version_2_split_checkpoint_still_restores() -> None:
+    # as version 2 writes them, field for field: the format is never renamed or renumbered
+    part = msgspec.msgpack.encode({"version": 2, "source": "a", "generation": 9, "index": 1, "seen": {7: b"k" * 16}})
+    head = msgspec.msgpack.encode({"version": 2, "source": "a", "venue": "zll", "watermark_ns": 5, "floor_ns": 0,
+                                   "seen": {}, "paging_state": {"resume_offset": 3}, "written_at_ns": 4, "parts": 1,
+                                   "generation": 9})
+    restored = checkpoints_from_records([(b"a#part1", part), (b"a", head)], ["a"])["a"]
+    assert restored.seen == {7: b"k" * 16} and restored.paging_state == {"resume_offset": 3}
+    assert restored.written_at_ns == 4 and restored.venue == "zll"

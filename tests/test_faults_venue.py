@@ -34,11 +34,12 @@ import pytest
 from publisher.config import KafkaConfig
 from publisher.event import FillEvent
 from publisher.metrics import Metrics
-from publisher.poll import Backoff, Poller, SourceState
+from publisher.poll import Backoff, Poller
 from publisher.secret import Secret
 from publisher.sim.base import BAD_FILL_MODES
 from publisher.sim.kalshi import KalshiSimulator, generate_key_pair
 from publisher.sink import TransactionalSink
+from publisher.state import SourceState
 from publisher.venues import kalshi as kalshi_venue
 from publisher.venues.kalshi import KalshiSource
 from tests.harness.delivery import LogRecord, assert_exactly_once, committed, fill_id_header, read_log

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from publisher.event import FillEvent
 from publisher.secret import Secret
 from publisher.venues import kalshi
-from publisher.venues.base import VenueError
+from publisher.venues.errors import VenueError
 from publisher.venues.http import RateLimiter, VenueClient
 
 BASE_URL = "https://kalshi.test/trade-api/v2"

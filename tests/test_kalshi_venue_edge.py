@@ -14,11 +14,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from publisher.config import ConfigError
-from publisher.poll import SourceState
 from publisher.secret import Secret
 from publisher.sim.kalshi import KalshiSimulator, generate_key_pair
+from publisher.state import SourceState
 from publisher.venues import kalshi
-from publisher.venues.base import VenueError
+from publisher.venues.errors import VenueError
 from publisher.venues.http import RateLimiter, VenueClient
 from tests.test_cli import assert_config_error, cli
 from tests.test_config import cfg, config_error, write_config  # noqa: F401 - fixture

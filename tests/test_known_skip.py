@@ -1,8 +1,10 @@
-"""Adapters skip normalising fills the poll loop already published (`VenueAdapter.known`).
+"""Adapters skip normalising fills the poll loop already published (`PublishedFills`, handed to
+`VenueAdapter.fetch`).
 
 Re-reading the overlap window returns mostly such fills; the result must be what the poll loop
 would have made of the fully decoded ones: the same new fills and dead letters, and each skipped
-fill counted once as a duplicate (`FetchResult.known`), a repeat within one poll not at all.
+fill counted once as a duplicate (`FetchResult.skipped_published`), a repeat within one poll not at
+all. Every fill comes with the dedupe key it was looked up under (`FetchResult.keys`).
 A page read whole while pages are mostly new (a backlog) skips nothing: the poll loop's dedupe
 drops and counts its published fills, with the same outcome.
 """
@@ -18,8 +20,10 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from publisher.venues import base, zll
-from publisher.venues.base import FetchResult, FillCollector
+from publisher.dedupe import SeenWindow, fill_keys
+from publisher.venues import pages, zll
+from publisher.venues.pages import PageReader
+from publisher.venues.results import FetchResult
 from tests.test_kalshi_adapter import SINCE_NS, Venue, paged, private_key  # noqa: F401 - fixture
 from tests.test_kalshi_adapter import adapter as kalshi_adapter
 from tests.test_kalshi_adapter import fill as kalshi_fill
@@ -33,6 +37,18 @@ def _now() -> int:
     return 1_800_000_000 * 10**9
 
 
+def _published(fill_ids: set[str]) -> SeenWindow:
+    """A dedupe window holding `fill_ids`, as the poll loop's would after publishing them."""
+    window = SeenWindow(0)
+    window.admit_all(fill_keys(sorted(fill_ids)), [0] * len(fill_ids))
+    return window
+
+
+def _keys_match(result: FetchResult, published: SeenWindow | None) -> bool:
+    """Whether the result carries each fill's dedupe key (None when it was given no window)."""
+    return result.keys == (None if published is None else fill_keys([f.fill_id for f in result.fills]))
+
+
 async def test_kalshi_skips_known_fills_and_counts_them_once(private_key: rsa.RSAPrivateKey) -> None:
     garbled = {**kalshi_fill(3), "ticker": None, "market_ticker": None}
     first: dict[str, Any] = {"fills": [kalshi_fill(1), kalshi_fill(2), garbled], "cursor": "c1"}
@@ -41,12 +57,12 @@ async def test_kalshi_skips_known_fills_and_counts_them_once(private_key: rsa.RS
     plain = await kalshi_adapter(venue, private_key).fetch(SINCE_NS, None, _now)
     published = {plain.fills[0].fill_id, plain.invalid[0].key}  # fill 1 and the garbled fill 3
     skipping = kalshi_adapter(venue, private_key)
-    skipping.known = published.__contains__
-    result = await skipping.fetch(SINCE_NS, None, _now)
-    assert result.known == 2
+    result = await skipping.fetch(SINCE_NS, None, _now, _published(published))
+    assert result.skipped_published == 2
     assert [f.fill_id for f in result.fills] == [f.fill_id for f in plain.fills if f.fill_id not in published]
     assert result.invalid == []
-    assert plain.known == 0
+    assert plain.skipped_published == 0
+    assert _keys_match(result, _published(published)) and _keys_match(plain, None)
 
 
 async def test_zll_skips_known_fills_but_keeps_their_times_for_paging() -> None:
@@ -55,9 +71,8 @@ async def test_zll_skips_known_fills_but_keeps_their_times_for_paging() -> None:
     requests = len(venue.requests)
     published = {f.fill_id for f in plain.fills[:6]}
     skipping = zll_adapter(venue)
-    skipping.known = published.__contains__
-    result = await skipping.fetch(T + 3, None, _now)
-    assert result.known == 6
+    result = await skipping.fetch(T + 3, None, _now, _published(published))
+    assert result.skipped_published == 6
     assert [f.fill_id for f in result.fills] == [f.fill_id for f in plain.fills[6:]]
     assert result.paging_state == plain.paging_state
     assert len(venue.requests) == 2 * requests  # the same walk: skipped fills still steer paging
@@ -91,7 +106,7 @@ def _outcome(result: FetchResult, known: set[str] | None) -> tuple[Any, ...]:
     published = known or set()
     fills = [f for f in result.fills if f.fill_id not in published]
     invalid = [i for i in result.invalid if i.key not in published]
-    duplicates = result.known + len(result.fills) - len(fills) + len(result.invalid) - len(invalid)
+    duplicates = result.skipped_published + len(result.fills) - len(fills) + len(result.invalid) - len(invalid)
     return fills, [(i.key, i.error, bytes(i.raw), i.executed_at_ns) for i in invalid], duplicates
 
 
@@ -111,23 +126,23 @@ KALSHI_BAD: list[Callable[[int], Any]] = [
 @pytest.mark.parametrize("seed", range(40))
 async def test_kalshi_page_strategies_agree(seed: int, private_key: rsa.RSAPrivateKey,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(base, "SLICE", 1 + seed % 4)  # pages are handled in slices: cut them small
+    monkeypatch.setattr(pages, "SLICE", 1 + seed % 4)  # pages are handled in slices: cut them small
     rng = random.Random(seed)
     entries = _mixed_entries(rng, kalshi_fill, KALSHI_BAD)
     body = msgspec.json.encode({"fills": entries, "cursor": "next"})
     keys = [e["fill_id"] for e in entries if isinstance(e, dict) and e.get("fill_id")]
     for known, mostly_new in itertools.product(_known_sets(rng, keys), (False, True)):
-        fast, reference = (kalshi_adapter(Venue(paged({})), private_key) for _ in range(2))
-        fast.known = reference.known = None if known is None else known.__contains__
-        fast._mostly_new = mostly_new  # keys first, or typed first
+        published = None if known is None else _published(known)
         results = []
         for fast_way in (True, False):
-            collector = FillCollector()
+            reader = PageReader(kalshi_adapter(Venue(paged({})), private_key).pages, published)
+            reader.mostly_new = mostly_new  # keys first, or typed first
             if fast_way:
-                assert await fast._read_page(body, collector, _now()) == "next"
+                assert (await reader.read(body, _now())).cursor == "next"
             else:
-                assert reference._read_raw(body, collector, _now()) == "next"
-            results.append(_outcome(collector.result, known))
+                assert (await reader.read_fill_by_fill(body, _now())).cursor == "next"
+            assert _keys_match(reader.result, published)
+            results.append(_outcome(reader.result, known))
         assert results[0] == results[1]
 
 
@@ -142,20 +157,22 @@ ZLL_BAD: list[Callable[[int], Any]] = [
 
 @pytest.mark.parametrize("seed", range(40))
 async def test_zll_page_strategies_agree(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(base, "SLICE", 1 + seed % 4)  # pages are handled in slices: cut them small
+    monkeypatch.setattr(pages, "SLICE", 1 + seed % 4)  # pages are handled in slices: cut them small
     rng = random.Random(seed)
     entries = _mixed_entries(rng, lambda n: zll_fill(n, T + rng.randint(0, 5)), ZLL_BAD)
     body = msgspec.json.encode(entries)
     keys = [e["id"] for e in entries if isinstance(e, dict) and e.get("id")]
     for known, mostly_new in itertools.product(_known_sets(rng, keys), (False, True)):
         results = []
+        published = None if known is None else _published(known)
         for fast in (True, False):
             adapter = zll_adapter(FakeZll([], "desc"))
-            adapter.known = None if known is None else known.__contains__
-            poll = zll._Poll(adapter, T, _now)
-            poll.mostly_new = mostly_new  # keys first, or typed first
-            items = await poll.read(body, _now()) if fast else poll._read_raw(body, _now())
-            results.append(([(i.time, i.repeat) for i in items], _outcome(poll.collector.result, known)))
+            poll = zll._Poll(adapter, T, _now, published)
+            poll.pages.mostly_new = mostly_new  # keys first, or typed first
+            page = await (poll.pages.read if fast else poll.pages.read_fill_by_fill)(body, _now())
+            items = zll._Listing.of(page, _now())
+            assert _keys_match(poll.pages.result, published)
+            results.append((list(zip(items.times, items.repeats, strict=True)), _outcome(poll.pages.result, known)))
         assert results[0] == results[1]
 
 
@@ -164,25 +181,22 @@ async def test_zll_page_strategies_agree(seed: int, monkeypatch: pytest.MonkeyPa
 async def test_kalshi_backlog_page_is_read_whole_while_its_ends_are_new(
         published: set[str], looked_up: bool, private_key: rsa.RSAPrivateKey) -> None:
     body = msgspec.json.encode({"fills": [kalshi_fill(n) for n in range(4)], "cursor": ""})
-    adapter = kalshi_adapter(Venue(paged({})), private_key)
-    adapter.known = published.__contains__
-    adapter._mostly_new = True
-    collector = FillCollector()
-    await adapter._read_page(body, collector, _now())
+    reader = PageReader(kalshi_adapter(Venue(paged({})), private_key).pages, _published(published))
+    reader.mostly_new = True
+    await reader.read(body, _now())
     # read whole, the poll loop drops the published fills; else they are skipped and counted
-    assert collector.result.known == (len(published) if looked_up else 0)
-    assert len(collector.result.fills) == 4 - collector.result.known
-    assert adapter._mostly_new is (2 * (4 - collector.result.known) > 4)
+    assert reader.result.skipped_published == (len(published) if looked_up else 0)
+    assert len(reader.result.fills) == 4 - reader.result.skipped_published
+    assert reader.mostly_new is (2 * (4 - reader.result.skipped_published) > 4)
 
 
 @pytest.mark.parametrize(("published", "looked_up"), [(set(), False), ({1}, False), ({0}, True), ({3}, True)])
 async def test_zll_backlog_page_is_read_whole_while_its_ends_are_new(published: set[int], looked_up: bool) -> None:
     body = msgspec.json.encode([zll_fill(n, T + n) for n in range(4)])
     adapter = zll_adapter(FakeZll([], "desc"))
-    adapter.known = {zll_fill(n, T)["id"] for n in published}.__contains__
-    poll = zll._Poll(adapter, T, _now)
-    poll.mostly_new = True
-    await poll.read(body, _now())
-    result = poll.collector.result
-    assert result.known == (len(published) if looked_up else 0)
-    assert len(result.fills) == 4 - result.known
+    poll = zll._Poll(adapter, T, _now, _published({zll_fill(n, T)["id"] for n in published}))
+    poll.pages.mostly_new = True
+    await poll.pages.read(body, _now())
+    result = poll.pages.result
+    assert result.skipped_published == (len(published) if looked_up else 0)
+    assert len(result.fills) == 4 - result.skipped_published

@@ -5,6 +5,7 @@ Integration behaviour is in tests/test_faults_venue.py."""
 
 from __future__ import annotations
 
+import logging
 import random
 import statistics
 import time
@@ -14,9 +15,12 @@ import msgspec
 import pytest
 
 from publisher.metrics import Metrics
-from publisher.poll import Backoff, Poller, SourceState
-from publisher.venues.base import FetchResult, InvalidFill, VenueAdapter, VenueError
+from publisher.poll import Backoff, Poller
+from publisher.state import SourceState
+from publisher.venues.base import VenueAdapter
+from publisher.venues.errors import PagingError, ResponseTooLarge, VenueDecodeError, VenueError
 from publisher.venues.kalshi import decode_fill
+from publisher.venues.results import FetchResult, InvalidFill
 from publisher.venues.zll import ZllSource
 
 NS = 1_000_000_000
@@ -91,7 +95,7 @@ class _Failing(VenueAdapter):
     def __init__(self, errors: list[BaseException]):
         self.errors = errors
 
-    async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Any) -> FetchResult:
+    async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Any, published: Any = None) -> FetchResult:
         if self.errors:
             raise self.errors.pop(0)
         return FetchResult()
@@ -142,6 +146,35 @@ async def test_poll_failures_back_off_by_reason_and_success_resets() -> None:
         assert _errors(metrics, reason) == count, reason
 
 
+def _failures(metrics: Metrics, kind: str) -> float:
+    value = metrics.registry.get_sample_value(
+        "fillpub_poll_failures_total", {"venue": "zll", "source": "zll-unit", "kind": kind})
+    return value or 0.0
+
+
+async def test_each_failure_behind_decode_is_counted_and_logged_by_its_kind(caplog: pytest.LogCaptureFixture) -> None:
+    errors: list[BaseException] = [
+        VenueDecodeError("not JSON"),
+        ResponseTooLarge("the answer exceeds 4096 bytes"),
+        PagingError("a cursor came back"),
+        RecursionError("nested too deeply"),
+        KeyError("adapter bug"),
+        VenueError("decode", "an adapter's own decode error"),
+        VenueError("http_5xx", "HTTP 500"),
+    ]
+    poller, metrics = _poller(errors)
+    with caplog.at_level(logging.WARNING, logger="publisher.poll"):
+        for _ in range(7):
+            assert await poller.poll_once() is not None
+    kinds = {"unreadable_answer": 3, "answer_too_large": 1, "paging_loop": 1, "adapter_bug": 1,
+             "result_not_handed_over": 0, "loop_failure": 0}
+    assert {kind: _failures(metrics, kind) for kind in kinds} == kinds
+    assert _errors(metrics, "decode") == sum(kinds.values()) and _errors(metrics, "http_5xx") == 1
+    logged = [getattr(record, "kind", None) for record in caplog.records]
+    assert logged == ["unreadable_answer", "answer_too_large", "paging_loop", "unreadable_answer", "adapter_bug",
+                      "unreadable_answer", None]
+
+
 async def test_backoffs_can_be_injected() -> None:
     poller, _ = _poller([VenueError("auth", "HTTP 401")] * 2, auth_backoff=Backoff(0.01, 0.02))
     assert await poller.poll_once() <= 0.01  # type: ignore[operator]
@@ -159,7 +192,7 @@ class _Serving(VenueAdapter):
     def __init__(self, invalid: list[InvalidFill]):
         self.invalid = invalid
 
-    async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Any) -> FetchResult:
+    async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Any, published: Any = None) -> FetchResult:
         return FetchResult(invalid=list(self.invalid))
 
 

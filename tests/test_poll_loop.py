@@ -15,8 +15,10 @@ import pytest
 
 from publisher.event import FillEvent
 from publisher.metrics import Metrics
-from publisher.poll import Backoff, Poller, SourceState
-from publisher.venues.base import FetchResult, VenueAdapter
+from publisher.poll import Backoff, Poller
+from publisher.state import SourceState
+from publisher.venues.base import VenueAdapter
+from publisher.venues.results import FetchResult
 from publisher.venues.zll import ZllSource
 from tests.harness.stack import wait_until
 
@@ -39,7 +41,7 @@ class _Script(VenueAdapter):
         self.paging_states = paging_states
         self.polls = 0
 
-    async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Any) -> FetchResult:
+    async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Any, published: Any = None) -> FetchResult:
         state = self.paging_states[min(self.polls, len(self.paging_states) - 1)]
         self.polls += 1
         return FetchResult(fills=list(self.fills), paging_state=state)
@@ -73,6 +75,11 @@ def _decode_errors(metrics: Metrics) -> float:
         "fillpub_poll_errors_total", {"venue": "zll", "source": "zll-loop", "reason": "decode"}) or 0.0
 
 
+def _failures(metrics: Metrics, kind: str) -> float:
+    return metrics.registry.get_sample_value(
+        "fillpub_poll_failures_total", {"venue": "zll", "source": "zll-loop", "kind": kind}) or 0.0
+
+
 async def test_a_poll_that_cannot_be_checkpointed_is_read_again_not_lost(caplog: pytest.LogCaptureFixture) -> None:
     now = time.time_ns()
     # the first poll's paging state overflows the checkpoint encoder (msgspec: ints beyond 64 bits)
@@ -85,6 +92,7 @@ async def test_a_poll_that_cannot_be_checkpointed_is_read_again_not_lost(caplog:
     [record] = [r for r in caplog.records if r.name == "publisher.poll"]
     assert "the poll's result could not be handed to the sink" in record.getMessage()
     assert record.exc_info is not None and record.exc_info[0] is OverflowError
+    assert _failures(metrics, "result_not_handed_over") == 1 and record.kind == "result_not_handed_over"  # type: ignore[attr-defined]
     assert poller.state.paging_state is None  # rewound: nothing of the failed poll stays
     # the next poll hands both fills over: the failed poll's admission into the window was undone
     assert await poller.poll_once() is None
@@ -108,13 +116,14 @@ async def test_a_failure_of_the_loop_itself_restarts_it(caplog: pytest.LogCaptur
     assert _decode_errors(metrics) == 2
     failures = [r for r in caplog.records if "the poll loop failed" in r.getMessage()]
     assert len(failures) == 2 and all(r.exc_info is not None for r in failures)
+    assert _failures(metrics, "loop_failure") == 2 and all(r.kind == "loop_failure" for r in failures)  # type: ignore[attr-defined]
 
 
 async def test_an_adapter_bug_is_logged_as_one(caplog: pytest.LogCaptureFixture) -> None:
     class _Buggy(VenueAdapter):
         venue = "zll"
 
-        async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Any) -> FetchResult:
+        async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Any, published: Any = None) -> FetchResult:
             return None.fills  # type: ignore[attr-defined, no-any-return]
 
     poller, metrics = _poller(_Buggy(), _Sink(), time.time_ns())
@@ -122,3 +131,4 @@ async def test_an_adapter_bug_is_logged_as_one(caplog: pytest.LogCaptureFixture)
     [record] = [r for r in caplog.records if r.name == "publisher.poll"]
     assert "adapter bug (counted as decode)" in record.getMessage() and record.exc_info is not None
     assert _decode_errors(metrics) == 1
+    assert _failures(metrics, "adapter_bug") == 1 and record.kind == "adapter_bug"  # type: ignore[attr-defined]

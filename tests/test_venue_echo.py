@@ -18,7 +18,7 @@ from publisher.config import ConfigError, Settings, fills_topic, load_settings, 
 from publisher.metrics import POLL_ERROR_REASONS
 from publisher.secret import Secret
 from publisher.venues import VENUES
-from publisher.venues.base import VenueError
+from publisher.venues.errors import VenueError
 from publisher.venues.registry import VenueSpec
 from tests import venue_echo
 from tests.test_config import write_config

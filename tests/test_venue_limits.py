@@ -30,11 +30,12 @@ import httpx
 import pytest
 
 from publisher.metrics import Metrics
-from publisher.poll import Poller, SourceState
+from publisher.poll import Poller
 from publisher.secret import Secret
 from publisher.sim.kalshi import generate_key_pair
+from publisher.state import SourceState
 from publisher.venues import kalshi, zll
-from publisher.venues.base import PagingError, ResponseTooLarge, VenueDecodeError, VenueError
+from publisher.venues.errors import PagingError, ResponseTooLarge, VenueDecodeError, VenueError
 from publisher.venues.http import MAX_RETRY_AFTER_S, RateLimiter, VenueClient, _retry_after
 from publisher.venues.transport import SourceTransport, _as_httpx_error
 from tests.harness.hostile import HostileVenue, Mode

@@ -11,8 +11,9 @@ import pytest
 
 from publisher.secret import Secret
 from publisher.venues import zll
-from publisher.venues.base import FetchResult, VenueError
+from publisher.venues.errors import VenueError
 from publisher.venues.http import RateLimiter, VenueClient
+from publisher.venues.results import FetchResult
 
 BASE_URL = "https://zll.test"
 API_KEY = "c2VjcmV0LWFwaS1rZXktdmFsdWU="

@@ -10,9 +10,10 @@ import httpx
 import msgspec
 import pytest
 
+from publisher.dedupe import SeenWindow, fill_key
 from publisher.event import FillEvent
 from publisher.venues import zll
-from publisher.venues.base import VenueError
+from publisher.venues.errors import VenueError
 from tests.test_zll_adapter import NOW, FakeZll, T, adapter, fill, times
 
 
@@ -92,8 +93,9 @@ async def test_second_look_skips_fills_already_handled() -> None:
     broken = enc(fill(9, T) | {"price": "n/a"})
     venue = RawZll(page_of(broken))
     made = adapter(venue)
-    made.known = lambda key: key == "dlq:" + fill(9, T)["id"]  # dead-lettered by an earlier poll
-    result = await made.fetch(0, None, lambda: NOW)
+    published = SeenWindow(0)
+    published.admit(fill_key("dlq:" + fill(9, T)["id"]), T)  # dead-lettered by an earlier poll
+    result = await made.fetch(0, None, lambda: NOW, published)
     assert len(result.invalid) == 1 and [r.url.path for r in venue.requests] == ["/api/v1/fills"]
 
 
@@ -144,9 +146,3 @@ async def test_two_copies_with_different_values_in_one_page_are_a_conflict() -> 
     assert sorted(f.fill_id for f in result.fills) == sorted([first["id"], fill(2, T)["id"]])
     [(kept, dropped)] = result.conflicts  # the identical copy of fill 2 is a plain repeat
     assert isinstance(kept, FillEvent) and (kept.price, dropped.price) == ("64998.5", "1.5")
-
-
-def test_plain_ascii_is_the_fast_path_only_for_printable_ascii() -> None:
-    assert zll.plain_ascii(enc(fill(1, T)))
-    for odd in ('"\\u001b"', '"\\n"', '"\x7f"', '"\u00e9"'):
-        assert not zll.plain_ascii(b"[" + odd.encode() + b"]"), odd

@@ -21,19 +21,13 @@ import msgspec
 from publisher.event import FillEvent
 from publisher.secret import Secret
 from publisher.venues import VENUES
-from publisher.venues.base import (
-    FetchResult,
-    FillCollector,
-    InvalidFill,
-    SourceConfig,
-    VenueAdapter,
-    VenueDecodeError,
-    decimal_text,
-    executed_at_problem,
-    raw_key,
-)
+from publisher.venues.base import SourceConfig, VenueAdapter
+from publisher.venues.errors import VenueDecodeError
+from publisher.venues.fields import decimal_text, executed_at_problem
 from publisher.venues.http import VenueClient
+from publisher.venues.pages import PublishedFills
 from publisher.venues.registry import VenueSpec
+from publisher.venues.results import FetchResult, InvalidFill, raw_key
 
 TOKEN_PREFIX = "echo-"
 
@@ -95,20 +89,24 @@ class EchoAdapter(VenueAdapter):
         self._source = source
         self._client = client
 
-    async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Callable[[], int]) -> FetchResult:
+    async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Callable[[], int],
+                    published: PublishedFills | None = None) -> FetchResult:
+        """The simplest adapter there is: it reads every fill (the poll loop's dedupe drops those
+        already published), so it needs nothing of `published`."""
         body = await self._client.get("fills", {"since_ns": since_ns})
         observed_at_ns = clock_ns()
         try:
             page = msgspec.json.decode(body, type=EchoPage)
         except msgspec.DecodeError as exc:
             raise VenueDecodeError(f"not an echo page: {exc}") from None
-        collector = FillCollector()
+        result = FetchResult()
         for raw in page.fills:
             try:
-                collector.add(normalise(msgspec.json.decode(raw, type=EchoFill), self._source.name, observed_at_ns))
+                result.fills.append(normalise(msgspec.json.decode(raw, type=EchoFill), self._source.name,
+                                              observed_at_ns))
             except (msgspec.DecodeError, ValueError) as exc:
-                collector.add(InvalidFill(key=raw_key(bytes(raw)), error=str(exc), raw=raw))
-        return collector.result
+                result.invalid.append(InvalidFill(key=raw_key(bytes(raw)), error=str(exc), raw=raw))
+        return result
 
 
 def check_secret(secret: Secret) -> None:

@@ -30,7 +30,8 @@ from publisher.config._errors import (
 )
 from publisher.config._schema import Config, fields, inline_secrets, options, venue_of
 from publisher.venues import VENUES
-from publisher.venues.base import SOURCE_NAME_PATTERN, SourceConfig, parse_rfc3339_ns
+from publisher.venues.base import SOURCE_NAME_PATTERN, SourceConfig
+from publisher.venues.fields import parse_rfc3339_ns
 
 T = TypeVar("T", bound=msgspec.Struct)
 

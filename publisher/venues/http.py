@@ -1,7 +1,7 @@
 """The HTTP layer shared by venue adapters: rate limit, timeouts, error mapping, request counting.
 
 Adapters call :meth:`VenueClient.get` and get the body bytes of a 2xx response, or a
-:class:`~publisher.venues.base.VenueError` whose `reason` is one of the contract's error reasons.
+:class:`~publisher.venues.errors.VenueError` whose `reason` is one of the contract's error reasons.
 Authentication is an :class:`httpx.Auth` the adapter passes to the client, as httpx intends.
 
 :class:`VenueClient` is a small client straight over an :class:`httpx.AsyncBaseTransport` (the
@@ -32,15 +32,8 @@ import msgspec
 
 from publisher import __version__
 from publisher.logs import redact
-from publisher.venues.base import (
-    RESPONSE_BYTES_PER_FILL,
-    RESPONSE_ENVELOPE_BYTES,
-    ErrorReason,
-    ResponseTooLarge,
-    SourceConfig,
-    VenueDecodeError,
-    VenueError,
-)
+from publisher.venues.base import RESPONSE_BYTES_PER_FILL, RESPONSE_ENVELOPE_BYTES, SourceConfig
+from publisher.venues.errors import ErrorReason, ResponseTooLarge, VenueDecodeError, VenueError
 
 #: turns an error response into a short, secret-free description (venue error code and message)
 ErrorDescriber = Callable[[int, bytes], str]

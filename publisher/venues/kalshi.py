@@ -5,7 +5,7 @@ Kalshi's Fill object changed shape several times (integer cents, then `*_fixed` 
 then `*_dollars` strings and `count_fp`; legacy `side`/`action` giving way to `outcome_side` and
 `book_side`), and a poller must read all of them, including mixtures. :class:`KalshiFill` therefore
 declares every field optional and :func:`normalise` does all validation, so one odd fill becomes an
-:class:`~publisher.venues.base.InvalidFill` instead of failing its page.
+:class:`~publisher.venues.results.InvalidFill` instead of failing its page.
 
 Normalisation is in YES terms (see the contract): `side` is `buy` when the fill adds YES contracts
 (buy yes / sell no, `outcome_side` yes) and `price` is the YES price in dollars.
@@ -34,29 +34,23 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
 from publisher.event import FillEvent, VenueFields, plain
 from publisher.secret import Secret
-from publisher.venues.base import (
+from publisher.venues.base import SourceConfig, VenueAdapter
+from publisher.venues.errors import PagingError, VenueDecodeError
+from publisher.venues.fields import (
     MAX_FUTURE_NS,
     MAX_TEXT_LENGTH,
     MIN_EXECUTED_AT_NS,
-    FetchResult,
-    FillCollector,
-    InvalidFill,
-    PagingError,
-    SourceConfig,
-    VenueAdapter,
-    VenueError,
     decimal_text,
-    ends_new,
     executed_at_problem,
-    in_slices,
     is_positive,
     parse_rfc3339_ns,
-    raw_key,
-    repaired_utf8,
+    printable_json,
     text_problem,
 )
 from publisher.venues.http import VenueClient, describe_json_error
+from publisher.venues.pages import PageCodec, PageReader, PublishedFills
 from publisher.venues.registry import VenueSpec
+from publisher.venues.results import FetchResult, InvalidFill, raw_key, repaired_utf8
 
 __all__ = [
     "VENUE",
@@ -387,7 +381,7 @@ def cutoff_ns(body: bytes) -> int:
     try:
         value = _cutoffs_decoder.decode(body).trades_created_ts
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise VenueError("decode", f"undecodable historical cutoff: {exc}") from None
+        raise VenueDecodeError(f"undecodable historical cutoff: {exc}") from None
     try:
         if isinstance(value, str):
             return parse_rfc3339_ns(value)
@@ -395,8 +389,8 @@ def cutoff_ns(body: bytes) -> int:
             # seconds, unless the magnitude says milliseconds (13 digits)
             return int(value * (1_000_000 if value >= 1e11 else 1_000_000_000))
     except ValueError as exc:
-        raise VenueError("decode", f"historical cutoff trades_created_ts: {exc}") from None
-    raise VenueError("decode", f"historical cutoff has no usable trades_created_ts ({str(value)[:40]!r})")
+        raise VenueDecodeError(f"historical cutoff trades_created_ts: {exc}") from None
+    raise VenueDecodeError(f"historical cutoff has no usable trades_created_ts ({str(value)[:40]!r})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -528,16 +522,6 @@ def _executed_at_ns(created_time: str | None, ts: int | None) -> int:
     raise _Invalid("no created_time or ts")
 
 
-def printable_page(body: bytes) -> bool:
-    """Whether every string in the JSON document `body` is printable ASCII, found without looking
-    at the strings: true when the bytes are ASCII with no backslash and no DEL, because JSON
-    allows no raw control character below 0x20 inside a string, and any other non-printable
-    character is either an escape or non-ASCII. A few fast scans of the page instead of an
-    isprintable() per fill (which costs as much as the rest of a fill's checks); a page that
-    fails it has its fills checked one by one."""
-    return body.isascii() and b"\\" not in body and b"\x7f" not in body
-
-
 def _text_problem(fill: KalshiFill, fill_id: str, order_id: str, instrument: str) -> str | None:
     """Why one of the fill's identifiers cannot go into the event (and Kafka keys) as it is."""
     named = (("fill_id", fill_id), ("order_id", order_id), ("instrument", instrument),
@@ -552,7 +536,8 @@ def normalise(fill: KalshiFill, *, source: str, observed_at_ns: int, printable: 
     among others for identifiers with control characters or of absurd length, and for an
     execution time that is not plausible (before 2000, beyond int64 ns, or more than a day past
     the later of `observed_at_ns` and the wall clock). `printable` says the caller knows every
-    string of the fill to be printable already (see :func:`printable_page`).
+    string of the fill to be printable already (see
+    :func:`~publisher.venues.fields.printable_json`).
     """
     # empty strings count as absent
     fill_id = fill.fill_id or fill.trade_id
@@ -666,6 +651,51 @@ def decode_fill(raw: msgspec.Raw, *, source: str, observed_at_ns: int) -> FillEv
 # The adapter
 
 
+class KalshiPages(PageCodec[_Key, KalshiFill]):
+    """A Kalshi fills page (`{"fills": [...], "cursor": ...}`) at each depth of
+    :class:`~publisher.venues.pages.PageReader`'s strategy, for one source."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def read_keys(self, body: bytes) -> tuple[Sequence[_Key], str | None]:
+        page = _key_page_decoder.decode(body)
+        return page.fills or (), page.cursor
+
+    def key_ids(self, keys: Sequence[_Key]) -> list[str]:
+        # the id normalise() gives a fill: its fill_id, else its trade_id (empty counts as absent)
+        return [key.fill_id or key.trade_id or "" for key in keys]
+
+    def read_typed(self, body: bytes) -> tuple[Sequence[KalshiFill], str | None]:
+        page = _typed_page_decoder.decode(body)
+        return page.fills or (), page.cursor
+
+    def fill_ids(self, fills: Sequence[KalshiFill]) -> list[str]:
+        return [fill.fill_id or fill.trade_id or "" for fill in fills]
+
+    def printable(self, body: bytes) -> bool:
+        return printable_json(body)
+
+    def normalise(self, fill: KalshiFill, observed_at_ns: int, printable: bool) -> FillEvent:
+        return normalise(fill, source=self.source, observed_at_ns=observed_at_ns, printable=printable)
+
+    def refused(self, fill: KalshiFill, raw: msgspec.Raw, error: ValueError, observed_at_ns: int) -> InvalidFill:
+        return _invalid(raw, str(error))
+
+    def read_raw(self, body: bytes) -> tuple[Sequence[msgspec.Raw], str | None]:
+        try:
+            page = _page_decoder.decode(body)
+        except msgspec.DecodeError as exc:
+            raise VenueDecodeError(f"undecodable fills page: {exc}") from None
+        return page.fills or (), page.cursor
+
+    def raw_id(self, raw: msgspec.Raw, observed_at_ns: int) -> str:
+        return _known_key(raw) or ""
+
+    def decode(self, raw: msgspec.Raw, observed_at_ns: int) -> FillEvent | InvalidFill:
+        return decode_fill(raw, source=self.source, observed_at_ns=observed_at_ns)
+
+
 class KalshiAdapter(VenueAdapter):
     """Polls `GET /portfolio/fills` from `since_ns` (minus a second), following the cursor, and
     `GET /historical/fills` as well when `since_ns` lies below the fills cutoff.
@@ -676,7 +706,8 @@ class KalshiAdapter(VenueAdapter):
     The live fills are read first, then the cutoff (when the cached one is stale, or near the
     floor), then the historical fills: a fill the venue moves to the historical tier while the
     poll reads the live one is found on the historical endpoint, which is read last and without
-    an upper bound. The same fill seen on both is kept once.
+    an upper bound. The same fill seen on both is kept once. Pages are read by
+    :class:`~publisher.venues.pages.PageReader` with :class:`KalshiPages`.
     """
 
     venue = "kalshi"
@@ -685,12 +716,7 @@ class KalshiAdapter(VenueAdapter):
         self._source = source
         self._client = client
         self._max_pages = max_pages
-        #: the last page read in this poll held mostly new fills: read the next one typed first
-        #: (see _read_page)
-        self._mostly_new = False
-        #: (fills, first key, last key) of the last page read: a venue serving one page again
-        #: under new cursors is caught at the second copy, not after MAX_PAGES_PER_POLL pages
-        self._page_ends: tuple[int, str | None, str | None] = (0, None, None)
+        self.pages = KalshiPages(source.name)
         #: the fills cutoff (ns) and when it was read (our clock, ns); None until first read
         self._cutoff: tuple[int, int] | None = None
 
@@ -701,35 +727,39 @@ class KalshiAdapter(VenueAdapter):
             params["subaccount"] = self._source.subaccount
         return params
 
-    async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Callable[[], int]) -> FetchResult:
+    async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Callable[[], int],
+                    published: PublishedFills | None = None) -> FetchResult:
         """Every fill since `since_ns`, all pages of both tiers; `paging_state` is unused (always None)."""
-        collector = FillCollector()
-        self._mostly_new = False  # a poll starts as a re-read of fills already published, the usual case
-        pages = await self._walk(FILLS_PATH, since_ns, collector, clock_ns, self._max_pages)
+        reader = PageReader(self.pages, published)
+        pages = await self._walk(FILLS_PATH, since_ns, reader, clock_ns, self._max_pages)
         if since_ns < await self._fills_cutoff(since_ns, clock_ns()):
-            await self._walk(HISTORICAL_FILLS_PATH, since_ns, collector, clock_ns, self._max_pages - pages)
-        return collector.result
+            await self._walk(HISTORICAL_FILLS_PATH, since_ns, reader, clock_ns, self._max_pages - pages)
+        return reader.result
 
-    async def _walk(self, path: str, since_ns: int, collector: FillCollector, clock_ns: Callable[[], int],
+    async def _walk(self, path: str, since_ns: int, reader: PageReader[_Key, KalshiFill], clock_ns: Callable[[], int],
                     max_pages: int) -> int:
-        """Read every page of one fills endpoint into `collector`; returns how many pages."""
+        """Read every page of one fills endpoint into `reader`; returns how many pages."""
         seen_cursors: set[str] = set()
-        previous: tuple[int, str | None, str | None] | None = None
+        # (fills, first id, last id) of the page before: a venue serving one page again under new
+        # cursors is caught at the second copy, not after max_pages pages
+        previous: tuple[int, str, str] | None = None
         cursor: str | None = None
-        for page in range(1, max_pages + 1):
+        for page_number in range(1, max_pages + 1):
             params = self._params(since_ns)
             if cursor:
                 params["cursor"] = cursor
             body = await self._client.get(path, params=params)
-            cursor = await self._read_page(body, collector, clock_ns())
+            page = await reader.read(body, clock_ns())
+            cursor = page.cursor
             if not cursor:
-                return page
+                return page_number
             if cursor in seen_cursors:
                 raise PagingError(f"{path}: the venue returned a cursor it had already returned (paging loop)")
-            if self._page_ends[0] and self._page_ends == previous:
+            ends = (len(page.ids), page.ids[0], page.ids[-1]) if page.ids else None
+            if ends is not None and ends == previous:
                 raise PagingError(f"{path}: the venue returned the same page again under a new cursor "
                                            "(paging loop)")
-            previous = self._page_ends
+            previous = ends
             seen_cursors.add(cursor)
         raise PagingError(f"more than {self._max_pages} pages in one poll; the venue keeps paging")
 
@@ -739,91 +769,6 @@ class KalshiAdapter(VenueAdapter):
         if cached is None or now_ns - cached[1] >= CUTOFF_REFRESH_NS or since_ns < cached[0] + CUTOFF_MARGIN_NS:
             cached = self._cutoff = (cutoff_ns(await self._client.get(CUTOFF_PATH)), now_ns)
         return cached[0]
-
-    async def _read_page(self, body: bytes, collector: FillCollector, observed_at_ns: int) -> str | None:
-        """Decode one page into `collector` and return its cursor.
-
-        Which decoding is cheapest depends on the page: while pages hold mostly fills already
-        published (the overlap re-read), the fills' keys first, counting those :attr:`known` to
-        be published instead of normalising them, and then only the new fills; while they hold
-        mostly new fills (a backlog), the whole page typed in one go and every fill normalised
-        (unless an end of it is published already, see :func:`~publisher.venues.base.ends_new`);
-        fill by fill, when a fill is malformed or not UTF-8. Fills are handled in slices
-        (:func:`in_slices`) so a big page does not hold the event loop.
-        """
-        source = self._source.name
-        known = self.known
-        if known is not None and not self._mostly_new:
-            try:
-                keys = _key_page_decoder.decode(body)
-            except (msgspec.ValidationError, msgspec.DecodeError):
-                # a fill that is not even an object, an id not UTF-8, or a broken page (which
-                # _read_raw reports)
-                return self._read_raw(body, collector, observed_at_ns)
-            key_fills = keys.fills or ()
-            fresh = await _fresh(collector, [_key_of(key) for key in key_fills], known)
-            self._page_ends = _ends(key_fills)
-            self._mostly_new = 2 * len(fresh) > len(key_fills)
-            if len(fresh) < len(key_fills):
-                if fresh:
-                    page_raws = _page_decoder.decode(body).fills or ()
-                    async for _, chunk in in_slices(fresh):
-                        for i in chunk:
-                            collector.add(decode_fill(page_raws[i], source=source, observed_at_ns=observed_at_ns))
-                return keys.cursor
-            known = None  # all new: checked already
-        try:
-            page = _typed_page_decoder.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            return self._read_raw(body, collector, observed_at_ns)  # a fill of the wrong shape, or not UTF-8
-        fills: Sequence[KalshiFill] = page.fills or ()
-        self._page_ends = _ends(fills)
-        printable = printable_page(body)
-        indices: Sequence[int] = range(len(fills))
-        if known is not None and fills and not ends_new(known, _key_of(fills[0]), _key_of(fills[-1])):
-            indices = await _fresh(collector, [_key_of(fill) for fill in fills], known)
-            self._mostly_new = 2 * len(indices) > len(fills)
-        raws: Sequence[msgspec.Raw] | None = None
-        async for _, part in in_slices(indices):
-            for i in part:
-                try:
-                    collector.add(normalise(fills[i], source=source, observed_at_ns=observed_at_ns, printable=printable))
-                except ValueError as exc:
-                    # the dead letter carries the venue's bytes: re-read the page raw (rare)
-                    raws = raws or _page_decoder.decode(body).fills or ()
-                    collector.add(_invalid(raws[i], str(exc)))
-        return page.cursor
-
-    def _read_raw(self, body: bytes, collector: FillCollector, observed_at_ns: int) -> str | None:
-        """:meth:`_read_page` for a page with a malformed fill: each fill decoded on its own."""
-        try:
-            page = _page_decoder.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise VenueError("decode", f"undecodable fills page: {exc}") from None
-        source = self._source.name
-        known = self.known
-        raws = page.fills or ()
-        self._page_ends = (len(raws), _known_key(raws[0]), _known_key(raws[-1])) if raws else (0, None, None)
-        for raw in raws:
-            if known is not None and collector.skip_known(_known_key(raw), known) is not None:
-                continue
-            collector.add(decode_fill(raw, source=source, observed_at_ns=observed_at_ns))
-        return page.cursor
-
-
-def _ends(fills: Sequence[KalshiFill | _Key]) -> tuple[int, str | None, str | None]:
-    # a page's fingerprint for the paging-loop guard: its length and the keys at both ends
-    return (len(fills), _key_of(fills[0]), _key_of(fills[-1])) if fills else (0, None, None)
-
-
-def _key_of(fill: KalshiFill | _Key) -> str | None:
-    # the dedupe key normalise() gives the fill: its fill_id, else its trade_id (empty: none)
-    return fill.fill_id or fill.trade_id or None
-
-
-async def _fresh(collector: FillCollector, keys: list[str | None], known: Callable[[str], bool]) -> list[int]:
-    """Indices of the fills :meth:`FillCollector.skip_known_page` does not skip."""
-    return [i for i, verdict in enumerate(await collector.skip_known_sliced(keys, known)) if verdict is None]
 
 
 def create_adapter(

@@ -42,7 +42,7 @@ import functools
 import itertools
 import time
 import urllib.parse
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -51,29 +51,24 @@ import msgspec
 
 from publisher.event import FillEvent, VenueFields
 from publisher.secret import Secret
-from publisher.venues.base import (
+from publisher.venues.base import SourceConfig, VenueAdapter
+from publisher.venues.errors import PagingError, VenueDecodeError, VenueError
+from publisher.venues.fields import (
     MAX_FUTURE_NS,
     MAX_INT64,
     MAX_TEXT_LENGTH,
     MIN_EXECUTED_AT_NS,
-    FetchResult,
-    FillCollector,
-    InvalidFill,
-    PagingError,
-    SourceConfig,
-    VenueAdapter,
-    VenueError,
     decimal_text,
-    ends_new,
     executed_at_problem,
-    in_slices,
     is_negative,
     is_positive,
-    raw_key,
+    printable_json,
     text_problem,
 )
 from publisher.venues.http import VenueClient, describe_json_error
+from publisher.venues.pages import Page, PageCodec, PageReader, PublishedFills
 from publisher.venues.registry import VenueSpec
+from publisher.venues.results import DEAD_LETTER_PREFIX, FetchResult, InvalidFill, raw_key
 
 __all__ = [
     "VENUE",
@@ -209,20 +204,13 @@ def _quantity(text: str) -> str:
     return quantity
 
 
-def plain_ascii(body: bytes) -> bool:
-    """Whether every string in JSON `body` is printable ASCII, judged on the bytes: ASCII with no
-    escape (a backslash) and no DEL. Raw control characters are invalid JSON, so a string can only
-    hold one escaped; two scans in C per page instead of one per field of every fill."""
-    return body.isascii() and b"\\" not in body and b"\x7f" not in body
-
-
 def normalise(fill: ZllFill, *, source: str, observed_at_ns: int, printable: bool = False) -> FillEvent:
     """Turn one ZLL fill into a :class:`FillEvent`; :class:`ValueError` when it is unusable.
 
     `time` must be plausible nanoseconds: the docs' only example has 19 digits, and a millisecond
     or microsecond value read as nanoseconds would date the fill in 1970, where the poll loop's
     window would ignore it. `printable` says the caller knows every string of the fill is
-    printable (see :func:`plain_ascii`).
+    printable (see :func:`~publisher.venues.fields.printable_json`).
     """
     fill_id, market, request_id, when = fill.id, fill.market, fill.request_id, fill.time
     # the conditions of text_problem() and executed_at_problem() inlined: this runs for every
@@ -260,17 +248,6 @@ def normalise(fill: ZllFill, *, source: str, observed_at_ns: int, printable: boo
     )
 
 
-@dataclass(slots=True)
-class _Item:
-    """One fill of a page: the normalised event or dead letter, and its time when readable."""
-
-    time: int | None
-    #: None for a fill skipped unread (already published, see `VenueAdapter.known`)
-    outcome: FillEvent | InvalidFill | None
-    #: already read earlier in this poll: fills inserted meanwhile shifted it onto this page
-    repeat: bool = False
-
-
 def _plausible(when: int, observed_at_ns: int) -> int | None:
     # a time that is no execution time (wrong unit, garbage) says nothing about the order and
     # must not date a dead letter either
@@ -278,7 +255,7 @@ def _plausible(when: int, observed_at_ns: int) -> int | None:
 
 
 def _loose_fields(raw: msgspec.Raw, observed_at_ns: int) -> tuple[str | None, int | None]:
-    """(dedupe key, time) as far as they can be read, exactly as :func:`_decode_item` reads them
+    """(dedupe key, time) as far as they can be read, exactly as :func:`decode_fill` reads them
     from a fill that fails to decode (and equal to a decodable fill's `id` and `time`); a time
     that is not plausible nanoseconds is None."""
     try:
@@ -299,19 +276,11 @@ def _loose_fields(raw: msgspec.Raw, observed_at_ns: int) -> tuple[str | None, in
     return key, None if when is None else _plausible(when, observed_at_ns)
 
 
-def _normalised_item(fill: ZllFill, raw: msgspec.Raw, *, source: str, observed_at_ns: int) -> _Item:
-    """The item of a decoded fill, whose bytes are `raw`."""
-    try:
-        return _Item(fill.time, normalise(fill, source=source, observed_at_ns=observed_at_ns))
-    except ValueError as exc:
-        return _failed_item(fill, raw, exc, observed_at_ns)
-
-
-def _failed_item(fill: ZllFill, raw: msgspec.Raw, exc: ValueError, observed_at_ns: int) -> _Item:
-    """The item of a decoded fill that :func:`normalise` refused: a dead letter of its bytes."""
+def _refused(fill: ZllFill, raw: msgspec.Raw, exc: ValueError, observed_at_ns: int) -> InvalidFill:
+    """The dead letter of a decoded fill that :func:`normalise` refused, carrying its bytes `raw`."""
     valid_time = _plausible(fill.time, observed_at_ns)
     key = fill.id if fill.id and text_problem("id", fill.id) is None else raw_key(raw)
-    return _Item(valid_time, InvalidFill(key=key, error=str(exc), raw=raw, executed_at_ns=valid_time))
+    return InvalidFill(key=key, error=str(exc), raw=raw, executed_at_ns=valid_time)
 
 
 def _valid_utf8(raw: msgspec.Raw) -> tuple[msgspec.Raw, str]:
@@ -326,18 +295,64 @@ def _valid_utf8(raw: msgspec.Raw) -> tuple[msgspec.Raw, str]:
     return raw, ""
 
 
-def _decode_item(raw: msgspec.Raw, *, source: str, observed_at_ns: int) -> _Item:
+def decode_fill(raw: msgspec.Raw, *, source: str, observed_at_ns: int) -> FillEvent | InvalidFill:
+    """Decode and normalise one raw fill; never raises for a bad fill. A dead letter is dated by
+    the fill's time when that is readable and plausible."""
     try:
         fill = _fill_decoder.decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         error = f"undecodable fill: {exc}"
     else:
-        return _normalised_item(fill, raw, source=source, observed_at_ns=observed_at_ns)
+        try:
+            return normalise(fill, source=source, observed_at_ns=observed_at_ns)
+        except ValueError as exc:
+            return _refused(fill, raw, exc, observed_at_ns)
     raw, note = _valid_utf8(raw)
     key, when = _loose_fields(raw, observed_at_ns)
     if key is not None and text_problem("id", key) is not None:
         key = None
-    return _Item(when, InvalidFill(key=key or raw_key(raw), error=error + note, raw=raw, executed_at_ns=when))
+    return InvalidFill(key=key or raw_key(raw), error=error + note, raw=raw, executed_at_ns=when)
+
+
+class ZllPages(PageCodec[_Key, ZllFill]):
+    """A ZLL fills page (a JSON array, no cursor) at each depth of
+    :class:`~publisher.venues.pages.PageReader`'s strategy, for one source."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def read_keys(self, body: bytes) -> tuple[Sequence[_Key], str | None]:
+        return _key_page_decoder.decode(body), None
+
+    def key_ids(self, keys: Sequence[_Key]) -> list[str]:
+        return [key.id or "" for key in keys]
+
+    def read_typed(self, body: bytes) -> tuple[Sequence[ZllFill], str | None]:
+        return _typed_page_decoder.decode(body), None
+
+    def fill_ids(self, fills: Sequence[ZllFill]) -> list[str]:
+        return [fill.id for fill in fills]
+
+    def printable(self, body: bytes) -> bool:
+        return printable_json(body)
+
+    def normalise(self, fill: ZllFill, observed_at_ns: int, printable: bool) -> FillEvent:
+        return normalise(fill, source=self.source, observed_at_ns=observed_at_ns, printable=printable)
+
+    def refused(self, fill: ZllFill, raw: msgspec.Raw, error: ValueError, observed_at_ns: int) -> InvalidFill:
+        return _refused(fill, raw, error, observed_at_ns)
+
+    def read_raw(self, body: bytes) -> tuple[Sequence[msgspec.Raw], str | None]:
+        try:
+            return _page_decoder.decode(body), None
+        except msgspec.DecodeError as exc:
+            raise VenueDecodeError(f"undecodable fills page: {exc}") from None
+
+    def raw_id(self, raw: msgspec.Raw, observed_at_ns: int) -> str:
+        return _loose_fields(raw, observed_at_ns)[0] or ""
+
+    def decode(self, raw: msgspec.Raw, observed_at_ns: int) -> FillEvent | InvalidFill:
+        return decode_fill(raw, source=self.source, observed_at_ns=observed_at_ns)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -368,12 +383,38 @@ class _Order:
             self.last = t
 
 
-def _times(page: list[_Item], *, fresh_only: bool = False) -> list[int]:
+@dataclass(slots=True)
+class _Listing:
+    """What the walk needs of one page, fill by fill: each fill's time (None when unreadable or
+    not plausible) and whether it was read earlier in this poll."""
+
+    times: list[int | None]
+    repeats: list[bool]
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    @classmethod
+    def of(cls, page: Page, observed_at_ns: int) -> _Listing:
+        """The listing of a page :class:`~publisher.venues.pages.PageReader` read: a fill read in
+        full is dated as its event or dead letter is, one skipped unread by the entry it was read as."""
+        entries = page.entries
+        if page.depth == "raw":
+            times = [outcome.executed_at_ns if outcome is not None else _loose_fields(raw, observed_at_ns)[1]
+                     for outcome, raw in zip(page.outcomes, entries, strict=True)]
+        else:  # key items and typed fills both carry the venue's `time`
+            times = [outcome.executed_at_ns if outcome is not None else entry.time
+                     for outcome, entry in zip(page.outcomes, entries, strict=True)]
+        return cls(times, page.repeats)
+
+
+def _times(page: _Listing, *, fresh_only: bool = False) -> list[int]:
     # a fill whose time cannot be read says nothing about the order
-    return [item.time for item in page if item.time is not None and not (fresh_only and item.repeat)]
+    return [time for time, repeat in zip(page.times, page.repeats, strict=True)
+            if time is not None and not (fresh_only and repeat)]
 
 
-def _shifted(page: list[_Item]) -> bool:
+def _shifted(page: _Listing) -> bool:
     """Whether fills were inserted before this page since the previous one was read.
 
     Then the page starts with repeats of the previous page's last fills, and a late fill inserted
@@ -381,12 +422,12 @@ def _shifted(page: list[_Item]) -> bool:
     comparing it with the previous page's last fill would show a step against the order that is
     not there. A page is one consistent snapshot, so only steps within it count then.
     """
-    return any(item.repeat for item in page)
+    return any(page.repeats)
 
 
-def _last_time(page: list[_Item]) -> int:
+def _last_time(page: _Listing) -> int:
     # only called on pages that _all_old accepted: every fill there has a time
-    time = page[-1].time
+    time = page.times[-1]
     assert time is not None
     return time
 
@@ -409,9 +450,11 @@ def _resume_offset(paging_state: Any) -> int:
 
 
 class _Poll:
-    """One poll's walk over the offset-paged list."""
+    """One poll's walk over the offset-paged list; its pages are read by a
+    :class:`~publisher.venues.pages.PageReader` (:attr:`pages`) with :class:`ZllPages`."""
 
-    def __init__(self, adapter: ZllAdapter, since_ns: int, clock_ns: Callable[[], int]):
+    def __init__(self, adapter: ZllAdapter, since_ns: int, clock_ns: Callable[[], int],
+                 published: PublishedFills | None):
         self._adapter = adapter
         self._since = since_ns
         self._clock_ns = clock_ns
@@ -420,19 +463,17 @@ class _Poll:
         #: the previous page's (offset, body) and how often in a row a page came back the same
         self._previous: tuple[int, bytes] | None = None
         self._same = 0
-        self.collector = FillCollector()
-        #: the last page read held mostly new fills: read the next one typed first (see read());
-        #: a poll starts as a re-read of fills already published, the usual case
-        self.mostly_new = False
+        self.pages = PageReader(adapter.pages, published)
 
-    async def page(self, offset: int) -> list[_Item]:
-        """Fetch, decode and collect the page at `offset`."""
+    async def page(self, offset: int) -> _Listing:
+        """Fetch and read the page at `offset`."""
         self._pages += 1
         if self._pages > self._adapter.max_pages:
             raise PagingError(f"more than {self._adapter.max_pages} pages in one poll; the venue keeps paging")
         body = await self._adapter.client.get(FILLS_PATH, params=self._adapter.params(offset))
         self._check_progress(offset, body)
-        return await self.read(body, self._clock_ns())
+        observed_at_ns = self._clock_ns()
+        return _Listing.of(await self.pages.read(body, observed_at_ns), observed_at_ns)
 
     def _check_progress(self, offset: int, body: bytes) -> None:
         """Trip the loop guard when full pages at advancing offsets keep coming back the same."""
@@ -443,95 +484,8 @@ class _Poll:
             return
         self._same += 1
         if self._same >= MAX_SAME_PAGES:
-            raise VenueError("decode", f"the venue served the same page {self._same + 1} times in a row, up to "
-                             f"offset {offset}: it ignores `offset`")
-
-    async def read(self, body: bytes, observed_at_ns: int) -> list[_Item]:
-        """Decode one page into the collector, in whichever way is cheapest for it, in slices
-        (see :meth:`KalshiAdapter._read_page <publisher.venues.kalshi.KalshiAdapter._read_page>`);
-        the result never depends on the way taken."""
-        adapter = self._adapter
-        known = adapter.known
-        if known is not None and not self.mostly_new:
-            try:
-                keys = _key_page_decoder.decode(body)
-            except (msgspec.ValidationError, msgspec.DecodeError):
-                # an id or time of the wrong type, or a string that is not UTF-8: fill by fill
-                return self._read_raw(body, observed_at_ns)
-            # fills already published need only their time (for the order): decode just the rest
-            items = await self._skip_known([key.id for key in keys], [key.time for key in keys], known)
-            fresh = [i for i, item in enumerate(items) if item is None]
-            if len(fresh) < len(items):
-                if fresh:
-                    raws = _page_decoder.decode(body)
-                    source = adapter.source.name
-                    async for _, indices in in_slices(fresh):
-                        for i in indices:
-                            items[i] = self._collect(_decode_item(raws[i], source=source, observed_at_ns=observed_at_ns))
-                return items  # type: ignore[return-value]  # every slot is filled now
-            known = None  # all new: checked already
-        return await self._read_typed(body, observed_at_ns, known)
-
-    async def _skip_known(self, ids: list[str | None], times: list[int | None],
-                          known: Callable[[str], bool]) -> list[_Item | None]:
-        """Per fill: an item for a fill skipped as known or repeated, None for a new one;
-        remembers whether most were new (see :attr:`mostly_new`)."""
-        verdicts = await self.collector.skip_known_sliced([fill_id or None for fill_id in ids], known)
-        # positional: keyword arguments double the cost of an _Item, made for every re-read fill
-        items = [None if verdict is None else _Item(time, None, not verdict)
-                 for time, verdict in zip(times, verdicts, strict=True)]
-        self.mostly_new = 2 * verdicts.count(None) > len(verdicts)
-        return items
-
-    def _collect(self, item: _Item) -> _Item:
-        item.repeat = not self.collector.add(item.outcome)  # type: ignore[arg-type]
-        return item
-
-    async def _read_typed(self, body: bytes, observed_at_ns: int, known: Callable[[str], bool] | None) -> list[_Item]:
-        """:meth:`page` decoded in one go, straight into types; with `known`, fills published
-        already are skipped when an end of the page is (see :func:`~publisher.venues.base.ends_new`)."""
-        try:
-            fills = _typed_page_decoder.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            return self._read_raw(body, observed_at_ns)  # a malformed fill: fill by fill
-        source = self._adapter.source.name
-        items: list[_Item | None] = [None] * len(fills)
-        if known is not None and fills and not ends_new(known, fills[0].id or None, fills[-1].id or None):
-            items = await self._skip_known([f.id for f in fills], [f.time for f in fills], known)
-        raws: list[msgspec.Raw] = []
-        printable = plain_ascii(body)
-        async for _, indices in in_slices([i for i, item in enumerate(items) if item is None]):
-            for i in indices:
-                fill = fills[i]
-                try:
-                    item = _Item(fill.time, normalise(fill, source=source, observed_at_ns=observed_at_ns,
-                                                      printable=printable))
-                except ValueError as exc:
-                    # the dead letter carries the venue's bytes: re-read the page raw (rare)
-                    raws = raws or _page_decoder.decode(body)
-                    item = _failed_item(fill, raws[i], exc, observed_at_ns)
-                items[i] = self._collect(item)
-        return items  # type: ignore[return-value]  # every slot is filled now
-
-    def _read_raw(self, body: bytes, observed_at_ns: int) -> list[_Item]:
-        """:meth:`page` for a page with a malformed fill: each fill decoded on its own."""
-        try:
-            raws = _page_decoder.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise VenueError("decode", f"undecodable fills page: {exc}") from None
-        source = self._adapter.source.name
-        collector = self.collector
-        known = self._adapter.known
-        items = []
-        for raw in raws:
-            if known is not None:
-                key, when = _loose_fields(raw, observed_at_ns)
-                counted = collector.skip_known(key, known)
-                if counted is not None:  # a published fill (or a repeat): its time is all we need
-                    items.append(_Item(when, None, repeat=not counted))
-                    continue
-            items.append(self._collect(_decode_item(raw, source=source, observed_at_ns=observed_at_ns)))
-        return items
+            raise PagingError(f"the venue served the same page {self._same + 1} times in a row, up to "
+                              f"offset {offset}: it ignores `offset`")
 
     def _old(self, t: int) -> bool:
         return t < self._since
@@ -553,14 +507,14 @@ class _Poll:
             return self._finish(*await self._walk(0, await self.page(0), _Order("mixed"), skipped=False))
 
     def _finish(self, order: _Order, boundary: int | None) -> FetchResult:
-        result = self.collector.result
+        result = self.pages.result
         if order.direction == "asc" and boundary is not None:
             # one page below the boundary: cheap insurance, and the fill there validates the offset
             resume = max(0, boundary - self._limit)
             result.paging_state = {"resume_offset": resume} if resume > 0 else None
         return result
 
-    async def _walk(self, offset: int, page: list[_Item], order: _Order, *, skipped: bool) -> tuple[_Order, int | None]:
+    async def _walk(self, offset: int, page: _Listing, order: _Order, *, skipped: bool) -> tuple[_Order, int | None]:
         """Read from `page` (at `offset`) to where the order says to stop.
 
         Returns the order seen and, for ascending lists, the offset of the first fill not older than
@@ -573,8 +527,8 @@ class _Poll:
             if order.direction == "mixed" and skipped:
                 raise _Restart
             if boundary is None:
-                for index, item in enumerate(page):
-                    if item.time is not None and not self._old(item.time):
+                for index, time in enumerate(page.times):
+                    if time is not None and not self._old(time):
                         boundary = offset + index
                         break
             if len(page) < self._limit:
@@ -590,11 +544,11 @@ class _Poll:
             offset += self._limit
             page = await self.page(offset)
 
-    def _all_old(self, page: list[_Item]) -> bool:
+    def _all_old(self, page: _Listing) -> bool:
         # a full page whose every fill, its last included, is known to be older than since_ns
-        return len(page) == self._limit and all(item.time is not None and self._old(item.time) for item in page)
+        return len(page) == self._limit and all(time is not None and self._old(time) for time in page.times)
 
-    def _probe(self, page: list[_Item], floor: int) -> Literal["new", "old", "here"]:
+    def _probe(self, page: _Listing, floor: int) -> Literal["new", "old", "here"]:
         """Where an ascending probe page lies: at/after the boundary (or past the end), entirely
         before it, or holding it. A page out of order, or below `floor`, means starting over."""
         times = _times(page)
@@ -607,7 +561,7 @@ class _Poll:
             return "new"
         return "old" if self._all_old(page) else "here"
 
-    async def _gallop(self, lo: int, before: list[_Item]) -> tuple[int, list[_Item]]:
+    async def _gallop(self, lo: int, before: _Listing) -> tuple[int, _Listing]:
         """Find the page holding the first fill not older than `since_ns` in an ascending list.
 
         `before` is the (entirely old) page that ends at offset `lo`. Invariant: every fill before
@@ -654,6 +608,7 @@ class ZllAdapter(VenueAdapter):
         self.source = source
         self.client = client
         self.max_pages = max_pages
+        self.pages = ZllPages(source.name)
 
     def params(self, offset: int) -> dict[str, str | int]:
         """Query parameters of the page at `offset`."""
@@ -664,31 +619,35 @@ class ZllAdapter(VenueAdapter):
         params["offset"] = offset
         return params
 
-    async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Callable[[], int]) -> FetchResult:
+    async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Callable[[], int],
+                    published: PublishedFills | None = None) -> FetchResult:
         """Every fill since `since_ns` (and some older); `paging_state` carries the resume offset.
 
         A fill whose list copy is unusable is looked up by id once before it is dead-lettered:
         published when that copy is well-formed, else the dead letter says what it held.
         """
-        result = await _Poll(self, since_ns, clock_ns).run(_resume_offset(paging_state))
+        result = await _Poll(self, since_ns, clock_ns, published).run(_resume_offset(paging_state))
         if result.invalid:
-            await self._second_look(result, clock_ns)
+            await self._second_look(result, clock_ns, published)
         return result
 
-    async def _second_look(self, result: FetchResult, clock_ns: Callable[[], int]) -> None:
-        known = self.known
+    async def _second_look(self, result: FetchResult, clock_ns: Callable[[], int],
+                           published: PublishedFills | None) -> None:
         kept: list[InvalidFill] = []
         looked = 0
         for bad in result.invalid:
             key = bad.key
             if (key.startswith("sha256:") or looked >= MAX_SECOND_LOOKS
-                    or (known is not None and (known(key) or known("dlq:" + key)))):
+                    or (published is not None
+                        and any(published.are_published(published.keys((key, DEAD_LETTER_PREFIX + key)))))):
                 kept.append(bad)  # no id, too many, or handled already (published or dead-lettered)
                 continue
             looked += 1
             copy = await self.lookup(key, clock_ns())
             if isinstance(copy, FillEvent):
                 result.fills.append(copy)
+                if result.keys is not None and published is not None:
+                    result.keys += published.keys((copy.fill_id,))
             else:
                 bad.error = f"{bad.error}; by id: {copy}"
                 kept.append(bad)
