@@ -30,7 +30,7 @@ from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
-from aiokafka.errors import KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from publisher.config import ConfigError, Settings, fills_topic
 from publisher.kafkaclient import consumer_options, ensure_topics, topic_partitions
@@ -54,6 +54,7 @@ class GroupMembership(ConsumerRebalanceListener):
         self._ownership = ownership
         self._metrics = metrics
         self._layout = ownership.layout
+        ownership.confirm = self.confirm
         assert self._layout.group_id is not None
         self.group_id: str = self._layout.group_id
         self._consumer: AIOKafkaConsumer | None = None
@@ -64,6 +65,28 @@ class GroupMembership(ConsumerRebalanceListener):
         #: what start-up waits for before the first join
         self._waiting = "waiting for Kafka: checkpoint topic"
         self._background: set[asyncio.Task[bool]] = set()
+
+    async def confirm(self, shard: int) -> bool:
+        """Whether this instance still owns `shard` in the group's current generation, asked of
+        Kafka before the shard's producer is initialised.
+
+        An offset commit for the shard's partition succeeds only for a member of the current
+        generation: the coordinator refuses it after this member was evicted (a freeze or a cut
+        past the session timeout) and while a rebalance is under way. Without this, an instance
+        that thaws after its shards moved could initialise a shard's producer before its own
+        membership noticed, fencing the instance that owns the shard now. (The committed offsets
+        mean nothing: nothing is read from the partitions.) Raises when Kafka cannot tell yet.
+        """
+        consumer = self._consumer
+        if consumer is None or not self.assigned:
+            return False
+        kafka = self._settings.config.kafka
+        try:
+            await asyncio.wait_for(consumer.commit({TopicPartition(kafka.checkpoint_topic, shard): (0, "owner")}),
+                                   kafka.request_timeout_s)
+        except (CommitFailedError, IllegalStateError):
+            return False
+        return True
 
     def not_ready_reason(self) -> str | None:
         if not self.assigned:

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 from publisher.config import Settings
 from publisher.metrics import Metrics
-from publisher.shard_runner import ShardRunner
+from publisher.shard_runner import Confirm, ShardRunner
 from publisher.shards import ShardLayout
 from publisher.sink import TransactionalIdLostError
 from publisher.sink.backlog import Backlog
@@ -30,6 +30,9 @@ class Ownership:
     """Runs the shards this instance owns (see the module docstring)."""
 
     def __init__(self, layout: ShardLayout, settings: Settings, metrics: Metrics, tls: ssl.SSLContext):
+        #: set by the membership of a group: asks Kafka whether a shard is still ours before its
+        #: producer is initialised (None without a cluster: the one shard is always ours)
+        self.confirm: Confirm | None = None
         self.layout = layout
         self._settings = settings
         self._metrics = metrics
@@ -73,7 +76,7 @@ class Ownership:
             if shard is None or number in self.runners:
                 continue
             runner = ShardRunner(shard, self._settings, self._metrics, self.backlog, self._tls,
-                                 create_topics=not self.layout.grouped)
+                                 create_topics=not self.layout.grouped, confirm=self.confirm)
             self.runners[number] = runner
             task = asyncio.create_task(runner.run(), name=f"shard:{number}")
             task.add_done_callback(functools.partial(self._ended, runner))

@@ -29,6 +29,7 @@ import contextlib
 import logging
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 
 from publisher.checkpoint import Checkpoint, read_checkpoints
 from publisher.config import Settings, fills_topic
@@ -44,6 +45,9 @@ from publisher.venues.transport import SourceTransport
 
 log = logging.getLogger(__name__)
 
+#: asks the consumer group whether this instance still owns a shard (by number)
+Confirm = Callable[[int], Awaitable[bool]]
+
 #: of the time given to give a shard back, how long polls under way may take to finish
 POLL_GRACE_S = 1.5
 
@@ -52,12 +56,15 @@ class ShardRunner:
     """Takes, runs and gives back one shard (see the module docstring)."""
 
     def __init__(self, shard: Shard, settings: Settings, metrics: Metrics, backlog: Backlog, tls: ssl.SSLContext,
-                 *, create_topics: bool):
+                 *, create_topics: bool, confirm: Confirm | None = None):
         self.shard = shard
         self._settings = settings
         self._metrics = metrics
         self._tls = tls
         self._create_topics = create_topics
+        self._confirm = confirm
+        #: the group says the shard is no longer ours: it waits to be given back
+        self._disowned = False
         self._backlog = backlog
         self.sink = self._new_sink()
         #: times the shard was taken again because its producer had to be replaced
@@ -93,6 +100,8 @@ class ShardRunner:
         """None once the shard polls and commits, else what it waits for."""
         if not self.shard.sources:
             return None
+        if self._disowned:
+            return "no longer ours in the consumer group: waiting for the rebalance"
         if not self.restored:
             # the sink turns healthy once its producer is initialised, the step before the restore
             return "restoring checkpoints" if self.sink.healthy else "waiting for Kafka: producer not initialised"
@@ -130,6 +139,8 @@ class ShardRunner:
         """Producer, checkpoints, pollers; False when stopped first."""
         if self._stop.is_set():
             return False  # given back already: the shard may be another instance's by now
+        if not await self._still_ours():
+            return False
         try:
             await self.sink.start(self._stop)
         except asyncio.CancelledError:
@@ -147,6 +158,30 @@ class ShardRunner:
         log.info("%sready: %d sources polling", f"shard {self.shard.number} " if self._grouped else "",
                  len(self.pollers))
         return True
+
+    async def _still_ours(self) -> bool:
+        """In a group, ask Kafka whether the shard is still ours before initialising its producer
+        (see :meth:`~publisher.membership.GroupMembership.confirm`); when it is not, wait to be
+        given back (the group's rebalance is under way) and return False."""
+        if self._confirm is None:
+            return True
+        backoff = Backoff(base_s=0.2, cap_s=5.0)
+        while not self._stop.is_set():
+            try:
+                if await self._confirm(self.shard.number):
+                    return True
+            except Exception as exc:  # noqa: BLE001 - Kafka cannot tell yet: ask again
+                delay = backoff.next_delay()
+                log.warning("%s: cannot confirm with the consumer group that it is still ours (%s: %s); asking again "
+                            "in %.1fs", self._name, type(exc).__name__, exc, delay)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                continue
+            self._disowned = True
+            log.warning("%s is no longer this instance's in the consumer group (evicted, or a rebalance under way): "
+                        "not taking it; it is given back when the group revokes it", self._name)
+            await self._stop.wait()
+        return False
 
     async def _reset(self) -> None:
         """Forget everything since the last take: pollers stopped at once (what they fetched is
