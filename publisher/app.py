@@ -51,8 +51,8 @@ class Publisher:
         self.metrics.ready.set_function(lambda: 1.0 if self.ready else 0.0)
         self.layout = layout(settings.config)
         self.metrics.shards_configured.set(len(self.layout.shards))
-        # one TLS context (httpx's default: certifi CAs, verification on) for every source: each
-        # building its own costs ~0.8 MiB, 800 MiB for a thousand sources
+        # one TLS context (httpx's default: certifi CAs, verification on) for every source: one
+        # each made a thousand sources' RSS several times larger (bench/README.md)
         self.ownership = Ownership(self.layout, settings, self.metrics, httpx.create_ssl_context())
         self.membership = GroupMembership(settings, self.ownership, self.metrics) if self.layout.grouped else None
         self.http: HttpServer | None = None

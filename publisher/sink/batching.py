@@ -1,7 +1,8 @@
 """Partition batching: one transaction's fill records gathered into one record batch per partition.
 
-`producer.send()` costs ~40 us a record (metadata lookups, pure-Python murmur2, a future each);
-appending to a `create_batch()` builder and handing full batches to `send_batch()` costs a few. The
+`producer.send()` costs a metadata lookup, a pure-Python murmur2 and a future per record;
+appending to a `create_batch()` builder and handing full batches to `send_batch()` costs a small
+fraction of that (the ceiling rows of bench/README.md). The
 partition is the default partitioner's choice for the key (the producer is built with it), looked
 up once per key and transaction, so keys land where `send()` put them, and records keep their order
 within a partition.

@@ -8,8 +8,8 @@ Authentication is an :class:`httpx.Auth` the adapter passes to the client, as ht
 source's connection pool, :class:`~publisher.venues.transport.SourceTransport`, in production,
 :class:`httpx.MockTransport` in unit tests). It does not go through
 :class:`httpx.AsyncClient`: a poller needs none of its redirects, cookies, URL merging and hooks,
-and they cost ~400 us of CPU per request here, as much as the transport itself; with a thousand
-sources polling every second that is 40% of a core.
+and they cost as much CPU per request as the transport itself, which at a thousand sources polling
+every second is a large share of a core (bench/README.md).
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ class VenueClient:
         url = self._base_url + path.lstrip("/")
         if params:
             # encoded as httpx encodes `params=` for strings and ints, without its URL merging
-            # (~40 us a request)
+            # (a measurable part of a request's CPU)
             url += "?" + urllib.parse.urlencode(params)
         request = httpx.Request("GET", url, headers=_HEADERS, extensions=self._extensions)
         try:

@@ -170,8 +170,8 @@ SIGNATURE_REUSE_MS = 250
 class KalshiSigner:
     """Signatures of one API key, shared by every source that uses the key.
 
-    An RSA-2048 PSS signature costs ~0.7 ms of CPU (38% of a core at 1,000 sources polling each
-    second); an Ed25519 one much less, but the sharing is the same for both. It covers the
+    An RSA-2048 PSS signature is the dearest part of a Kalshi request (the scale row of
+    bench/README.md); an Ed25519 one costs much less, but the sharing is the same for both. It covers the
     timestamp, method and path only, not the query, so the sources of one key (its subaccounts)
     polling the fills path at about the same time can all send the same one: a signature is
     reused for `reuse_ms`, which keeps the timestamp within a quarter of a second of "now".

@@ -1,8 +1,9 @@
 """The connection pool of one venue source: httpcore's HTTP/1.1 pool on plain asyncio streams.
 
 httpx's own :class:`httpx.AsyncHTTPTransport` runs httpcore over anyio, whose cancel scopes (one
-per socket read and write, for the timeout) and TLS wrapper cost ~15% of the CPU of each request;
-with a thousand sources polling every second that is most of what separates them from a core.
+per socket read and write, for the timeout) and TLS wrapper are a good part of the CPU of each
+request; with a thousand sources polling every second that is most of what separates them from a
+core (bench/README.md).
 :class:`SourceTransport` is the same httpcore pool (or proxy) with a network backend on asyncio's
 streams, timeouts by :func:`asyncio.timeout`, TLS by asyncio's own `start_tls`. Everything else is
 httpx's: the proxy is the one :class:`httpx.AsyncClient` picks from the environment (its own
