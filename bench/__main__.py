@@ -189,13 +189,14 @@ def source_entries(info: dict[str, Any], n_kalshi: int, n_zll: int, subaccounts:
 
 
 def publisher(env: Env, name: str, topics: dict[str, str], sources: list[dict[str, Any]],
-              latency: bool = False, **kafka: Any) -> tuple[Child, int, Path]:
+              latency: bool = False, cluster: dict[str, Any] | None = None, **kafka: Any) -> tuple[Child, int, Path]:
     port = free_port()
     config = {
         "kafka": {"bootstrap_servers": env.broker.bootstrap_servers, "topic_template": topics["kalshi"].replace("kalshi", "{venue}"),
                   "dlq_topic": topics["dlq"], "checkpoint_topic": topics["checkpoint"],
                   "transactional_id_prefix": f"bench-{name}", "check_crcs": False, "create_topics": False, **kafka},
         "http": {"host": "127.0.0.1", "port": port},
+        **({"cluster": cluster} if cluster else {}),
         "sources": sources,
     }
     path = env.tmp / f"{name}.yaml"
@@ -409,6 +410,77 @@ def bench_scale(env: Env, n_sources: int, duration: float) -> None:
             "1 / 1.0 s", "PASS" if kept else "GAP")
 
 
+def bench_scaleout(env: Env, n_sources: int, duration: float, counts: tuple[int, ...] = (1, 2),
+                   shards: int = 16) -> None:
+    """The same sources served by 1, then 2, ... publisher processes sharing `shards` shards
+    (`cluster.shards`), one after the other on one machine: per process, polls on schedule and
+    CPU; for the fleet, polls and fills per second. Each run is the others' baseline."""
+    print(f"scale-out: {n_sources} sources over {shards} shards, {counts} processes", flush=True)
+    half = n_sources // 2
+    ksim, kinfo = sims(env, "so-k", kalshi=2, subaccounts=64, rate_per_s=5, kalshi_keys=-(-half // 64))
+    zsim, zinfo = sims(env, "so-z", zll=2, subaccounts=half // 2, rate_per_s=5)
+    info = {**kinfo, "zll": zinfo["zll"], "zll_key_file": zinfo["zll_key_file"]}
+    sources = source_entries(info, half, n_sources - half, 64, poll_interval_s=1.0, max_requests_per_s=10)
+    for entry in sources:
+        if entry["venue"] == "zll":
+            entry["subaccount_index"] = int(entry["name"].split("-")[1]) % (half // 2)
+    try:
+        for count in counts:
+            prefix = f"so{count}."
+            topics = env.topics(prefix)
+            # the checkpoint topic of a sharded deployment: one partition per shard
+            checkpoints = f"{prefix}checkpoints-sharded"
+            env.broker.create_topic(checkpoints, shards)
+            topics = {**topics, "checkpoint": checkpoints}
+            pubs = [publisher(env, f"scaleout-{count}-{i}", topics, sources, transactional_id_prefix=f"bench-so{count}",
+                              cluster={"shards": shards}) for i in range(count)]
+            deadline = time.monotonic() + 120
+            while sum(metric(port, "fillpub_shards_owned") for _, port, _ in pubs) != shards \
+                    or any(_readyz(port) != 200 for _, port, _ in pubs):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{count} publishers never shared the {shards} shards")
+                time.sleep(0.2)
+            time.sleep(10)
+            owned = [int(metric(port, "fillpub_shards_owned")) for _, port, _ in pubs]
+            cpus = CpuShares(**{f"p{i}": child.pid for i, (child, _, _) in enumerate(pubs)},
+                          simulators_k=ksim.pid, simulators_z=zsim.pid, broker=env.broker.pid)
+            published0 = sum(metric(port, "fillpub_fills_published_total") for _, port, _ in pubs)
+            t0, first = time.time(), cpus.read()
+            time.sleep(duration)
+            t1, last = time.time(), cpus.read()
+            published1 = sum(metric(port, "fillpub_fills_published_total") for _, port, _ in pubs)
+            errors = sum(metric(port, "fillpub_poll_errors_total") for _, port, _ in pubs)
+            for child, _, _ in pubs:
+                child.stop()
+            starts: dict[str, list[float]] = {}
+            delays: list[float] = []
+            for _, _, stats_path in pubs:
+                stats = json.loads(stats_path.read_text())
+                for name, times in stats["starts"].items():
+                    starts.setdefault(name, []).extend(t for t in times if t0 <= t < t1)
+                delays += [d * 1000 for t, d in stats["delays"] if t0 <= t < t1]
+            polls = sum(len(times) for times in starts.values())
+            per_process = [(last[f"p{i}"] - first[f"p{i}"]) / (t1 - t0) for i in range(count)]
+            env.row(f"scale-out: {count} process{'es' if count > 1 else ''} x {n_sources} sources, {shards} shards",
+                    f"shards per process {owned}; polls per source per s {polls / n_sources / (t1 - t0):.2f}; "
+                    f"fills/s {(published1 - published0) / (t1 - t0):.0f}; poll errors {errors:.0f}")
+            env.row("  CPU per process / poll start delay p50 / p99",
+                    f"{' + '.join(f'{c:.0%}' for c in per_process)} of a core / {pct(delays, 50):.1f} / "
+                    f"{pct(delays, 99):.1f} ms")
+            env.row("  machine", CpuShares.between(first, last, t1 - t0))
+    finally:
+        ksim.stop()
+        zsim.stop()
+
+
+def _readyz(port: int) -> int:
+    try:
+        http("GET", f"http://127.0.0.1:{port}/readyz")
+        return 200
+    except OSError:
+        return 503
+
+
 def bench_memory(env: Env, quick: bool) -> None:
     print("memory", flush=True)
     n = 200_000 if quick else 1_000_000
@@ -487,7 +559,7 @@ def summarise(env: Env) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, shorter runs (a smoke test)")
-    parser.add_argument("--only", default="ceiling,throughput,latency,scale,memory,instructions")
+    parser.add_argument("--only", default="ceiling,throughput,latency,scale,scaleout,memory,instructions")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the publisher into this folder")
     parser.add_argument("--latency-lookback", type=float, default=30.0)
     args = parser.parse_args(argv)
@@ -507,6 +579,8 @@ def main(argv: list[str] | None = None) -> int:
                 bench_latency(env, interval, 8 if quick else 20, args.latency_lookback)
         if "scale" in only:
             bench_scale(env, 200 if quick else 1000, 10 if quick else 30)
+        if "scaleout" in only:
+            bench_scaleout(env, 200 if quick else 1000, 10 if quick else 30)
         if "memory" in only:
             bench_memory(env, quick)
         if "instructions" in only:
