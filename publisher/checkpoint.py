@@ -259,14 +259,19 @@ async def read_checkpoints(
     previous incarnation's in-doubt transaction, which would otherwise hold the last stable offset
     back and make this read wait for the transaction timeout. A checkpoint of a newer format
     raises :class:`CheckpointVersionError` (a downgrade must not start the source afresh).
+
+    Each partition is assembled on its own, in its log order (a tombstone cancels only records of
+    its own partition: `fill-publisher reshard` leaves one where a checkpoint moved away, and the
+    order across partitions is whatever the fetches returned). Should a source have a checkpoint
+    in more than one partition, the newest written wins.
     """
-    assembler = _Assembler(set(sources))
+    wanted = set(sources)
     only = None if partitions is None else set(partitions)
     # the admin client's Metadata answer (describing a missing topic never creates it)
     present = await topic_partitions(consumer_options, topic)
     if not present:
         log.warning("checkpoint topic %s does not exist yet: every source starts fresh", topic)
-        return assembler.found
+        return {}
     if only is not None:
         missing = only - present
         if missing:
@@ -279,6 +284,7 @@ async def read_checkpoints(
         auto_offset_reset="earliest",
         group_id=None,
     )
+    assemblers = {p: _Assembler(wanted) for p in present}
     await consumer.start()
     try:
         assignment = [TopicPartition(topic, p) for p in sorted(present)]
@@ -289,6 +295,7 @@ async def read_checkpoints(
         while remaining:
             batches = await consumer.getmany(*remaining, timeout_ms=500)
             for tp, records in batches.items():
+                assembler = assemblers[tp.partition]
                 for record in records:
                     if record.key is not None:
                         assembler.add(record.key, record.value, f"{tp.topic}:{tp.partition}:{record.offset}")
@@ -297,4 +304,16 @@ async def read_checkpoints(
                     remaining.discard(tp)
     finally:
         await consumer.stop()
-    return assembler.found
+    return newest(assembler.found for assembler in assemblers.values())
+
+
+def newest(found: Iterable[dict[str, Checkpoint]]) -> dict[str, Checkpoint]:
+    """Each source's newest checkpoint (by when it was written) among several partitions' finds."""
+    out: dict[str, Checkpoint] = {}
+    for checkpoints in found:
+        for name, checkpoint in checkpoints.items():
+            other = out.get(name)
+            if other is None or (checkpoint.written_at_ns, checkpoint.watermark_ns) > (other.written_at_ns,
+                                                                                       other.watermark_ns):
+                out[name] = checkpoint
+    return out

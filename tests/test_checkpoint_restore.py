@@ -49,6 +49,32 @@ async def test_restore_reads_only_the_named_partitions(broker: EmbeddedBroker, t
         await read_checkpoints(kafka.checkpoint_topic, ["a", "b"], options, partitions=[5])
 
 
+async def test_a_tombstone_cancels_only_its_own_partitions_records(broker: EmbeddedBroker,
+                                                                    topic_prefix: str) -> None:
+    """`fill-publisher reshard` moves a checkpoint to another partition and leaves a tombstone
+    where it was: whichever partition a read reaches first, the moved checkpoint restores. Where a
+    source has one in two partitions, the newest written wins."""
+    kafka = _kafka(broker, topic_prefix)
+    assert broker.create_topic(kafka.checkpoint_topic, partitions=3)
+
+    def written(source: str, watermark_ns: int, at_ns: int) -> bytes:
+        return encode_checkpoint(Checkpoint(source=source, venue="kalshi", watermark_ns=watermark_ns, floor_ns=0,
+                                            seen={}, written_at_ns=at_ns))
+
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers)
+    await producer.start()
+    try:
+        # the moved checkpoint first in the log of partition 1, the tombstone later in partition 0
+        for key, value, partition in [(b"a", written("a", 5, 50), 1), (b"a", written("a", 1, 10), 0), (b"a", None, 0),
+                                      (b"b", written("b", 2, 20), 0), (b"b", written("b", 3, 30), 2)]:
+            await producer.send_and_wait(kafka.checkpoint_topic, value, key=key, partition=partition)
+    finally:
+        await producer.stop()
+    for _ in range(3):  # the fetches' order across partitions is not fixed: read several times
+        found = await read_checkpoints(kafka.checkpoint_topic, ["a", "b"], consumer_options(kafka, None))
+        assert {name: c.watermark_ns for name, c in found.items()} == {"a": 5, "b": 3}
+
+
 async def test_ensure_topics_reports_the_checkpoint_topics_partitions(broker: EmbeddedBroker,
                                                                       topic_prefix: str) -> None:
     kafka = _kafka(broker, topic_prefix)

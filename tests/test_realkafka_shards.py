@@ -296,10 +296,12 @@ async def test_reshard_moves_checkpoints_one_instance_to_four_shards_and_back(
     stack.sections = {}
     config = stack.write_config()
     back = run_cli("reshard", "--config", str(config))
-    assert back.returncode == 0 and "moved" in back.stdout, back
+    assert back.returncode == 0 and "checkpoint" in back.stdout, back
+    status = run_cli("status", "--config", str(config))
+    assert status.returncode == 0 and "no checkpoint yet" not in status.stdout, (back.stdout, status.stdout)
     again = fleet.start("again")
     await again.wait_ready(60)
-    assert "no checkpoint in" not in again.logs(), again.log_tail()
+    assert "no checkpoint in" not in again.logs(), (back.stdout, status.stdout, again.log_tail())
     await asyncio.sleep(2)
     expected, consumed = await judge_run(real_kafka, stack, started_ns)
     code, _ = await again.terminate()
