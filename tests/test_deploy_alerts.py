@@ -16,6 +16,7 @@ import deploy_support as ds
 
 EXPECTED_ALERTS = {
     "FillPublisherDown",
+    "FillPublisherShardsUnowned",
     "FillPublisherSourceStale",
     "FillPublisherPollErrorRatioHigh",
     "FillPublisherKafkaPublishErrors",

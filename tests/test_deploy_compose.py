@@ -53,11 +53,20 @@ def service_command(svc: dict[str, Any]) -> str:
     return " ".join((svc.get("entrypoint") or []) + (svc.get("command") or []))
 
 
-def publisher_config(model: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(the config file compose mounts into fill-publisher, the service)."""
-    svc = model["services"]["fill-publisher"]
+#: the publisher instances of the stack (services running `fill-publisher run`)
+PUBLISHERS = ("fill-publisher-1", "fill-publisher-2")
+
+
+def config_file(svc: dict[str, Any]) -> Path:
+    """The config file compose mounts into a publisher service."""
     (bind,) = [v for v in svc["volumes"] if v["target"] == "/etc/fill-publisher/config.yaml"]
-    return yaml.safe_load(Path(bind["source"]).read_text()), svc
+    return Path(bind["source"])
+
+
+def publisher_config(model: dict[str, Any], name: str = PUBLISHERS[0]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the config file compose mounts into the publisher service `name`, the service)."""
+    svc = model["services"][name]
+    return yaml.safe_load(config_file(svc).read_text()), svc
 
 
 # ------------------------------------------------------------------------------- compose
@@ -78,13 +87,13 @@ def test_compose_binary_fails_on_a_broken_file(tmp_path: Path) -> None:
 
 def test_stack_has_every_service(model: dict[str, Any]) -> None:
     services = model["services"]
-    assert set(services) == {"kafka", "topics", "kalshi-sim", "zll-sim", "fill-publisher",
+    assert set(services) == {"kafka", "topics", "kalshi-sim", "zll-sim", *PUBLISHERS,
                              "fill-consumer", "prometheus", "grafana"}
     for name, svc in services.items():
         image = svc.get("image", "")
         assert image and not image.endswith(":latest") and ":" in image, (name, image)
     # the Python services all run the image built from the Dockerfile
-    for name in ("kalshi-sim", "zll-sim", "fill-publisher", "fill-consumer"):
+    for name in ("kalshi-sim", "zll-sim", *PUBLISHERS, "fill-consumer"):
         build = services[name]["build"]
         assert Path(build["context"]) == REPO and build["dockerfile"] == "Dockerfile", name
         assert services[name]["read_only"] is True and services[name]["cap_drop"] == ["ALL"], name
@@ -110,7 +119,7 @@ def test_kafka_is_single_node_kraft_of_the_official_image(model: dict[str, Any])
 
 
 def test_topics_service_creates_what_the_publisher_writes(model: dict[str, Any]) -> None:
-    cfg, svc = publisher_config(model)
+    cfg, _ = publisher_config(model)
     kafka = cfg["kafka"]
     assert kafka.get("create_topics") is False  # the stack creates them, with compaction
     script = service_command(model["services"]["topics"])
@@ -121,12 +130,46 @@ def test_topics_service_creates_what_the_publisher_writes(model: dict[str, Any])
     checkpoint = kafka.get("checkpoint_topic", "fill-publisher.checkpoints")
     (line,) = [ln for ln in script.splitlines() if f"--topic {checkpoint} " in ln]
     assert "cleanup.policy=compact" in line
-    assert svc["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+    # a partition per shard, or the instances refuse to join the group (exit 2)
+    partitions = int(shlex.split(line)[shlex.split(line).index("--partitions") + 1])
+    assert partitions >= cfg.get("cluster", {}).get("shards", 1), line
+    for name in PUBLISHERS:
+        assert model["services"][name]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
     assert model["services"]["topics"]["depends_on"]["kafka"]["condition"] == "service_healthy"
 
 
+def test_the_publishers_share_the_sources(model: dict[str, Any]) -> None:
+    """Every `fill-publisher run` of the stack is listed above and runs the one config, whose
+    cluster.shards > 1 lets them share the sources (with one shard the second would fence the
+    first); each has its own host port and both serve a source."""
+    runs = {name for name, svc in model["services"].items() if (svc.get("command") or [])[:1] == ["run"]}
+    assert runs == set(PUBLISHERS)
+    assert len({config_file(model["services"][name]) for name in PUBLISHERS}) == 1
+    cfg, _ = publisher_config(model)
+    cluster = cfg.get("cluster", {})
+    assert cluster.get("shards", 1) > 1
+    # a fixed instance id shared by two members would have the group fence one of them
+    assert "instance_id" not in cluster
+    for name in PUBLISHERS:
+        assert not any(k.startswith("FILLPUB_CLUSTER__") for k in model["services"][name].get("environment") or {})
+    published = [p["published"] for name in PUBLISHERS for p in model["services"][name]["ports"]]
+    assert len(published) == len(set(published)) == len(PUBLISHERS)
+    # the demo sources sit on different shards, which the group's round robin gives to different
+    # instances (by name both would hash to one shard, leaving one instance idle)
+    from publisher.shards import shard_of
+
+    shards = {s["shard"] if s.get("shard") is not None else shard_of(s["name"], cluster["shards"])
+              for s in cfg["sources"]}
+    assert len(shards) == len(cfg["sources"]), shards
+
+
 def test_publisher_service_matches_its_config_and_the_simulators(model: dict[str, Any]) -> None:
-    cfg, svc = publisher_config(model)
+    for name in PUBLISHERS:
+        _check_publisher_service(model, name)
+
+
+def _check_publisher_service(model: dict[str, Any], name: str) -> None:
+    cfg, svc = publisher_config(model, name)
     services = model["services"]
     host, port = cfg["kafka"]["bootstrap_servers"].split(":")
     assert host == "kafka" and f"PLAINTEXT://kafka:{port}" in services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
@@ -171,7 +214,9 @@ def test_prometheus_loads_the_chart_alert_rules(model: dict[str, Any]) -> None:
     assert any(fnmatch.fnmatch(str(rel), g) for g in config["rule_files"]), (rel, config["rule_files"])
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "fill-publisher"]
     cfg, _ = publisher_config(model)
-    assert job["static_configs"][0]["targets"] == [f"fill-publisher:{cfg['http']['port']}"]
+    # every instance, under the job the rules select (the shard alert sums them)
+    assert job["static_configs"][0]["targets"] == [f"{name}:{cfg['http']['port']}" for name in PUBLISHERS]
+    assert set(prom["depends_on"]) >= set(PUBLISHERS)
 
 
 def test_promtool_checks_the_compose_prometheus_config(tmp_path: Path) -> None:

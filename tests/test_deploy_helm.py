@@ -125,11 +125,24 @@ ALL_OFF: dict[str, Any] = {
     "networkPolicy": {"enabled": False},
 }
 
+# Several replicas sharing the sources: static membership, spread over zones, a custom rollout.
+SHARDED: dict[str, Any] = {
+    "config": {"kafka": {"bootstrap_servers": "kafka-0.kafka:9092"}, "sources": [KALSHI, ZLL]},
+    "replicaCount": 3,
+    "cluster": {"shards": 4, "groupId": "fill-publisher-eu", "sessionTimeoutSeconds": 20,
+                "staticMembership": True},
+    "strategy": {"rollingUpdate": {"maxSurge": "50%", "maxUnavailable": 1}},
+    "env": [{"name": "FILLPUB_KAFKA__CLIENT_ID", "value": "fill-publisher-eu"}],
+    "topologySpreadConstraints": [
+        {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"},
+    ],
+}
+
 # The example values the README points users at must work as they are.
 EXAMPLE_VALUES_FILE = ds.REPO / "docs" / "helm-values.example.yaml"
 EXAMPLE = yaml.safe_load(EXAMPLE_VALUES_FILE.read_text())
 
-SCENARIOS = {"minimal": MINIMAL, "all_on": ALL_ON, "all_off": ALL_OFF, "docs_example": EXAMPLE}
+SCENARIOS = {"minimal": MINIMAL, "all_on": ALL_ON, "all_off": ALL_OFF, "sharded": SHARDED, "docs_example": EXAMPLE}
 OPTIONAL_KINDS = {  # kind -> the toggle that renders it
     "ServiceMonitor": ("serviceMonitor", "enabled"),
     "PrometheusRule": ("prometheusRule", "enabled"),
@@ -156,7 +169,27 @@ BAD_VALUES = {
     ),
     "bad_source_name": ({"config": {"kafka": {"bootstrap_servers": "k:9092"}, "sources": [{**KALSHI, "name": "Kalshi Main"}]}}, "name"),
     "unknown_venue": ({"config": {"kafka": {"bootstrap_servers": "k:9092"}, "sources": [{**KALSHI, "venue": "binance"}]}}, "venue"),
-    "two_replicas": ({**MINIMAL, "replicaCount": 2}, "replicaCount"),
+    "two_replicas": ({**MINIMAL, "replicaCount": 2}, "replicaCount is 2 but cluster.shards is 1"),
+    "rolling_update_of_one_shard": ({**MINIMAL, "strategy": {"type": "RollingUpdate"}}, "strategy.type RollingUpdate"),
+    "static_membership_of_one_shard": ({**MINIMAL, "cluster": {"staticMembership": True}}, "cluster.staticMembership"),
+    "group_of_one_shard": ({**MINIMAL, "cluster": {"groupId": "fp"}}, "cluster.groupId"),
+    "config_cluster": (
+        {**MINIMAL, "config": {**MINIMAL["config"], "cluster": {"shards": 4}}},
+        "config.cluster: the chart writes the config's cluster section",
+    ),
+    "cluster_env_override": (
+        {**SHARDED, "env": [{"name": "FILLPUB_CLUSTER__SHARDS", "value": "8"}]}, "env: FILLPUB_CLUSTER__SHARDS",
+    ),
+    "no_shards": ({**MINIMAL, "cluster": {"shards": 0}}, "shards"),
+    "session_timeout_below_6s": ({**SHARDED, "cluster": {"shards": 4, "sessionTimeoutSeconds": 5}},
+                                 "sessionTimeoutSeconds"),
+    "rollout_that_cannot_move": (
+        {**SHARDED, "strategy": {"rollingUpdate": {"maxSurge": 0, "maxUnavailable": "0%"}}},
+        "maxSurge and maxUnavailable cannot both be 0",
+    ),
+    "unknown_anti_affinity": ({**SHARDED, "podAntiAffinity": "always"}, "podAntiAffinity"),
+    "spread_without_topology_key": ({**SHARDED, "topologySpreadConstraints": [{"maxSkew": 1}]},
+                                    "topologySpreadConstraints"),
 }
 
 
@@ -333,13 +366,24 @@ def test_standard_labels_on_every_object(helm_results: dict[str, Any], scenario:
         assert obj["metadata"]["namespace"] == NAMESPACE
 
 
+def _shards(values: dict[str, Any]) -> int:
+    return int(values.get("cluster", {}).get("shards", _chart_defaults()["cluster"]["shards"]))
+
+
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_deployment_is_a_restricted_singleton(helm_results: dict[str, Any], scenario: str) -> None:
+def test_deployment_is_restricted_and_a_singleton_with_one_shard(helm_results: dict[str, Any], scenario: str) -> None:
     objs = objects(helm_results, scenario)
     dep = one(objs, "Deployment")
     spec = dep["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    values = SCENARIOS[scenario]
+    if _shards(values) == 1:
+        # a second pod, even for the moments of a rolling update, would fence the first
+        assert spec["replicas"] == 1
+        assert spec["strategy"] == {"type": "Recreate"}
+    else:
+        assert spec["replicas"] == values["replicaCount"]
+        rolling = values.get("strategy", {}).get("rollingUpdate", _chart_defaults()["strategy"]["rollingUpdate"])
+        assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": rolling}
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -433,11 +477,19 @@ def test_dashboard_configmap_is_the_dashboard_file(helm_results: dict[str, Any])
 
 
 def test_configmap_is_the_config_values(helm_results: dict[str, Any]) -> None:
+    """config verbatim (over the chart's defaults), and with more than one shard the `cluster:`
+    section written from the cluster values (one shard: none, the config's own default)."""
     for scenario, values in SCENARIOS.items():
-        assert rendered_config(objects(helm_results, scenario)) == values["config"] | {
+        expected = values["config"] | {
             "kafka": _chart_defaults()["config"]["kafka"] | values["config"]["kafka"],
             "http": values["config"].get("http", _chart_defaults()["config"]["http"]),
         }
+        if _shards(values) > 1:
+            cluster = _chart_defaults()["cluster"] | values["cluster"]
+            expected["cluster"] = {"shards": cluster["shards"], "session_timeout_s": cluster["sessionTimeoutSeconds"]}
+            if cluster["groupId"]:
+                expected["cluster"]["group_id"] = cluster["groupId"]
+        assert rendered_config(objects(helm_results, scenario)) == expected, scenario
 
 
 def test_notes_render(helm_results: dict[str, Any]) -> None:
@@ -464,8 +516,16 @@ def test_rendered_config_passes_check_config(helm_results: dict[str, Any], scena
     secret_mounts = {m["mountPath"]: tmp_path / "mnt" / m["name"]
                      for m in container["volumeMounts"] if m["name"] == "secrets"}
     local_cfg, env = ds.materialise_secrets(cfg, secret_mounts)
+    # the pod's own name, where the Deployment passes it (static membership's instance id)
+    env |= {e["name"]: f"{RELEASE}-fill-publisher-7d9f8c6b5-x2x4z" for e in container.get("env", [])
+            if e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name"}
     proc = ds.check_config(local_cfg, tmp_path / "config.yaml", env)
     assert proc.returncode == 0, f"check-config refused the chart's config:\n{proc.stdout}\n{proc.stderr}"
+    values = SCENARIOS[scenario]
+    if _shards(values) > 1:
+        assert f"cluster: {_shards(values)} shards" in proc.stdout, proc.stdout
+        if values["cluster"].get("staticMembership"):
+            assert f"static member {RELEASE}-fill-publisher-7d9f8c6b5-x2x4z" in proc.stdout, proc.stdout
     # and the same config without the secrets is refused, naming a field (exit 2, no traceback)
     if secret_mounts:
         for local in secret_mounts.values():
@@ -488,6 +548,13 @@ def test_values_schema_knows_exactly_the_config_fields_of_the_code() -> None:
     schema = json.loads((ds.CHART / "values.schema.json").read_text())
     cfg = schema["properties"]["config"]["properties"]
     assert set(cfg) == set(Config.__struct_fields__)
+    # config.cluster is written from the chart's own cluster values, one per field of the struct
+    from publisher.config import ClusterConfig
+
+    cluster_values = {"shards": "shards", "groupId": "group_id", "sessionTimeoutSeconds": "session_timeout_s",
+                      "staticMembership": "instance_id"}
+    assert set(schema["properties"]["cluster"]["properties"]) == set(cluster_values)
+    assert set(cluster_values.values()) == set(ClusterConfig.__struct_fields__)
     assert set(cfg["kafka"]["properties"]) == set(KafkaConfig.__struct_fields__)
     assert set(cfg["http"]["properties"]) == set(HttpConfig.__struct_fields__)
     for cls in VENUES.source_configs():
