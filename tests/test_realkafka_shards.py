@@ -46,10 +46,12 @@ class Fleet:
     cleanup: list[Any]
     instances: dict[str, PublisherProcess] = field(default_factory=dict)
 
-    def start(self, name: str) -> PublisherProcess:
+    def start(self, name: str, *, instance_id: str | None = None) -> PublisherProcess:
         port = free_port()
-        proc = PublisherProcess(self.stack.write_config(), self.tmp / f"{name}.log", port,
-                                env={"FILLPUB_HTTP__PORT": str(port)})
+        env = {"FILLPUB_HTTP__PORT": str(port)}
+        if instance_id is not None:
+            env["FILLPUB_CLUSTER__INSTANCE_ID"] = instance_id
+        proc = PublisherProcess(self.stack.write_config(), self.tmp / f"{name}.log", port, env=env)
         self.cleanup.append(proc)
         self.instances[name] = proc.start()
         return proc
@@ -309,3 +311,38 @@ async def test_reshard_moves_checkpoints_one_instance_to_four_shards_and_back(
     observe("shards reshard 1-4-1", fills_in=len(expected), fills_out=len(consumed),
             to_four=[line.strip() for line in moved.stdout.splitlines()[1:-1]],
             back_to_one=[line.strip() for line in back.stdout.splitlines()[1:-1]])
+
+
+async def test_static_member_restarted_within_the_session_timeout_gets_its_shards_back_without_a_rebalance(
+        real_kafka: KafkaCluster, topic_prefix: str, tmp_path: Path, cleanup: list[Any]) -> None:
+    """Static membership (`cluster.instance_id`, the pod name in the chart): an instance killed and
+    started again under the same id within the session timeout gets its shards back, and the
+    other instance is not disturbed (no rebalance, its shards kept). Every fill exactly once."""
+    shards = 4
+    stack = await sharded_stack(tmp_path, real_kafka, topic_prefix, shards, 4)
+    cleanup.append(stack)
+    stack.sections["cluster"]["session_timeout_s"] = 20  # room for a process restart
+    fleet = Fleet(stack, tmp_path, cleanup)
+    started_ns = time.time_ns()
+    generate(stack, 5)
+    a = fleet.start("a", instance_id="pod-a")
+    await wait_until(lambda: fleet.all_owned(["a"], shards), "a owning the 4 shards", 60, context=fleet.logs)
+    fleet.start("b", instance_id="pod-b")
+    await wait_until(lambda: fleet.all_owned(["a", "b"], shards, each_at_least=1), "a and b sharing", 60,
+                     context=fleet.logs)
+    before = fleet.assigned("b"), await a.metric("fillpub_rebalances_total"), fleet.assigned("a")
+    await fleet.instances["b"].kill()
+    killed_at = time.monotonic()
+    fleet.start("b", instance_id="pod-b")
+    await wait_until(lambda: fleet.all_owned(["a", "b"], shards, each_at_least=1), "b back with its shards", 30,
+                     context=fleet.logs)
+    back_s = time.monotonic() - killed_at
+    await asyncio.sleep(2)
+    after = fleet.assigned("b"), await a.metric("fillpub_rebalances_total"), fleet.assigned("a")
+    assert after == before, (before, after)  # b got the same shards, a saw no rebalance
+    expected, consumed = await judge_run(real_kafka, stack, started_ns)
+    for name in ("a", "b"):
+        code, _ = await fleet.instances[name].terminate()
+        assert code == 0, fleet.instances[name].log_tail()
+    observe("shards static membership", shards_b=before[0], kill_to_b_serving_again_s=round(back_s, 2),
+            rebalances_seen_by_a=after[1], fills_in=len(expected), fills_out=len(consumed))
