@@ -29,6 +29,9 @@ _TOPIC_ALREADY_EXISTS = 36
 
 #: real Kafka's default max.message.bytes (message.max.bytes on the broker)
 KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1048588
+#: the checkpoint topic's segments (see checkpoint_topic_configs)
+CHECKPOINT_SEGMENT_BYTES = 32 * 1024 * 1024
+CHECKPOINT_SEGMENT_MS = 10 * 60 * 1000
 
 
 def client_options(kafka: KafkaConfig, sasl_password: Secret | None,
@@ -250,7 +253,7 @@ async def ensure_topics(kafka: KafkaConfig, sasl_password: Secret | None, fills_
         specs = [TopicSpec(name, kafka.topic_partitions, replication, dict(size))
                  for name in [*fills_topics, kafka.dlq_topic]]
         specs.append(TopicSpec(kafka.checkpoint_topic, checkpoint_partitions, replication,
-                               {"cleanup.policy": "compact", **size}))
+                               {**checkpoint_topic_configs(kafka), **size}))
         result = await create_topics(options, specs)
     except Exception as exc:  # noqa: BLE001 - creation is best effort, see docstring
         log.warning("could not create topics (%s: %s); relying on existing or auto-created topics",
@@ -263,6 +266,24 @@ async def ensure_topics(kafka: KafkaConfig, sasl_password: Secret | None, fills_
                     "defaults (checkpoint topic NOT compacted); create them yourself on a real cluster",
                     ", ".join(result.auto_created))
     return result
+
+
+def checkpoint_topic_configs(kafka: KafkaConfig) -> dict[str, str]:
+    """How the checkpoint topic is created: compacted, and compacted soon.
+
+    Every commit writes each committing source's whole checkpoint again, and a start (or a shard
+    taken over) reads its partition from the beginning. The log cleaner never touches the
+    active segment, which by Kafka's defaults rolls only after 1 GiB or 7 days: the read would
+    grow with days of checkpoints. Small segments that roll every 10 minutes, and a cleaner that
+    runs once a tenth of the log is superseded, keep it to one segment plus each source's newest
+    checkpoint. A segment must hold the largest record.
+    """
+    return {
+        "cleanup.policy": "compact",
+        "segment.bytes": str(max(CHECKPOINT_SEGMENT_BYTES, 2 * kafka.max_record_bytes)),
+        "segment.ms": str(CHECKPOINT_SEGMENT_MS),
+        "min.cleanable.dirty.ratio": "0.1",
+    }
 
 
 async def _broker_count(options: dict[str, Any]) -> int:

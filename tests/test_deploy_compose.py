@@ -26,6 +26,9 @@ from typing import Any
 import pytest
 import yaml
 
+from publisher.config import KafkaConfig
+from publisher.kafkaclient import checkpoint_topic_configs
+
 sys.path.insert(0, str(Path(__file__).resolve().parent / "deploy"))
 import deploy_support as ds
 
@@ -129,7 +132,9 @@ def test_topics_service_creates_what_the_publisher_writes(model: dict[str, Any])
         assert f"--topic {topic} " in script, topic
     checkpoint = kafka.get("checkpoint_topic", "fill-publisher.checkpoints")
     (line,) = [ln for ln in script.splitlines() if f"--topic {checkpoint} " in ln]
-    assert "cleanup.policy=compact" in line
+    # configured as the publisher would create it (compacted, small segments)
+    for name, value in checkpoint_topic_configs(KafkaConfig(bootstrap_servers="kafka:9092")).items():
+        assert f"--config {name}={value}" in line, (name, value, line)
     # a partition per shard, or the instances refuse to join the group (exit 2)
     partitions = int(shlex.split(line)[shlex.split(line).index("--partitions") + 1])
     assert partitions >= cfg.get("cluster", {}).get("shards", 1), line

@@ -24,8 +24,10 @@ from typing import Any
 
 import pytest
 
+from publisher.config import KafkaConfig
+from publisher.kafkaclient import checkpoint_topic_configs
 from tests.harness.delivery import COMMITTED, read_log
-from tests.harness.kafka import KafkaCluster
+from tests.harness.kafka import KafkaCluster, topic_configs
 from tests.harness.stack import PublisherProcess, Stack, free_port, wait_until
 from tests.test_faults_kafka import COMMON, cleanup, generate, observe  # noqa: F401 - cleanup is a fixture
 from tests.test_realkafka_delivery import FAST_KAFKA, fills_topics, judge_run
@@ -230,6 +232,10 @@ async def test_scale_one_to_three_to_one_under_load_with_a_standby(
                      context=fleet.logs)
     spread = await fleet.ownership(["a", "b", "c"])
     assert sorted(v or 0 for v in spread.values()) == [0, 1, 1], spread  # one ready standby
+    # the checkpoint topic as the publisher created it: a partition per shard, compacted, small segments
+    configs = await topic_configs(real_kafka.bootstrap, stack.topics["checkpoint"])
+    wanted = checkpoint_topic_configs(KafkaConfig(bootstrap_servers=real_kafka.bootstrap))
+    assert {name: configs.get(name) for name in wanted} == wanted, configs
     await asyncio.sleep(1.5)
     handovers = []
     for leaving, staying in (("b", ["a", "c"]), ("c", ["a"])):

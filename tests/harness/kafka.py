@@ -551,6 +551,21 @@ async def read_committed(bootstrap: str, topics: Sequence[str], *, timeout_s: fl
     return out
 
 
+async def topic_configs(bootstrap: str, topic: str) -> dict[str, str]:
+    """The topic's configs as the broker describes them (defaults included)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    finally:
+        await admin.close()
+    (resource,) = response.resources
+    return {entry[0]: entry[1] for entry in resource[4]}
+
+
 def header(record: Any, name: str) -> bytes | None:
     for key, value in record.headers:
         if key == name:
