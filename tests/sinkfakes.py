@@ -12,8 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.structs import RecordMetadata, TopicPartition
+
+import publisher.sink.producer
 
 PARTITIONS = 4
 #: a `commit` fault: the commit takes effect, then the answer is lost (the call raises this error)
@@ -101,6 +104,13 @@ def producer_class(world: World, *, batch_capacity: int = 3) -> type:
     return Bound
 
 
+def install(monkeypatch: pytest.MonkeyPatch, *, batch_capacity: int = 3) -> World:
+    """A fresh World whose fake producers stand in for every AIOKafkaProducer the sink builds."""
+    world = World()
+    monkeypatch.setattr(publisher.sink.producer, "AIOKafkaProducer", producer_class(world, batch_capacity=batch_capacity))
+    return world
+
+
 class FakeProducer:
     def __init__(self, world: World, options: dict[str, Any], batch_capacity: int):
         self.world = world
@@ -127,7 +137,8 @@ class FakeProducer:
         await self._call("stop")
 
     async def close(self) -> None:
-        return None
+        # what tear_down() calls on `producer.client` (here the producer itself) when stop() did not end
+        self.world.log.append(("close", self.id))
 
     async def begin_transaction(self) -> None:
         await self._call("begin")

@@ -21,7 +21,6 @@ from aiokafka.errors import (
     TransactionalIdAuthorizationFailed,
 )
 
-import publisher.sink.producer
 from publisher.checkpoint import Checkpoint, decode_checkpoint, decode_part, encode_checkpoint
 from publisher.config import KafkaConfig
 from publisher.event import DeadLetter, FillEvent
@@ -37,7 +36,7 @@ from publisher.sink import (
 from publisher.sink.batching import partition_for
 from publisher.sink.held import HeldSources
 from publisher.sink.records import record_budget
-from tests.sinkfakes import LOST_ANSWER, PARTITIONS, Sent, World, producer_class
+from tests.sinkfakes import LOST_ANSWER, PARTITIONS, Sent, World, install
 
 KAFKA = KafkaConfig(bootstrap_servers="fake:9092", request_timeout_s=1, transaction_timeout_s=0.5,
                     max_record_bytes=65536)
@@ -70,9 +69,7 @@ class Committed:
 
 @pytest.fixture
 def world(monkeypatch: pytest.MonkeyPatch) -> World:
-    w = World()
-    monkeypatch.setattr(publisher.sink.producer, "AIOKafkaProducer", producer_class(w))
-    return w
+    return install(monkeypatch)
 
 
 @pytest.fixture

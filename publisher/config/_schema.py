@@ -118,6 +118,13 @@ class KafkaConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
                                                                  f"(allowed: {', '.join(PRODUCER_OPTIONS)})")
             if not isinstance(value, int) or isinstance(value, bool) or value < PRODUCER_OPTIONS[name]:
                 raise SettingProblem(f"producer_options.{name}", f"must be an integer >= {PRODUCER_OPTIONS[name]}")
+        batch = self.producer_options.get("max_batch_size")
+        if batch is not None and batch > self.max_record_bytes:
+            # the broker refuses a batch above the topics' max.message.bytes on every retry: its
+            # source would be held back for good (publisher.sink.held)
+            raise SettingProblem("producer_options.max_batch_size", f"must be at most max_record_bytes "
+                                                                    f"({self.max_record_bytes}), the largest record "
+                                                                    f"batch the publisher sends")
 
     def _check_topic_template(self) -> None:
         try:

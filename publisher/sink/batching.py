@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from aiokafka.partitioner import DefaultPartitioner
 
-from publisher.sink.records import Headers
+from publisher.sink.records import Headers, record_bytes
 
 _PARTITIONER = DefaultPartitioner()
 
@@ -65,7 +65,7 @@ class PartitionBatches:
     async def add(self, topic: str, key: bytes, value: bytes, headers: Headers) -> bool:
         """The slow path of :meth:`append`: find the partition, hand over a full batch. False (and
         nothing sent) when the record's key, value and headers exceed `record_bytes`."""
-        if len(key) + len(value) + sum(len(name) + len(data) for name, data in headers) > self._record_bytes:
+        if record_bytes(key, value, headers) > self._record_bytes:
             return False
         producer = self._producer
         slot = self._partition_of.get((topic, key))

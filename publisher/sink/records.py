@@ -70,22 +70,31 @@ def record_budget(max_record_bytes: int) -> int:
     return max_record_bytes - BATCH_OVERHEAD
 
 
+def record_bytes(key: bytes, value: bytes, headers: Headers) -> int:
+    """What :func:`record_budget` bounds: a record's key, value and headers (names and values)."""
+    return len(key) + len(value) + sum(len(name) + len(data) for name, data in headers)
+
+
 def dead_letter_value(letter: DeadLetter, budget: int) -> bytes:
-    """`letter`'s record value, truncated (:class:`TruncatedDeadLetter`) when it exceeds `budget`."""
+    """`letter`'s record value, truncated (:class:`TruncatedDeadLetter`) when its record (key
+    `<source>`, :func:`dead_letter_headers` and this value) would exceed `budget`."""
+    source = letter.source.encode()
+    # the budget is the whole record's: what its key and headers take is not the value's
+    fits = budget - record_bytes(source, b"", dead_letter_headers(source, letter.venue.encode()))
     value = encode(letter)
-    if len(value) <= budget:
+    if len(value) <= fits:
         return value
     raw = bytes(letter.raw)
     digest = hashlib.blake2b(raw, digest_size=32).hexdigest()
     error = letter.error[:_ERROR_CHARS]
-    room = max(0, budget - len(error) - 1024)
+    room = max(0, fits - len(error) - 1024)
     while True:
         head = raw[:room].decode("utf-8", "ignore")
         note = (f"{error}; raw fill of {len(raw)} bytes truncated to its first {len(head.encode())} "
                 f"(record limit {budget} bytes), blake2b-256 {digest}")
         value = _json.encode(TruncatedDeadLetter(source=letter.source, venue=letter.venue, error=note, raw=head,
                                                  raw_bytes=len(raw), raw_blake2b=digest))
-        if len(value) <= budget or not head:
+        if len(value) <= fits or not head:
             return value
         room = len(head.encode()) // 2  # escaping made it larger than its bytes: try a shorter start
 
