@@ -127,3 +127,14 @@ def test_a_version_2_split_checkpoint_still_restores() -> None:
     restored = checkpoints_from_records([(b"a#part1", part), (b"a", head)], ["a"])["a"]
     assert restored.seen == {7: b"k" * 16} and restored.paging_state == {"resume_offset": 3}
     assert restored.written_at_ns == 4 and restored.venue == "zll"
+
+
+def test_a_version_2_checkpoint_without_the_below_floor_memory_restores_without_it() -> None:
+    # as written before the memory was carried: a reader judges from its floor up (publisher.floor)
+    head = msgspec.msgpack.encode({"version": 2, "source": "a", "venue": "zll", "watermark_ns": 5, "floor_ns": 0,
+                                   "seen": {7: b"k" * 16}, "paging_state": None, "written_at_ns": 4, "parts": 0,
+                                   "generation": 0})
+    restored = checkpoints_from_records([(b"a", head)], ["a"])["a"]
+    assert restored.below_floor_from_s is None and restored.below_floor_keys == {}
+    assert restored.seen == {7: b"k" * 16}
+
