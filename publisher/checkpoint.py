@@ -83,7 +83,7 @@ class Checkpoint(msgspec.Struct, kw_only=True, frozen=True):
     #: the oldest execution second the below-floor memory covers (None: written without it; the
     #: memory then covers from `floor_ns` up)
     below_floor_from_s: int | None = None
-    #: execution second -> packed 8-byte key prefixes the window forgot below `floor_ns`
+    #: execution second -> packed 16-byte keys the window forgot below `floor_ns` (its newest seconds)
     below_floor_keys: dict[int, bytes] = {}
 
 

@@ -15,8 +15,9 @@ the two apart, and a fill is judged lost when either says so:
   of the list: Kalshi's `min_ts` lets through the second before the floor's, ZLL's walk reads at
   most one page below the floor (newest first) or a page plus the fills that crossed the floor
   since the previous poll (oldest first). So the memory keeps the newest seconds until they hold
-  :data:`KEEP_PAGES` pages (`page_limit`) of keys on top of those the window forgot last, and drops
-  older seconds; a second is never split. The checkpoint carries its newest seconds (at most
+  the source's `below_floor_keep` keys (ZLL: :data:`KEEP_PAGES` pages of `page_limit`; Kalshi:
+  none) on top of those the window forgot last, and drops older seconds; a second is never split,
+  the newest never dropped. The checkpoint carries its newest seconds (at most
   :data:`CARRIED_BYTES`), so a restart keeps judging.
 - **Position** (`FetchResult.arrived_below`, from the adapter): fills listed now that the venue did
   not list at the previous poll. A fill is published by a poll that lists it while it is inside
@@ -29,24 +30,26 @@ positional signal names a fill only on the poll where it first appears. What nei
 fill older than the memory's cover that the adapter does not see arrive) is left to the audit
 (`fill-publisher audit`); docs/limits.md lists those cases.
 
-Keys are kept as the first :data:`PREFIX` bytes of their 16-byte dedupe key, packed per execution
-second: a fill is looked up among the keys of its own second, where a false match needs two of
-a second's keys to agree on 64 bits. A fill the venue now dates in another second than when it
-was published is looked for in every second before it is called lost.
+The memory holds the keys themselves (the 16-byte objects the window held), in a set: a poll's
+fills below the floor are looked up in one call, and a fill the venue now dates otherwise than
+when it was published is still known. Beside the set, the keys in execution-second order say what
+to drop first and what the checkpoint carries (the newest seconds, as the window's are carried).
 """
 
 from __future__ import annotations
 
+import bisect
+from array import array
 from collections.abc import Collection, Mapping, Sequence
 
+from publisher.dedupe import KEY_SIZE
 from publisher.event import FillEvent
 
 _NS = 1_000_000_000
-#: bytes of each remembered key: the start of its 16-byte dedupe key
-PREFIX = 8
 #: pages of keys (`page_limit` each) the memory keeps below the floor at least, beyond the keys the
 #: window forgot last: a page is what ZLL's walk reads below the floor, and another one leaves room
-#: for fills there that are no published keys (dead letters, lost fills, whole seconds)
+#: for fills there that are no published keys (lost fills, dead letters dated by the poll, whole
+#: seconds)
 KEEP_PAGES = 2
 #: the most the checkpoint carries of the memory (its newest seconds): far inside the smallest
 #: record a checkpoint may use (`kafka.max_record_bytes` is at least 64 KiB), beside the rest of it
@@ -59,28 +62,29 @@ class BelowFloor:
     """The keys published in the newest seconds below a source's floor; see the module docstring.
 
     `covered_from_s`: the oldest second the memory covers (the first start's floor second, or what
-    a checkpoint carried); `keep`: how many keys to keep at least; `packed`: second -> packed key
-    prefixes, as :meth:`packed` gives them.
+    a checkpoint carried); `keep`: how many keys to keep at least; `packed`: second -> packed
+    16-byte keys, as :meth:`packed` gives them.
     """
 
-    __slots__ = ("_buckets", "_covered_s", "_keep", "_keys")
+    __slots__ = ("_covered_s", "_keep", "_keys", "_largest", "_order", "_seconds")
 
     def __init__(self, covered_from_s: int, keep: int, packed: Mapping[int, bytes] | None = None):
         self._covered_s = covered_from_s
         self._keep = keep
-        #: second -> packed prefixes, oldest second first
-        self._buckets: dict[int, bytes] = {}
-        self._keys = 0
-        for second in sorted(packed or {}):
-            blob = packed[second]  # type: ignore[index]
-            if len(blob) % PREFIX:
+        self._keys: set[bytes] = set()
+        #: the most keys the set has held since it was built (a set never gives back its table)
+        self._largest = 0
+        #: every key, oldest second first, and the second of each
+        self._order: list[bytes] = []
+        self._seconds = array("q")
+        for second, blob in sorted((packed or {}).items()):
+            if len(blob) % KEY_SIZE:
                 raise ValueError(f"corrupt below-floor memory for second {second}")
-            if second >= covered_from_s and blob:
-                self._buckets[second] = blob
-                self._keys += len(blob) // PREFIX
+            if second >= covered_from_s:
+                self._add(second, [blob[i : i + KEY_SIZE] for i in range(0, len(blob), KEY_SIZE)])
 
     def __len__(self) -> int:
-        return self._keys
+        return len(self._order)
 
     @property
     def covered_from_s(self) -> int:
@@ -93,17 +97,11 @@ class BelowFloor:
         what the memory keeps."""
         if not dropped:
             return
-        buckets = self._buckets
         added = 0
         for second in sorted(dropped):
             keys = dropped[second]
-            blob = b"".join([key[:PREFIX] for key in keys])
-            if second in buckets:
-                buckets[second] += blob
-            else:
-                self._insert(second, blob)
+            self._add(second, keys)
             added += len(keys)
-        self._keys += added
         self._drop_oldest(self._keep + added)
 
     def judge(self, below: Sequence[FillEvent], keys: Sequence[bytes],
@@ -112,79 +110,66 @@ class BelowFloor:
         have been published: not remembered, and either in a second the memory covers or among
         `arrived` (venue ids the adapter saw listed for the first time). Those in a covered second
         are remembered, so a later call does not return them again."""
-        buckets = self._buckets
+        known = self._keys
+        if known.issuperset(keys):  # the usual case: every one published
+            return []
         covered = self._covered_s
-        candidates: list[tuple[FillEvent, bytes]] = []
-        for fill, key in zip(below, keys, strict=True):
-            second = fill.executed_at_ns // _NS
-            blob = buckets.get(second)
-            if blob is not None:
-                prefix = key[:PREFIX]
-                at = blob.find(prefix)
-                while at > 0 and at % PREFIX:  # a match across two keys: look further
-                    at = blob.find(prefix, at + 1)
-                if at >= 0:
-                    continue
-            if second >= covered or (arrived and fill.fill_id in arrived):
-                candidates.append((fill, key))
         lost = []
-        for fill, key in candidates:  # rare: only fills that look lost get here
-            prefix = key[:PREFIX]
-            if self._anywhere(prefix):
-                continue  # published under another time than the venue gives it now
-            lost.append(fill)
+        for fill, key in zip(below, keys, strict=True):
+            if key in known:
+                continue
             second = fill.executed_at_ns // _NS
             if second >= covered:
-                self._remember(second, prefix)
+                lost.append(fill)
+                self._add(second, [key])
+            elif arrived and fill.fill_id in arrived:
+                lost.append(fill)
         return lost
 
     def packed(self, max_bytes: int = CARRIED_BYTES) -> tuple[int, dict[int, bytes]]:
-        """(covered_from_s, second -> packed prefixes) for the checkpoint: the newest seconds that
-        fit `max_bytes`, and the cover that leaves (it starts at the oldest second carried when
-        older ones did not fit)."""
+        """(covered_from_s, second -> packed keys) for the checkpoint: the newest seconds that fit
+        `max_bytes`, and the cover that leaves (it starts at the oldest second carried when older
+        ones did not fit)."""
+        seconds, order = self._seconds, self._order
         carried: dict[int, bytes] = {}
         room = max_bytes
         covered = self._covered_s
-        for second in reversed(self._buckets):
-            blob = self._buckets[second]
-            room -= len(blob) + _SECOND_BYTES
+        end = len(seconds)
+        while end:
+            second = seconds[end - 1]
+            start = bisect.bisect_left(seconds, second, 0, end)
+            room -= (end - start) * KEY_SIZE + _SECOND_BYTES
             if room < 0:
                 covered = second + 1
                 break
-            carried[second] = blob
+            carried[second] = b"".join(order[start:end])
+            end = start
         return covered, carried
 
-    def _anywhere(self, prefix: bytes) -> bool:
-        for blob in self._buckets.values():
-            at = blob.find(prefix)
-            while at > 0 and at % PREFIX:
-                at = blob.find(prefix, at + 1)
-            if at >= 0:
-                return True
-        return False
-
-    def _remember(self, second: int, prefix: bytes) -> None:
-        if second in self._buckets:
-            self._buckets[second] += prefix
-        else:
-            self._insert(second, prefix)
-        self._keys += 1
-
-    def _insert(self, second: int, blob: bytes) -> None:
-        buckets = self._buckets
-        newest = next(reversed(buckets), None)
-        buckets[second] = blob
-        if newest is not None and second < newest:  # a lost fill older than the newest second: rare
-            self._buckets = dict(sorted(buckets.items()))
+    def _add(self, second: int, keys: list[bytes]) -> None:
+        seconds = self._seconds
+        self._keys.update(keys)
+        self._largest = max(self._largest, len(self._keys))
+        if not seconds or seconds[-1] <= second:
+            self._order += keys
+            seconds.extend([second] * len(keys))
+            return
+        at = bisect.bisect_right(seconds, second)  # a lost fill older than the newest second: rare
+        self._order[at:at] = keys
+        seconds[at:at] = array("q", [second] * len(keys))
 
     def _drop_oldest(self, keep: int) -> None:
-        buckets = self._buckets
-        while len(buckets) > 1:
-            oldest = next(iter(buckets))
-            count = len(buckets[oldest]) // PREFIX
-            if self._keys - count < keep:
-                return
-            del buckets[oldest]
-            self._keys -= count
+        seconds, order = self._seconds, self._order
+        while seconds:
+            oldest = seconds[0]
+            count = bisect.bisect_right(seconds, oldest)
+            if count == len(seconds) or len(seconds) - count < keep:
+                break
+            self._keys.difference_update(order[:count])
+            del order[:count]
+            del seconds[:count]
             # no key was published in the seconds between this one and the next kept: still covered
             self._covered_s = oldest + 1
+        if 4 * len(self._keys) < self._largest:  # after a burst (an outage, a lowered lookback)
+            self._keys = set(self._keys)
+            self._largest = len(self._keys)

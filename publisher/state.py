@@ -12,7 +12,7 @@ from typing import Any
 
 from publisher.checkpoint import Checkpoint, encode_checkpoint
 from publisher.dedupe import SeenWindow
-from publisher.floor import KEEP_PAGES, BelowFloor
+from publisher.floor import BelowFloor
 from publisher.venues.base import SourceConfig
 from publisher.venues.fields import NS, parse_rfc3339_ns
 
@@ -24,7 +24,7 @@ class SourceState:
         self.name = source.name
         self.venue = source.venue_name
         self.lookback_ns = int(source.lookback_s * NS)
-        keep = KEEP_PAGES * source.page_limit
+        keep = source.below_floor_keep
         if checkpoint is None:
             # first start: publish what was executed in the last lookback_s (or since
             # backfill_from, when that is earlier), then carry on; the first poll's floor is

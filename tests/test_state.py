@@ -72,6 +72,6 @@ def test_the_checkpoint_carries_the_memory_below_the_floor() -> None:
     state.below_floor.forget(state.window.advance(state.floor_ns))
     record = decode_checkpoint(state.checkpoint(NOW + 60 * NS))
     assert record.below_floor_from_s == (NOW - 60 * NS) // NS
-    assert record.below_floor_keys == {(NOW - 30 * NS) // NS: fill_key("f1")[:8]}
+    assert record.below_floor_keys == {(NOW - 30 * NS) // NS: fill_key("f1")}
     again = SourceState(source(lookback_s=60), record, NOW + 61 * NS)
     assert len(again.below_floor) == 1 and again.below_floor.covered_from_s == record.below_floor_from_s
