@@ -6,13 +6,17 @@ newest committed checkpoint describes exactly the committed fills.
 
 It holds the watermark (the start of the source's newest poll, the lower edge of the next overlap
 window is `watermark - lookback`), the floor of the dedupe window when written, the window's keys
-(see :mod:`publisher.dedupe`) and the venue adapter's opaque paging hint: the state of
+(see :mod:`publisher.dedupe`), the newest part of the memory of keys below the floor (see
+:mod:`publisher.floor`) and the venue adapter's opaque paging hint: the state of
 :class:`publisher.state.SourceState`, which builds and restores it. Values are msgpack:
 compact (16 bytes per remembered fill) and versioned; a version newer than this code reads is an
-error (:class:`CheckpointVersionError`), never a silent fresh start.
+error (:class:`CheckpointVersionError`), never a silent fresh start. A field that an older reader
+may ignore without harm is added within a version: the below-floor memory is one (a reader that
+drops it judges fewer fills below the floor, never one wrongly), so a rollback still restores.
 
 Size: the window grows with the fills inside `lookback_s` (16 bytes each), a Kafka record may not
-(`max.message.bytes`, 1 MB by default). A checkpoint that does not fit one record is split
+(`max.message.bytes`, 1 MB by default); the below-floor memory is capped
+(:data:`publisher.floor.CARRIED_BYTES`) and stays in the head. A checkpoint that does not fit one record is split
 (:func:`checkpoint_records`): parts keyed `<source>#part<i>` carry the window's keys, then the head
 (keyed `<source>`) says how many parts and which generation (a random id per write) they belong to.
 Every record of a source goes to one partition, parts before the head, in one transaction. Restore
@@ -76,6 +80,11 @@ class Checkpoint(msgspec.Struct, kw_only=True, frozen=True):
     parts: int = 0
     #: the write the parts belong to (random), so a head restores only with its own parts
     generation: int = 0
+    #: the oldest execution second the below-floor memory covers (None: written without it; the
+    #: memory then covers from `floor_ns` up)
+    below_floor_from_s: int | None = None
+    #: execution second -> packed 16-byte keys the window forgot below `floor_ns` (its newest seconds)
+    below_floor_keys: dict[int, bytes] = {}
 
 
 class CheckpointPart(msgspec.Struct, kw_only=True, frozen=True):

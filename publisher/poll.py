@@ -3,8 +3,10 @@
 Each poll asks the venue adapter for every fill executed since `floor = watermark - lookback`,
 where the watermark is the start of the previous successful poll. Re-reading that overlap on every
 poll is what catches late fills; the :class:`~publisher.dedupe.SeenWindow` drops what was already
-handed to the sink. Fills older than the floor are ignored: the window has forgotten them, and
-`lookback_s` is exactly the lateness the service is configured to tolerate.
+handed to the sink. Fills older than the floor are not published: the window has forgotten them,
+and `lookback_s` is exactly the lateness the service is configured to tolerate. Those among them
+that were never published are counted, once each, with a WARNING naming them (see
+:mod:`publisher.floor`).
 
 The surviving fills, sorted by (executed_at_ns, fill_id), the dead letters and a checkpoint of the
 source's state go to the sink as one batch. The window and watermark include batches that are
@@ -37,7 +39,6 @@ from typing import cast
 from publisher import logs
 from publisher.dedupe import fill_key, fill_keys
 from publisher.event import DeadLetter, FillEvent, Venue
-from publisher.floor import BelowFloor
 from publisher.metrics import SourceMetrics
 from publisher.sink import SourceBatch, TransactionalSink
 from publisher.state import SourceState
@@ -51,6 +52,9 @@ _NS = 1_000_000_000
 #: write a checkpoint at least this often even when nothing new arrived, so a restart after a
 #: quiet spell does not re-read a long stretch of history
 CHECKPOINT_REFRESH_NS = 60 * _NS
+#: fills found lost below the floor named one WARNING each in one poll; more are counted in one line
+#: (each fill is judged lost once, but a venue that turns up thousands at once must not flood the log)
+MAX_NAMED_LOST = 100
 
 
 class Backoff:
@@ -103,7 +107,6 @@ class Poller:
         self._auth_backoff = auth_backoff or Backoff(base_s=15.0, cap_s=300.0)
         #: monotonic time the next (or current) poll is due; a poll starting later is behind schedule
         self.due: float | None = None
-        self._below_floor = BelowFloor(state.window.floor_ns)
         self._conflict_logged = False
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -217,12 +220,13 @@ class Poller:
         # each fill's key as the adapter looked it up (computed here for an adapter that did not)
         keys = result.keys if result.keys is not None else fill_keys([fill.fill_id for fill in fills])
         times = [fill.executed_at_ns for fill in fills]
+        lost: list[FillEvent] = []
         if times and min(times) < floor:
-            # older than the overlap window: outside what this source tracks
+            # older than the overlap window: published long ago, or never (publisher.floor)
             inside = [executed_at_ns >= floor for executed_at_ns in times]
             outside = [not keep for keep in inside]
-            self._count_below_floor(list(itertools.compress(fills, outside)),
-                                    list(itertools.compress(keys, outside)), floor)
+            lost = state.below_floor.judge(list(itertools.compress(fills, outside)),
+                                           list(itertools.compress(keys, outside)), result.arrived_below)
             fills = list(itertools.compress(fills, inside))
             keys = list(itertools.compress(keys, inside))
             times = list(itertools.compress(times, inside))
@@ -251,9 +255,11 @@ class Poller:
         paging_changed = result.paging_state != state.paging_state
         state.paging_state = result.paging_state
         state.watermark_ns = max(state.watermark_ns, poll_start_ns)
-        self._below_floor.forget(window.advance(state.floor_ns), window.floor_ns)
+        state.below_floor.forget(window.advance(state.floor_ns))
         stale = poll_start_ns - state.last_checkpoint_ns >= CHECKPOINT_REFRESH_NS
-        if not (fresh or letters or paging_changed or stale):
+        # fills found lost are handed over with a checkpoint that knows them, so a poll read again
+        # after a failure (rewind) does not count them twice
+        if not (fresh or letters or paging_changed or stale or lost):
             if duplicates:
                 self._metrics.duplicate.inc(duplicates)
             return
@@ -270,18 +276,22 @@ class Poller:
         state.handed_over()
         if duplicates:
             self._metrics.duplicate.inc(duplicates)
+        if lost:
+            self._count_below_floor(lost, floor)
 
-    def _count_below_floor(self, below: list[FillEvent], keys: list[bytes], floor_ns: int) -> None:
-        """Count (once each) the fills below the floor that were never published; see
-        :mod:`publisher.floor`. `keys` are their dedupe keys."""
-        lost = self._below_floor.unpublished(below, keys, floor_ns)
-        if not lost:
-            return
+    def _count_below_floor(self, lost: list[FillEvent], floor_ns: int) -> None:
+        """Count the fills served below the floor that were never published (judged once each,
+        see :mod:`publisher.floor`) and name each in a WARNING, up to :data:`MAX_NAMED_LOST` a poll."""
         self._metrics.below_floor.inc(len(lost))
-        late = (floor_ns - lost[0].executed_at_ns) / _NS
-        log.warning("source %s: %d fill(s) served below the overlap window's floor were never published, "
-                    "e.g. fill id %s executed %.1fs before the floor (lateness beyond lookback_s); "
-                    "fill-publisher audit lists them", self.source.name, len(lost), lost[0].fill_id, late)
+        for fill in lost[:MAX_NAMED_LOST]:
+            log.warning("source %s: fill id %s served below the overlap window's floor was never published: "
+                        "executed %.1fs before the floor (lateness beyond lookback_s)",
+                        self.source.name, fill.fill_id, (floor_ns - fill.executed_at_ns) / _NS,
+                        extra={"fill_id": fill.fill_id})
+        if len(lost) > MAX_NAMED_LOST:
+            log.warning("source %s: %d more fills served below the overlap window's floor were never published "
+                        "(counted, not named here); fill-publisher audit lists them", self.source.name,
+                        len(lost) - MAX_NAMED_LOST)
 
     def _count_conflicts(self, conflicts: list[tuple[FillEvent, FillEvent]], fresh: list[FillEvent]) -> None:
         """Count the venue's conflicting copies of fills published now; log the first one."""

@@ -16,6 +16,10 @@ from publisher.checkpoint import (
     decode_checkpoint,
     encode_checkpoint,
 )
+from publisher.floor import BelowFloor
+from publisher.sink.records import record_budget
+from publisher.venues.fields import MAX_TEXT_LENGTH
+from publisher.venues.zll import END_IDS
 
 LIMIT = 64 * 1024
 
@@ -127,3 +131,31 @@ def test_a_version_2_split_checkpoint_still_restores() -> None:
     restored = checkpoints_from_records([(b"a#part1", part), (b"a", head)], ["a"])["a"]
     assert restored.seen == {7: b"k" * 16} and restored.paging_state == {"resume_offset": 3}
     assert restored.written_at_ns == 4 and restored.venue == "zll"
+
+
+def test_a_version_2_checkpoint_without_the_below_floor_memory_restores_without_it() -> None:
+    # as written before the memory was carried: a reader judges from its floor up (publisher.floor)
+    head = msgspec.msgpack.encode({"version": 2, "source": "a", "venue": "zll", "watermark_ns": 5, "floor_ns": 0,
+                                   "seen": {7: b"k" * 16}, "paging_state": None, "written_at_ns": 4, "parts": 0,
+                                   "generation": 0})
+    restored = checkpoints_from_records([(b"a", head)], ["a"])["a"]
+    assert restored.below_floor_from_s is None and restored.below_floor_keys == {}
+    assert restored.seen == {7: b"k" * 16}
+
+
+def test_the_below_floor_memory_stays_in_the_head_and_fits_the_smallest_record() -> None:
+    memory = BelowFloor(0, keep=10**6)
+    for second in range(1_700_000_000, 1_700_005_000):  # a key a second: the most framing per key
+        memory.forget({second: [second.to_bytes(16, "big")]})
+    covered, carried = memory.packed()
+    long_ids = [f"{i}".rjust(MAX_TEXT_LENGTH, "x") for i in range(END_IDS)]  # ZLL's ends, ids at their longest
+    paging = {"resume_offset": 10**9, "head": {"ids": long_ids, "confirmed": True},
+              "tail": {"ids": long_ids, "confirmed": True}}
+    cp = msgspec.structs.replace(checkpoint(seen=window(20_000)), paging_state=paging, below_floor_from_s=covered,
+                                 below_floor_keys=carried)
+    smallest = record_budget(64 * 1024)  # kafka.max_record_bytes at its lowest
+    records = checkpoint_records(cp, smallest)
+    assert len(records) > 1 and all(len(key) + len(value or b"") <= smallest for key, value in records)
+    restored = checkpoints_from_records(records, ["a"])["a"]
+    assert restored.below_floor_keys == carried and restored.below_floor_from_s == covered
+    assert restored.paging_state == paging and restored.seen == cp.seen

@@ -62,3 +62,16 @@ def test_rewind_before_any_checkpoint_returns_to_the_start() -> None:
     state.checkpoint(NOW)  # built, never handed over
     state.rewind()
     assert len(state.window) == 0 and state.floor_ns == NOW - 60 * NS
+
+
+def test_the_checkpoint_carries_the_memory_below_the_floor() -> None:
+    state = SourceState(source(lookback_s=60), None, NOW)
+    assert state.below_floor.covered_from_s == (NOW - 60 * NS) // NS  # nothing below the first floor published
+    state.window.admit(fill_key("f1"), NOW - 30 * NS)
+    state.watermark_ns = NOW + 60 * NS
+    state.below_floor.forget(state.window.advance(state.floor_ns))
+    record = decode_checkpoint(state.checkpoint(NOW + 60 * NS))
+    assert record.below_floor_from_s == (NOW - 60 * NS) // NS
+    assert record.below_floor_keys == {(NOW - 30 * NS) // NS: fill_key("f1")}
+    again = SourceState(source(lookback_s=60), record, NOW + 61 * NS)
+    assert len(again.below_floor) == 1 and again.below_floor.covered_from_s == record.below_floor_from_s

@@ -16,6 +16,7 @@ from typing import Annotated, Any, ClassVar
 
 import msgspec
 
+from publisher.floor import KEEP_PAGES
 from publisher.venues.pages import PublishedFills
 from publisher.venues.results import FetchResult
 
@@ -92,6 +93,13 @@ class SourceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag
         if self.max_response_bytes is not None:
             return self.max_response_bytes
         return self.page_limit * RESPONSE_BYTES_PER_FILL + RESPONSE_ENVELOPE_BYTES
+
+    @property
+    def below_floor_keep(self) -> int:
+        """How many keys below the floor the poll loop remembers at least (:mod:`publisher.floor`):
+        enough to cover what the venue's adapter may read there in one poll when it reads only part
+        of the venue's list. By default :data:`~publisher.floor.KEEP_PAGES` pages of `page_limit`."""
+        return KEEP_PAGES * self.page_limit
 
     @property
     def venue_name(self) -> str:

@@ -84,6 +84,12 @@ class KalshiSource(SourceConfig, tag="kalshi", kw_only=True):
     #: 0 is the primary account, 1..63 subaccounts; None asks for all of them
     subaccount: Annotated[int, msgspec.Meta(ge=0, le=63)] | None = None
 
+    @property
+    def below_floor_keep(self) -> int:
+        """None beyond the last seconds the window forgot: Kalshi filters by `min_ts`, so below the
+        floor it serves only the second before the floor's, which the memory always keeps."""
+        return 0
+
 
 FILLS_PATH = "portfolio/fills"
 """Relative to `base_url` (which ends in `/trade-api/v2`): no leading slash, so httpx appends it to the

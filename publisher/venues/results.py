@@ -56,6 +56,11 @@ class FetchResult:
     #: (first copy, later copy) of fill ids the venue served twice in this poll with different
     #: values; the first copy is the one kept
     conflicts: list[tuple[FillEvent, FillEvent]] = field(default_factory=list)
+    #: venue ids of fills older than the poll's `since_ns` that the venue lists now and did not list
+    #: at the previous poll (they sit beyond the end of the list that poll read, where the venue adds
+    #: fills): never published, however old (see :mod:`publisher.floor`). None: the adapter cannot
+    #: tell, e.g. Kalshi, whose `min_ts` pages have no end where new fills arrive
+    arrived_below: set[str] | None = None
 
 
 def repaired_utf8(raw: msgspec.Raw) -> msgspec.Raw | None:

@@ -9,7 +9,12 @@ order is safe to read as long as we know when to stop, and the order is read fro
 (the `time` of consecutive fills, within a page and across page boundaries):
 
 * newest-first (times never increase, at least one decrease): start at offset 0 and stop after the
-  first page that holds a fill older than `since_ns`; everything after it is older still.
+  first page that holds a fill older than `since_ns`; everything after it is older still. Not so
+  in a list kept in insertion order, where a late fill (an old `time`, listed now) can end a page
+  that looks newest-first, with newer fills after it: so the walk also goes on until it has met
+  one of the ids the previous poll saw first (see "The ends of the list"). Everything listed
+  before them arrived since that poll and must be read; after them, that poll and those before it
+  have read the list already.
 * oldest-first (times never decrease, at least one increase): the fills older than `since_ns` sit at
   the front. Their count B, as seen, goes into `paging_state` as a resume offset one page below it
   (`{"resume_offset": max(0, B - limit)}`), so the next poll reads only the tail. B can only grow
@@ -34,6 +39,22 @@ then reads to the end, slower but complete.
 Every walk stops at a short (< limit) or empty page: that is the end of the list. Times equal to
 `since_ns` count as new, so same-timestamp bursts straddling a page boundary are read in full. A
 safety cap on pages per poll turns a misbehaving venue into a `decode` error instead of a hang.
+
+The ends of the list
+--------------------
+A fill the venue lists for the first time when it is already older than `since_ns` was never
+published (a poll publishes what it lists inside the window) and must be counted as lost, however
+old (:mod:`publisher.floor`). ZLL adds fills at an end of its list: at the head (newest first) or
+the tail (oldest first) in insertion order, and there too in a sorted list when they are newer
+than every fill listed (or older than every one). So the paging state keeps the first and the last
+few ids (:data:`END_IDS`) the walk read, from pages that cover the start or the end of the list
+without a gap; the next poll names the fills it meets beyond them, older than `since_ns`
+(`FetchResult.arrived_below`). The ids must be met again in their order; a view of an end that did
+not find the previous one (a first start, fills removed at that end, a list turned round, an odd
+answer) is kept unconfirmed and names nothing until the next poll finds it again, so a venue that
+leaves fills out once never has them named when they are back. A late fill sorted into the middle
+of the list is no arrival at an end: the memory of published keys judges it, when the walk reads
+it (docs/limits.md).
 """
 
 from __future__ import annotations
@@ -42,7 +63,7 @@ import functools
 import itertools
 import time
 import urllib.parse
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -386,10 +407,11 @@ class _Order:
 @dataclass(slots=True)
 class _Listing:
     """What the walk needs of one page, fill by fill: each fill's time (None when unreadable or
-    not plausible) and whether it was read earlier in this poll."""
+    not plausible), whether it was read earlier in this poll, and its venue id ("" when unusable)."""
 
     times: list[int | None]
     repeats: list[bool]
+    ids: list[str]
 
     def __len__(self) -> int:
         return len(self.times)
@@ -405,7 +427,7 @@ class _Listing:
         else:  # key items and typed fills both carry the venue's `time`
             times = [outcome.executed_at_ns if outcome is not None else entry.time
                      for outcome, entry in zip(page.outcomes, entries, strict=True)]
-        return cls(times, page.repeats)
+        return cls(times, page.repeats, page.ids)
 
 
 def _times(page: _Listing, *, fresh_only: bool = False) -> list[int]:
@@ -449,12 +471,131 @@ def _resume_offset(paging_state: Any) -> int:
     return 0
 
 
+#: ids the paging state keeps from each end of the list: with a few, a fill removed at an end leaves
+#: others to recognise the end by, and their order shows a list turned round
+END_IDS = 3
+
+
+@dataclass(slots=True)
+class _End:
+    """The first (head) or last (tail) usable ids of the list, in list order, as a poll read them.
+
+    `confirmed`: that poll found, in their order, the ids the poll before it had kept there. Only
+    confirmed ids name arrivals: a first view of an end (a first start, a list turned round, fills
+    removed there, a venue answering oddly once) must be seen again before it is trusted.
+    """
+
+    ids: list[str]
+    confirmed: bool
+
+    def saved(self) -> dict[str, Any]:
+        """The paging state's form of it."""
+        return {"ids": self.ids, "confirmed": self.confirmed}
+
+    @classmethod
+    def restore(cls, paging_state: Any, name: str) -> _End | None:
+        """The end `name` kept in `paging_state`, or None."""
+        # the checkpoint is ours but may come from an older version: anything unexpected means "none"
+        value = paging_state.get(name) if isinstance(paging_state, dict) else None
+        if not isinstance(value, dict):
+            return None
+        ids, confirmed = value.get("ids"), value.get("confirmed")
+        if (isinstance(ids, list) and 0 < len(ids) <= END_IDS and all(isinstance(i, str) and i for i in ids)
+                and isinstance(confirmed, bool)):
+            return cls(ids, confirmed)
+        return None
+
+
+def _from_start(read: list[tuple[int, _Listing]], limit: int) -> list[_Listing]:
+    """The pages of `read` (a walk's, in read order) that cover the list from offset 0 without a
+    gap: each at the offset after the one before, read after it (fills inserted meanwhile shift
+    the later page: repeats, never a gap)."""
+    pages: list[_Listing] = []
+    index = -1
+    while True:
+        offset = len(pages) * limit
+        index = next((i for i in range(index + 1, len(read)) if read[i][0] == offset), -1)
+        if index < 0:
+            return pages
+        pages.append(read[index][1])
+
+
+def _to_end(read: list[tuple[int, _Listing]], limit: int) -> list[_Listing]:
+    """The pages of `read` that cover the list to its end without a gap (see :func:`_from_start`),
+    in list order; none when the walk stopped before the end, at a full page."""
+    if not read or len(read[-1][1]) >= limit:
+        return []
+    index = len(read) - 1
+    offset = read[index][0]
+    pages = [read[index][1]]
+    while offset > 0:
+        offset -= limit
+        index = next((i for i in range(index - 1, -1, -1) if read[i][0] == offset), -1)
+        if index < 0:
+            break
+        pages.append(read[index][1])
+    return pages[::-1]
+
+
+def _entries(pages: list[_Listing], *, backwards: bool) -> Iterator[tuple[str, int | None]]:
+    """(id, time) of every entry of `pages`, from the first or from the last."""
+    if not backwards:
+        for page in pages:
+            yield from zip(page.ids, page.times, strict=True)
+        return
+    for page in reversed(pages):
+        ids, times = page.ids, page.times
+        for i in range(len(ids) - 1, -1, -1):
+            yield ids[i], times[i]
+
+
+def _judge_end(name: str, end: _End | None, pages: list[_Listing], since_ns: int, limit: int,
+               arrived: set[str]) -> _End | None:
+    """Judge one end of the list on `pages` (read from the start, or to the end, without a gap):
+    add to `arrived` the ids older than `since_ns` listed beyond where `end` (the previous poll's)
+    is now, when it is confirmed; return the end this poll leaves.
+
+    The entries are met from that end inwards, and only as far as needed: usually the few that
+    arrived since the previous poll and the ids kept. Once a kept id is met, the others are
+    looked for within a page further (they sat next to it).
+    """
+    backwards = name == "tail"
+    kept = [] if end is None else (end.ids[::-1] if backwards else end.ids)
+    wanted = set(kept)
+    seen: list[str] = []  # the first END_IDS distinct usable ids met: this poll's end
+    where: dict[str, int] = {}  # where each kept id was met first
+    before: list[tuple[str, int | None]] = []  # the entries met before the first kept id
+    give_up = -1
+    for position, (fill_id, when) in enumerate(_entries(pages, backwards=backwards)):
+        if fill_id in wanted:
+            if not where:
+                give_up = position + limit
+            where.setdefault(fill_id, position)
+        elif not where:
+            before.append((fill_id, when))
+        if fill_id and len(seen) < END_IDS and fill_id not in seen:
+            seen.append(fill_id)
+        if len(seen) == END_IDS and (len(where) == len(wanted) or position >= give_up >= 0):
+            break
+    if not seen:  # an empty list, or no usable id at this end: nothing to know it by
+        return end
+    now = seen[::-1] if backwards else seen
+    if end is None:
+        return _End(now, confirmed=False)
+    found = [where[fill_id] for fill_id in kept if fill_id in where]
+    if not found or found != sorted(found):
+        return _End(now, confirmed=False)  # not where it was: a new view, to be confirmed
+    if end.confirmed:
+        arrived.update(fill_id for fill_id, when in before if fill_id and when is not None and when < since_ns)
+    return _End(now, confirmed=True)
+
+
 class _Poll:
     """One poll's walk over the offset-paged list; its pages are read by a
     :class:`~publisher.venues.pages.PageReader` (:attr:`pages`) with :class:`ZllPages`."""
 
     def __init__(self, adapter: ZllAdapter, since_ns: int, clock_ns: Callable[[], int],
-                 published: PublishedFills | None):
+                 published: PublishedFills | None, paging_state: Any = None):
         self._adapter = adapter
         self._since = since_ns
         self._clock_ns = clock_ns
@@ -464,6 +605,16 @@ class _Poll:
         self._previous: tuple[int, bytes] | None = None
         self._same = 0
         self.pages = PageReader(adapter.pages, published)
+        #: the ends of the list as the previous poll left them
+        self._ends = {name: _End.restore(paging_state, name) for name in ("head", "tail")}
+        #: every page read, (offset, listing), in read order; the last walk's start at `_attempt`
+        self._read: list[tuple[int, _Listing]] = []
+        self._attempt = 0
+        #: the ids the previous poll saw first in the list, and whether this walk has met one: a
+        #: newest-first walk stops only past them (see the module docstring)
+        head = self._ends["head"]
+        self._head_ids = frozenset(head.ids if head is not None else ())
+        self._met_head = not self._head_ids
 
     async def page(self, offset: int) -> _Listing:
         """Fetch and read the page at `offset`."""
@@ -473,7 +624,17 @@ class _Poll:
         body = await self._adapter.client.get(FILLS_PATH, params=self._adapter.params(offset))
         self._check_progress(offset, body)
         observed_at_ns = self._clock_ns()
-        return _Listing.of(await self.pages.read(body, observed_at_ns), observed_at_ns)
+        listing = _Listing.of(await self.pages.read(body, observed_at_ns), observed_at_ns)
+        self._read.append((offset, listing))
+        if not self._met_head:
+            self._met_head = not self._head_ids.isdisjoint(listing.ids)
+        return listing
+
+    async def _start(self, offset: int) -> _Listing:
+        """The first page of a walk: the ends of the list are judged on the last walk's pages."""
+        self._attempt = len(self._read)
+        self._met_head = not self._head_ids
+        return await self.page(offset)
 
     def _check_progress(self, offset: int, body: bytes) -> None:
         """Trip the loop guard when full pages at advancing offsets keep coming back the same."""
@@ -493,25 +654,37 @@ class _Poll:
     async def run(self, resume: int) -> FetchResult:
         """Resume from a stored offset when it checks out, else start over; see the module docstring."""
         if resume > 0:
-            page = await self.page(resume)
+            page = await self._start(resume)
             times = _times(page)
             if times and self._old(times[0]) and _ascending(times):
                 try:
                     return self._finish(*await self._walk(resume, page, _Order("asc"), skipped=True))
                 except _Restart:
-                    return self._finish(*await self._walk(0, await self.page(0), _Order("mixed"), skipped=False))
-        first = await self.page(0)
+                    return self._finish(*await self._walk(0, await self._start(0), _Order("mixed"), skipped=False))
+        first = await self._start(0)
         try:
             return self._finish(*await self._walk(0, first, _Order(), skipped=False))
         except _Restart:
-            return self._finish(*await self._walk(0, await self.page(0), _Order("mixed"), skipped=False))
+            return self._finish(*await self._walk(0, await self._start(0), _Order("mixed"), skipped=False))
 
     def _finish(self, order: _Order, boundary: int | None) -> FetchResult:
         result = self.pages.result
+        state: dict[str, Any] = {}
         if order.direction == "asc" and boundary is not None:
             # one page below the boundary: cheap insurance, and the fill there validates the offset
             resume = max(0, boundary - self._limit)
-            result.paging_state = {"resume_offset": resume} if resume > 0 else None
+            if resume > 0:
+                state["resume_offset"] = resume
+        arrived: set[str] = set()
+        read = self._read[self._attempt:]
+        for name, pages in (("head", _from_start(read, self._limit)), ("tail", _to_end(read, self._limit))):
+            end = self._ends[name]
+            if pages:  # this walk read that end of the list
+                end = _judge_end(name, end, pages, self._since, self._limit, arrived)
+            if end is not None:
+                state[name] = end.saved()
+        result.paging_state = state or None
+        result.arrived_below = arrived or None
         return result
 
     async def _walk(self, offset: int, page: _Listing, order: _Order, *, skipped: bool) -> tuple[_Order, int | None]:
@@ -535,7 +708,7 @@ class _Poll:
                 if boundary is None:
                     boundary = offset + len(page)
                 return order, boundary
-            if order.direction == "desc" and any(self._old(t) for t in _times(page)):
+            if order.direction == "desc" and any(self._old(t) for t in _times(page)) and self._met_head:
                 return order, None
             if order.direction == "asc" and boundary is None and self._all_old(page):
                 offset, page = await self._gallop(offset + self._limit, page)
@@ -621,12 +794,13 @@ class ZllAdapter(VenueAdapter):
 
     async def fetch(self, since_ns: int, paging_state: Any, clock_ns: Callable[[], int],
                     published: PublishedFills | None = None) -> FetchResult:
-        """Every fill since `since_ns` (and some older); `paging_state` carries the resume offset.
+        """Every fill since `since_ns` (and some older); `paging_state` carries the resume offset
+        and the ends of the list, by which the fills first listed below `since_ns` are named.
 
         A fill whose list copy is unusable is looked up by id once before it is dead-lettered:
         published when that copy is well-formed, else the dead letter says what it held.
         """
-        result = await _Poll(self, since_ns, clock_ns, published).run(_resume_offset(paging_state))
+        result = await _Poll(self, since_ns, clock_ns, published, paging_state).run(_resume_offset(paging_state))
         if result.invalid:
             await self._second_look(result, clock_ns, published)
         return result
