@@ -48,20 +48,20 @@ from aiokafka.errors import (
 
 import publisher.sink.producer
 from publisher.app import EXIT_FENCED, EXIT_OK, Publisher
-from publisher.checkpoint import decode_checkpoint
 from publisher.config import load_settings
-from publisher.dedupe import KEY_SIZE, fill_key
 from publisher.embedded_broker import EmbeddedBroker
 from tests.harness.delivery import (
-    COMMITTED,
     OPEN,
     DeliveryReport,
     LogRecord,
-    assert_exactly_once,
+    MockJudgement,
+    assert_exactly_once_on_the_mock,
     committed,
     delivery_report,
+    first_seen_in_open_checkpoint,
     not_aborted,
     read_log,
+    resolve_as_restored,
 )
 from tests.harness.proxy import KafkaProxy
 from tests.harness.stack import NS, PublisherProcess, Stack
@@ -164,14 +164,39 @@ async def pending_fills(proc: PublisherProcess) -> float:
 
 async def finish(stack: Stack, proc: PublisherProcess, since_ns: int) -> DeliveryReport:
     """Let `proc` run a second more, stop the generators, wait until every fill executed since
-    `since_ns - lookback` is committed, SIGTERM (exit 0 within 10 s), judge exactly once."""
+    `since_ns - lookback` is delivered, SIGTERM (exit 0 within 10 s), judge exactly once as this
+    broker lets a run show it (:func:`judge_on_the_mock`)."""
     await asyncio.sleep(1.0)
     await stop_generating(stack)
     expected = set(stack.expected(since_ns - LOOKBACK_S * NS))
-    records = await wait_delivered(stack, expected, timeout_s=60)
+    await wait_judged(stack, expected)
     code, took = await proc.terminate()
     assert code == 0 and took < 10, proc.logs()[-3000:]
-    return assert_exactly_once(records, expected)
+    return (await judge_on_the_mock(stack, expected)).report
+
+
+async def judge_on_the_mock(stack: Stack, expected: Iterable[str]) -> MockJudgement:
+    """Exactly once as librdkafka's mock broker lets it show when a producer was given up with a
+    transaction open (a deadline, a broken producer, a SIGKILL): see
+    :func:`tests.harness.delivery.assert_exactly_once_on_the_mock`; real Kafka judges the same
+    code by committed records alone (tests/test_realkafka_*.py)."""
+    fills = await read_log(stack.bootstrap, fill_topics(stack))
+    checkpoints = await read_log(stack.bootstrap, [stack.topics["checkpoint"]])
+    return assert_exactly_once_on_the_mock(fills, checkpoints, expected)
+
+
+async def wait_judged(stack: Stack, expected: Iterable[str], timeout_s: float = 60.0) -> None:
+    """Read the log until every expected fill is delivered or excused as the mock shows it."""
+    wanted = set(expected)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        fills = await read_log(stack.bootstrap, fill_topics(stack))
+        resolved, _ = resolve_as_restored(fills, [])
+        missing = wanted - ids(resolved) - ids(not_aborted(fills))
+        if not missing or missing <= first_seen_in_open_checkpoint(
+                missing, await read_log(stack.bootstrap, [stack.topics["checkpoint"]])):
+            return
+        await asyncio.sleep(0.4)
 
 
 async def until(what: str, condition: Callable[[], Any], timeout_s: float, *, every_s: float = 0.1) -> Any:
@@ -383,50 +408,6 @@ async def test_outage_mid_run_bounded_and_nothing_lost(mode: str, broker: Embedd
 KILLS = 22
 
 
-def resolve_as_restart_saw(fills: list[LogRecord], checkpoints: list[LogRecord]) -> tuple[list[LogRecord], int]:
-    """Committed records, plus the records of a killed producer's still-open transaction when that
-    transaction's checkpoint for the same source reached the log (the restart restored it, so it
-    treated the transaction as done); open records without their checkpoint are left out (the
-    restart re-fetched those fills, as it would after real Kafka's abort). Also returns how many
-    open records were left out."""
-    landed = {(r.producer_id, r.key) for r in checkpoints if r.status == OPEN}
-    out: list[LogRecord] = []
-    left_out = 0
-    for r in fills:
-        if r.status == COMMITTED:
-            out.append(r)
-        elif r.status == OPEN:
-            if (r.producer_id, r.header("source")) in landed:
-                out.append(r)
-            else:
-                left_out += 1
-    return out, left_out
-
-
-def first_seen_in_open_checkpoint(missing: Iterable[str], checkpoints: list[LogRecord]) -> set[str]:
-    """The missing fill ids whose key first appears (lowest offset, per source) in the dedupe window
-    of a checkpoint record of a still-open transaction.
-
-    That is this broker's other SIGKILL artifact: a transaction's checkpoint reached the log but
-    some of its fill records did not (they go to other partitions, on other brokers, in parallel
-    requests); the restart restored that open checkpoint, whose window says those fills were
-    published. Real Kafka aborts that transaction before the restart reads checkpoints with
-    read_committed, so the restart restores the previous committed checkpoint and fetches them
-    again. A fill lost by a product bug would first appear in a committed checkpoint instead.
-    """
-    wanted = {fill_key(fid): fid for fid in missing}
-    first: dict[bytes, LogRecord] = {}
-    for record in sorted(checkpoints, key=lambda r: r.offset):
-        if record.value is None:
-            continue
-        for blob in decode_checkpoint(record.value).seen.values():
-            for i in range(0, len(blob), KEY_SIZE):
-                key = blob[i:i + KEY_SIZE]
-                if key in wanted and key not in first:
-                    first[key] = record
-    return {wanted[k] for k, r in first.items() if r.status == OPEN}
-
-
 async def test_sigkill_at_random_moments_exactly_once(broker: EmbeddedBroker, topic_prefix: str,
                                                       tmp_path: Path, cleanup: list[Any]) -> None:
     """22 SIGKILLs while fills arrive continuously, half of them while a transaction is in flight.
@@ -449,7 +430,7 @@ async def test_sigkill_at_random_moments_exactly_once(broker: EmbeddedBroker, to
     - fill records arrived, their checkpoint did not: the restart fetches those fills again
       (correct: real Kafka aborts the partial transaction), and the leftovers would look like
       duplicates under `not_aborted`. So open records count only when their transaction's
-      checkpoint for the same source reached the log (`resolve_as_restart_saw`);
+      checkpoint for the same source reached the log (`resolve_as_restored`);
     - the checkpoint arrived, some fill records did not: the restart restores the open checkpoint,
       whose dedupe window lists those fills as published, and they are never sent again. On real
       Kafka that transaction is aborted before the restart reads checkpoints, so this cannot
@@ -489,20 +470,13 @@ async def test_sigkill_at_random_moments_exactly_once(broker: EmbeddedBroker, to
 
     every = await read_log(stack.bootstrap, fill_topics(stack))
     checkpoints = await read_log(stack.bootstrap, [stack.topics["checkpoint"]])
-    resolved, left_out = resolve_as_restart_saw(every, checkpoints)
-    report = delivery_report(resolved, expected)
-    assert not report.duplicated and not report.unexpected, str(report)
-    artifact = first_seen_in_open_checkpoint(report.missing, checkpoints)
-    assert set(report.missing) == artifact, (
-        f"{report}\nnot explained by an open transaction's checkpoint: {set(report.missing) - artifact}")
-    plain = delivery_report(not_aborted(every), expected)
-    if left_out == 0 and not artifact:
-        assert plain.ok, str(plain)
+    judged = assert_exactly_once_on_the_mock(every, checkpoints, expected)
+    report, left_out, artifact = judged.report, judged.left_out, judged.artifact
     open_records = sum(1 for r in every if r.status == OPEN)
     assert in_flight_kills >= KILLS // 4
     observe("5 sigkill", kills=KILLS, restarts_survived=KILLS, kills_with_batch_in_flight=in_flight_kills,
             fills_in=report.expected, fills_out=report.seen, open_records_of_killed_txns=open_records,
-            partial_txn_records_left_out=left_out, plain_not_aborted_ok=plain.ok,
+            partial_txn_records_left_out=left_out, plain_not_aborted_ok=judged.plain_ok,
             missing_by_open_checkpoint_artifact=len(artifact),
             committed_only_missing=len(delivery_report(committed(every), expected).missing),
             kill_phase_s=round(kill_phase_s, 1))
@@ -759,14 +733,14 @@ async def test_aiokafka_failure_rebuilds_producer_and_carries_on(fault: BaseExce
         await until("ready again", lambda: app.ready, 20)
         await stop_generating(stack)
         expected = set(stack.expected(started_ns - LOOKBACK_S * NS))
-        records = await wait_delivered(stack, expected, timeout_s=30)
+        await wait_judged(stack, expected, 30)
     finally:
         stop.set()
         await stop_generating(stack)
         code = await asyncio.wait_for(serving, 15)
     assert code == EXIT_OK
     assert metric_value(app, "fillpub_publish_errors_total", reason=reason) == 1
-    report = assert_exactly_once(records, expected)
+    report = (await judge_on_the_mock(stack, expected)).report
     observe(f"10 {reason}", fills_in=report.expected, fills_out=report.seen, rebuilds=app.rebuilds,
             errors={reason: 1})
 

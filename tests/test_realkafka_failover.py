@@ -162,8 +162,9 @@ async def test_three_nodes_leader_and_coordinator_failover(
         kafka_cluster: Callable[..., Awaitable[KafkaCluster]], topic_prefix: str, tmp_path: Path,
         cleanup: list[Any]) -> None:
     """Replication 3, min ISR 2, fills arriving: SIGKILL the leader of a fills partition, bring it
-    back, then SIGKILL the transaction coordinator of our transactional id. Nothing lost or
-    repeated; the publisher commits again after each fail-over (recovery times printed)."""
+    back, then SIGKILL the transaction coordinator of our transactional id and carry on with two
+    nodes. Nothing lost or repeated; the publisher commits again after each fail-over (recovery
+    times printed)."""
     cluster = await kafka_cluster(3)
     stack = await two_sources(cluster, real_stack(tmp_path, cluster.bootstrap, topic_prefix))
     cleanup.append(stack)
@@ -183,10 +184,13 @@ async def test_three_nodes_leader_and_coordinator_failover(
             t_kill = time.monotonic()
             cluster.kill_node(victim)
             outage = await monitor.outage_after(t_kill)
-            rejoin_s = await cluster.start_node(victim)
-            sync_s = await cluster.wait_in_sync([*stack.topics.values(), "__transaction_state"], 90)
-            results[what] = {"node": victim, **outage, "restart_s": round(rejoin_s, 1),
-                             "back_in_sync_s": round(sync_s, 1)}
+            results[what] = {"node": victim, **outage}
+            if what == "partition leader":
+                # back in sync before the next kill: two nodes down would leave fewer than min ISR;
+                # after the last kill two of three nodes serve on (min ISR 2), as in production
+                rejoin_s = await cluster.start_node(victim)
+                sync_s = await cluster.wait_in_sync([*stack.topics.values(), "__transaction_state"], 90)
+                results[what] |= {"restart_s": round(rejoin_s, 1), "back_in_sync_s": round(sync_s, 1)}
     await asyncio.sleep(1.0)
     expected, consumed = await judge_run(cluster, stack, started_ns)
     code, took = await proc.terminate()

@@ -310,6 +310,95 @@ def delivery_report(
     )
 
 
+def resolve_as_restored(fills: list[LogRecord], checkpoints: list[LogRecord]) -> tuple[list[LogRecord], int]:
+    """Committed records, plus the records of a given-up producer's still-open transaction when
+    that transaction's checkpoint for the same source reached the log (on the mock, the next take
+    restored it, so it treated the transaction as done); open records without their checkpoint
+    are left out (the next take fetched those fills again, as it would after real Kafka's abort).
+    Also returns how many open records were left out."""
+    landed = {(r.producer_id, r.key) for r in checkpoints if r.status == OPEN}
+    out: list[LogRecord] = []
+    left_out = 0
+    for r in fills:
+        if r.status == COMMITTED:
+            out.append(r)
+        elif r.status == OPEN:
+            if (r.producer_id, r.header("source")) in landed:
+                out.append(r)
+            else:
+                left_out += 1
+    return out, left_out
+
+
+def first_seen_in_open_checkpoint(missing: Iterable[Hashable], checkpoints: list[LogRecord]) -> set[Hashable]:
+    """The missing fill ids whose key first appears (lowest offset, per source) in the dedupe window
+    of a checkpoint record of a still-open transaction.
+
+    That is the mock's other artifact: a transaction's checkpoint reached the log but some of its
+    fill records did not (they go to other partitions, on other brokers, in parallel requests); the
+    next take restored that open checkpoint, whose window says those fills were published. Real
+    Kafka aborts that transaction before the next take reads checkpoints with read_committed, so
+    it restores the previous committed checkpoint and fetches them again. A fill lost by a product
+    bug would first appear in a committed checkpoint instead.
+    """
+    from publisher.checkpoint import decode_checkpoint
+    from publisher.dedupe import KEY_SIZE, fill_key
+
+    wanted = {fill_key(str(fid)): fid for fid in missing}
+    first: dict[bytes, LogRecord] = {}
+    for record in sorted(checkpoints, key=lambda r: r.offset):
+        if record.value is None or b"#part" in (record.key or b""):
+            continue
+        for blob in decode_checkpoint(record.value).seen.values():
+            for i in range(0, len(blob), KEY_SIZE):
+                key = blob[i:i + KEY_SIZE]
+                if key in wanted and key not in first:
+                    first[key] = record
+    return {wanted[k] for k, r in first.items() if r.status == OPEN}
+
+
+@dataclass
+class MockJudgement:
+    """What :func:`assert_exactly_once_on_the_mock` found."""
+
+    report: DeliveryReport
+    #: open records left out (their transaction's checkpoint never landed)
+    left_out: int
+    #: missing fills excused: first listed by a checkpoint of a still-open transaction
+    artifact: set[Hashable]
+    #: the plain committed-plus-open view was right as well
+    plain_ok: bool
+
+
+def assert_exactly_once_on_the_mock(fills: list[LogRecord], checkpoints: list[LogRecord],
+                                    expected_ids: Iterable[Hashable]) -> MockJudgement:
+    """Every expected fill exactly once as librdkafka's mock broker lets a run show it, wherever
+    a producer was given up with a transaction open (a SIGKILL, or the sink giving its producer
+    up after a deadline or a broken state and the shard being taken again).
+
+    Real Kafka aborts such a transaction when the next producer of the transactional id starts,
+    before that take reads its checkpoints read_committed, so its consumers see every fill exactly
+    once among committed records (tests/test_realkafka_*.py judge exactly that). The mock never
+    aborts it and does not filter read_committed, so the next take may restore the open
+    transaction's checkpoint. The honest view is what this broker's consumers see: committed plus
+    still-open records, refined by what the take restored (:func:`resolve_as_restored`), a missing
+    fill excused only when its key first appears in such an open checkpoint
+    (:func:`first_seen_in_open_checkpoint`); duplicates, unexpected fills and any other missing
+    fill fail. The plain committed-plus-open view must agree when neither partial case occurred.
+    """
+    expected = list(expected_ids)
+    resolved, left_out = resolve_as_restored(fills, checkpoints)
+    report = delivery_report(resolved, expected)
+    assert not report.duplicated and not report.unexpected, str(report)
+    artifact = first_seen_in_open_checkpoint(report.missing, checkpoints)
+    assert set(report.missing) == artifact, (
+        f"{report}\nnot explained by an open transaction's checkpoint: {set(report.missing) - artifact}")
+    plain = delivery_report(not_aborted(fills), expected)
+    if left_out == 0 and not artifact:
+        assert plain.ok, str(plain)
+    return MockJudgement(report, left_out, artifact, plain.ok)
+
+
 def assert_exactly_once(
     records: Iterable[LogRecord],
     expected_ids: Iterable[Hashable],
