@@ -30,7 +30,7 @@ from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from publisher.config import ConfigError, Settings, fills_topic
 from publisher.kafkaclient import consumer_options, ensure_topics, topic_partitions
@@ -101,13 +101,11 @@ class GroupMembership(ConsumerRebalanceListener):
         consumer = await self._join(stop)
         if consumer is None:
             return
-        stopped = time.monotonic()
         try:
             await self._heartbeat_until(stop, consumer)
-            stopped = time.monotonic()
         finally:
-            budget = max(1.0, shutdown_budget_s - 1.0 - (time.monotonic() - stopped))
-            await self._ownership.give_back_all(budget)
+            # a second of the budget is left for leaving the group
+            await self._ownership.give_back_all(max(1.0, shutdown_budget_s - 1.0))
             # leaves the group (LeaveGroup, unless static membership), so the others take over now
             await self._leave(consumer)
 
@@ -208,7 +206,7 @@ class GroupMembership(ConsumerRebalanceListener):
             try:
                 await consumer.getmany(timeout_ms=_POLL_MS)
                 last_error = None
-            except KafkaError as exc:
+            except Exception as exc:  # noqa: BLE001 - the member must live on: log once per kind, retry
                 kind = type(exc).__name__
                 if kind != last_error:
                     log.warning("consumer group %s: %s: %s; retrying", self.group_id, kind, exc)
