@@ -47,44 +47,75 @@ class Sink:
         self.fills += [fill.fill_id for fill in batch.fills]
 
 
-@pytest.mark.parametrize("order", ["oldest", "newest"])
-async def test_new_fills_are_published_whatever_order_the_first_pages_suggest(order: str) -> None:
-    # oldest first, the list opens with times that fall (it looks newest-first) and grows at its
-    # tail; newest first, it opens with times that rise (it looks oldest-first) and grows at its head
-    now = [time.time_ns()]
-    async with ZllSimulator(api_key=API_KEY, order=order, listing="insertion", seed=11,  # type: ignore[arg-type]
-                            clock_ns=lambda: now[0]) as sim:
-        # the history, added newest first and all older than the window
+class Reversed:
+    """A ZLL simulator listing in insertion order (`order` first) a history added newest first,
+    all older than the window, and a poll loop over the real adapter, sharing a fake wall clock."""
+
+    def __init__(self, order: str):
+        self.now = time.time_ns()
+        self.sim = ZllSimulator(api_key=API_KEY, order=order, listing="insertion", seed=11,  # type: ignore[arg-type]
+                                clock_ns=lambda: self.now)
+        self.sink = Sink()
+        self.metrics = Metrics()
+        self.transport = httpx.AsyncHTTPTransport()
+
+    async def __aenter__(self) -> Reversed:
+        await self.sim.start()
         for i in range(45):
-            sim.add_fills(1, executed_at_ns=now[0] - (3600 + i) * NS, subaccount_index=0)
-        source = zll.ZllSource(name="zll-reversed", base_url=sim.url, api_key_env="UNUSED", subaccount_index=0,
+            self.sim.add_fills(1, executed_at_ns=self.now - (3600 + i) * NS, subaccount_index=0)
+        source = zll.ZllSource(name="zll-reversed", base_url=self.sim.url, api_key_env="UNUSED", subaccount_index=0,
                                page_limit=10, lookback_s=LOOKBACK_S, poll_interval_s=INTERVAL_S,
                                max_requests_per_s=1000)
-        adapter = zll.create_adapter(source, Secret(API_KEY), httpx.AsyncHTTPTransport(), lambda: None)
-        metrics = Metrics()
-        sink = Sink()
-        poller = Poller(source, adapter, SourceState(source, None, now[0]), sink,  # type: ignore[arg-type]
-                        metrics.source("zll", "zll-reversed"), wall_clock_ns=lambda: now[0])
-        try:
-            for _ in range(5):  # a quiet start: the list is read in the order its pages suggest
-                assert await poller.poll_once() is None
-                now[0] += INTERVAL_S * NS
-            # new fills arrive, one per poll, for two lookback periods, then none for as long as
-            # their discovery may take
-            arrived: dict[str, int] = {}  # fill id -> the poll after which it arrived
-            handed: dict[str, int] = {}  # fill id -> the poll that handed it over
-            for poll in range(2 * LOOKBACK_S // INTERVAL_S + BOUND_POLLS):
-                if poll < 2 * LOOKBACK_S // INTERVAL_S:
-                    arrived[sim.add_fills(1, subaccount_index=0)[0].fill_id] = poll
-                assert await poller.poll_once() is None
-                handed.update((fill_id, poll) for fill_id in sink.fills if fill_id not in handed)
-                now[0] += INTERVAL_S * NS
-        finally:
-            await adapter.aclose()
+        adapter = zll.create_adapter(source, Secret(API_KEY), self.transport, lambda: None)
+        self.poller = Poller(source, adapter, SourceState(source, None, self.now), self.sink,  # type: ignore[arg-type]
+                             self.metrics.source("zll", "zll-reversed"), wall_clock_ns=lambda: self.now)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.transport.aclose()
+        await self.sim.close()
+
+    async def poll(self) -> None:
+        """One poll, which must succeed, and a poll interval on."""
+        assert await self.poller.poll_once() is None
+        self.now += INTERVAL_S * NS
+
+    def below_floor(self) -> float | None:
+        return self.metrics.registry.get_sample_value("fillpub_fills_below_floor_total",
+                                                      {"venue": "zll", "source": "zll-reversed"})
+
+
+# oldest first, the list opens with times that fall (it looks newest-first) and grows at its tail;
+# newest first, it opens with times that rise (it looks oldest-first) and grows at its head
+@pytest.mark.parametrize("order", ["oldest", "newest"])
+async def test_new_fills_are_published_whatever_order_the_first_pages_suggest(order: str) -> None:
+    async with Reversed(order) as venue:
+        for _ in range(5):  # a quiet start: the list is read in the order its pages suggest
+            await venue.poll()
+        # new fills arrive, one per poll, for two lookback periods, then none for as long as their
+        # discovery may take
+        arrived: dict[str, int] = {}  # fill id -> the poll after which it arrived
+        handed: dict[str, int] = {}  # fill id -> the poll that handed it over
+        for poll in range(2 * LOOKBACK_S // INTERVAL_S + BOUND_POLLS):
+            if poll < 2 * LOOKBACK_S // INTERVAL_S:
+                arrived[venue.sim.add_fills(1, subaccount_index=0)[0].fill_id] = poll
+            await venue.poll()
+            handed.update((fill_id, poll) for fill_id in venue.sink.fills if fill_id not in handed)
+        await venue.poll()
         assert set(arrived) <= set(handed)  # every one of them, each once
-        assert len(sink.fills) == len(set(sink.fills))
+        assert len(venue.sink.fills) == len(set(venue.sink.fills))
         late = max(handed[fill_id] - poll for fill_id, poll in arrived.items())
         assert late <= BOUND_POLLS, late
-        assert await poller.poll_once() is None  # and nothing was counted lost
-        assert metrics.registry.get_sample_value("fillpub_fills_below_floor_total",
-                                                 {"venue": "zll", "source": "zll-reversed"}) == 0
+        assert venue.below_floor() == 0  # and nothing was counted lost
+
+
+@pytest.mark.parametrize("order", ["oldest", "newest"])
+async def test_a_fill_late_beyond_the_lookback_at_the_unread_end_is_counted_lost_once(order: str) -> None:
+    async with Reversed(order) as venue:
+        for _ in range(5):  # a quiet start: the ends are seen and confirmed
+            await venue.poll()
+        lost = venue.sim.add_fills(1, late_s=2 * LOOKBACK_S, subaccount_index=0)[0].fill_id
+        for _ in range(BOUND_POLLS + LOOKBACK_S):  # found by the next look, and never again
+            await venue.poll()
+        assert venue.below_floor() == 1
+        assert lost not in venue.sink.fills

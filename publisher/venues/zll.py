@@ -48,8 +48,9 @@ those pages can mislead: oldest first, a history added newest first opens the li
 times, and a walk that takes it for newest-first never meets the fills appended at the tail (the
 mirror: newest first, a history added oldest first looks oldest-first, and the head goes unread).
 So no order read from pages is trusted for good: the end the walk did not reach (the far end) is
-read again (a look, :class:`_Look`) at the poll after a first start that skipped it, then every
-`lookback_s / LOOK_SHARE`, and every poll while it is hot:
+read again (a look, :class:`_Look`) at the poll after a first start that skipped it, at the next
+poll while the ids kept there are not confirmed (so that fills arriving there are named when they
+are below the floor), then every `lookback_s / LOOK_SHARE`, and every poll while it is hot:
 
 * the head: from offset 0 forward until the ids the previous poll kept there (fills arriving there
   shift them on: reading forward skips nothing), usually one request;
@@ -816,7 +817,8 @@ class _Poll:
     async def _look(self, far: Literal["head", "tail"], now: int) -> bool:
         """Read the far end of the list when that is due; whether the whole list must be read.
 
-        Due at the poll after a first start whose walk stopped before that end, then every
+        Due at the poll after a first start whose walk stopped before that end, at the next poll
+        while the ids kept there are not confirmed (a look confirms them), then every
         `lookback_s / LOOK_SHARE`, and every poll while the end is hot. Without a record (the end
         was read by the previous poll's walk, or the paging state predates the looks) the first
         look is due that period later. The look is quiet when it finds the ids the previous poll
@@ -830,7 +832,10 @@ class _Poll:
             self._looks[far] = _Look(None if self._first_start else now)
             return False
         hot = now < look.hot_until_ns
-        if look.read_ns is not None and not hot and now - look.read_ns < self._adapter.look_every_ns:
+        end = self._ends[far]
+        # an end not confirmed yet names no fill that arrives there: confirm it at the next poll
+        wait = self._adapter.look_every_ns if end is not None and end.confirmed else self._adapter.poll_interval_ns // 2
+        if look.read_ns is not None and not hot and now - look.read_ns < wait:
             return False
         pages = await (self._look_head() if far == "head" else self._look_tail(look, hot))
         look.read_ns = now
@@ -1083,6 +1088,7 @@ class ZllAdapter(VenueAdapter):
         self.lookback_ns = int(source.lookback_s * NS)
         #: how often the far end of a list read in part is read (see :data:`LOOK_SHARE`)
         self.look_every_ns = self.lookback_ns // LOOK_SHARE
+        self.poll_interval_ns = int(source.poll_interval_s * NS)
         #: until when every poll reads the whole list: its ends contradicted every order lately
         #: (kept in memory only: a new process finds out again, failing one poll)
         self.whole_until_ns = 0
