@@ -450,9 +450,8 @@ class _Listing:
     times: list[int | None]
     repeats: list[bool]
     ids: list[str]
-    #: a fill read in full for the first time in this poll: not a repeat, not skipped as published
-    #: already (one no earlier poll published, when the poll loop's window was asked)
-    new: list[bool]
+    #: what each entry gave when read in full (None: skipped as published already)
+    outcomes: list[FillEvent | InvalidFill | None]
 
     def __len__(self) -> int:
         return len(self.times)
@@ -468,9 +467,14 @@ class _Listing:
         else:  # key items and typed fills both carry the venue's `time`
             times = [outcome.executed_at_ns if outcome is not None else entry.time
                      for outcome, entry in zip(page.outcomes, entries, strict=True)]
-        new = [isinstance(outcome, FillEvent) and not repeat
-               for outcome, repeat in zip(page.outcomes, page.repeats, strict=True)]
-        return cls(times, page.repeats, page.ids, new)
+        return cls(times, page.repeats, page.ids, page.outcomes)
+
+    def unpublished(self, since_ns: int) -> set[str]:
+        """The ids of this page's fills of the window (`since_ns` on) that were first read in full
+        in this poll: not repeats, not skipped as published already (so no earlier poll published
+        them, when the poll loop's window was asked)."""
+        return {outcome.fill_id for outcome, repeat in zip(self.outcomes, self.repeats, strict=True)
+                if isinstance(outcome, FillEvent) and not repeat and outcome.executed_at_ns >= since_ns}
 
 
 def _times(page: _Listing, *, fresh_only: bool = False) -> list[int]:
@@ -846,9 +850,7 @@ class _Poll:
         if far == "tail":
             look.length = self._tail_offset + len(pages[-1])
         judged = _judge_end(far, self._ends[far], pages, self._since, self._limit)
-        unread = {fill_id for page in pages
-                  for fill_id, when, new in zip(page.ids, page.times, page.new, strict=True)
-                  if new and when is not None and not self._old(when)}
+        unread = set().union(*(page.unpublished(self._since) for page in pages))
         if judged.arrivals is None:
             whole = self._ends[far] is not None or bool(unread)
         else:
