@@ -163,3 +163,37 @@ async def test_a_list_growing_at_both_ends_fails_loudly_then_is_read_whole() -> 
     whole = await poll(made, venue, state, None)  # the retry reads the list whole
     assert venue.offsets() == list(range(0, len(venue.fills) + 1, 10))
     assert {head["id"], fill(999, 0)["id"]} <= {f.fill_id for f in whole.fills}
+
+
+async def test_a_first_start_reads_the_window_fills_at_the_tail_a_newest_first_walk_skipped() -> None:
+    venue = Venue("insertion-oldest")
+    for i in range(40):  # added newest first: the first pages look newest-first
+        venue.add(T - (LOOKBACK_S + 1 + i) * NS)
+    window = [venue.add(T - i * NS)["id"] for i in range(5, 0, -1)]  # listed last, inside the window
+    made = adapter(venue, page_limit=10, lookback_s=LOOKBACK_S)
+    published = Published()
+    first = await poll(made, venue, None, published)
+    assert venue.offsets() == [0]  # taken for newest-first: the head only
+    assert not set(window) & {f.fill_id for f in first.fills}
+    venue.clock += NS
+    await poll(made, venue, first.paging_state, published)  # the tail's first look: they are there
+    assert set(window) <= published.done
+    assert venue.offsets()[-5:] == [0, 10, 20, 30, 40]  # and the list is read whole
+
+
+async def test_a_far_end_whose_kept_ids_are_gone_makes_the_poll_read_the_whole_list() -> None:
+    venue = Venue("sorted-newest")
+    for i in range(50):
+        venue.add(T - (LOOKBACK_S + 1 + i) * NS)
+    made = adapter(venue, page_limit=10, lookback_s=LOOKBACK_S)
+    state: Any = None
+    for _ in range(3):  # a first start, its first look at the tail, the confirming one
+        state = (await poll(made, venue, state, None)).paging_state
+        venue.clock += NS
+    assert state["tail"]["confirmed"]
+    del venue.fills[-5:]  # the venue drops its oldest fills: the ids kept at the tail are gone
+    venue.clock += EVERY_S * NS
+    result = await poll(made, venue, state, None)
+    assert venue.offsets()[-5:] == [0, 10, 20, 30, 40]
+    assert not result.paging_state["tail"]["confirmed"]
+    assert result.paging_state["looks"]["tail"]["hot_until_ns"] > venue.clock  # looked at every poll for a while

@@ -825,7 +825,7 @@ class _Poll:
         while the ids kept there are not confirmed (a look confirms them), then every
         `lookback_s / LOOK_SHARE`, and every poll while the end is hot. Without a record (the end
         was read by the previous poll's walk, or the paging state predates the looks) the first
-        look is due that period later. The look is quiet when it finds the ids the previous poll
+        look is due that much later than this poll. The look is quiet when it finds the ids the previous poll
         kept there with nothing beyond them and no fill of the window it had not read; fills beyond
         them arrived since and are read here (the end turns hot); anything else (those ids gone or
         out of order, or a fill of the window listed before them and never read) means the part of
