@@ -72,3 +72,11 @@ class PagingError(VenueError):
 
     def __init__(self, message: str):
         super().__init__("decode", message)
+
+
+class ListOrderError(PagingError):
+    """The list's ends contradict every order the venue may list its fills in, so the part of it
+    a poll skipped cannot be trusted: the poll fails rather than guess. Counted as `decode`, kind
+    `paging_loop` (the venue's paging cannot be followed)."""
+
+    summary = "the list fits no order"

@@ -40,6 +40,40 @@ Every walk stops at a short (< limit) or empty page: that is the end of the list
 `since_ns` count as new, so same-timestamp bursts straddling a page boundary are read in full. A
 safety cap on pages per poll turns a misbehaving venue into a `decode` error instead of a hang.
 
+The far end: the order checked
+------------------------------
+The order is read from the pages a poll reads, and a walk that trusts it skips part of the list:
+newest-first never reaches the tail, oldest-first resumed never reads the head. In insertion order
+those pages can mislead: oldest first, a history added newest first opens the list with falling
+times, and a walk that takes it for newest-first never meets the fills appended at the tail (the
+mirror: newest first, a history added oldest first looks oldest-first, and the head goes unread).
+So no order read from pages is trusted for good: the end the walk did not reach (the far end) is
+read again (a look, :class:`_Look`) at the poll after a first start that skipped it, at the next
+poll while the ids kept there are not confirmed (so that fills arriving there are named when they
+are below the floor), then every `lookback_s / LOOK_SHARE`, and every poll while it is hot:
+
+* the head: from offset 0 forward until the ids the previous poll kept there (fills arriving there
+  shift them on: reading forward skips nothing), usually one request;
+* the tail: forward from where the kept ids were when it is hot (every fill that arrived since is
+  read); otherwise a short page ending the list is searched for from where the end was last
+  (galloping, then halving, as for the boundary), one request where the list did not move.
+
+A look is quiet when it finds the kept ids there with nothing beyond them and no fill of the window
+this poll had not read. Fills beyond them arrived there since: they are on the pages read, so they
+are published now, and that end turns hot (read every poll until it has been quiet for a period,
+with a WARNING when it turns). Anything else (the kept ids gone or out of order, or a fill of the
+window not published before, listed short of them) means the part of the list skipped cannot be
+trusted: the poll reads the whole list. A fill arriving at the far end is thus read at most
+`lookback_s / LOOK_SHARE` plus a poll after it arrives; one that was late by more than the rest of
+the window by then is below the floor, and counted lost (the ends name it) instead of published.
+
+A list whose window fills arrive at both ends fits no order ZLL may use (insertion order grows at
+one end; a sorted list adds at its old end only fills older than every fill listed, and then every
+fill listed is in the window and the walk reads it all): when a poll that did not read the whole
+list finds that, it fails (:class:`~publisher.venues.errors.ListOrderError`, a `decode` failure of
+kind `paging_loop`) rather than guess what the skipped part holds, and the polls of the next
+`lookback_s` read the whole list.
+
 The ends of the list
 --------------------
 A fill the venue lists for the first time when it is already older than `since_ns` was never
@@ -61,6 +95,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import time
 import urllib.parse
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -73,7 +108,7 @@ import msgspec
 from publisher.event import FillEvent, VenueFields
 from publisher.secret import Secret
 from publisher.venues.base import SourceConfig, VenueAdapter
-from publisher.venues.errors import PagingError, VenueDecodeError, VenueError
+from publisher.venues.errors import ListOrderError, PagingError, VenueDecodeError, VenueError
 from publisher.venues.fields import (
     MAX_FUTURE_NS,
     MAX_INT64,
@@ -115,7 +150,10 @@ class ZllSource(SourceConfig, tag="zll", kw_only=True):
     portfolio_index: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
+log = logging.getLogger(__name__)
+
 FILLS_PATH = "/api/v1/fills"
+NS = 1_000_000_000
 
 #: generous: 20,000 pages is 4M fills at limit 200; more in one poll means the venue misbehaves
 MAX_PAGES_PER_POLL = 20_000
@@ -412,6 +450,8 @@ class _Listing:
     times: list[int | None]
     repeats: list[bool]
     ids: list[str]
+    #: what each entry gave when read in full (None: skipped as published already)
+    outcomes: list[FillEvent | InvalidFill | None]
 
     def __len__(self) -> int:
         return len(self.times)
@@ -427,7 +467,14 @@ class _Listing:
         else:  # key items and typed fills both carry the venue's `time`
             times = [outcome.executed_at_ns if outcome is not None else entry.time
                      for outcome, entry in zip(page.outcomes, entries, strict=True)]
-        return cls(times, page.repeats, page.ids)
+        return cls(times, page.repeats, page.ids, page.outcomes)
+
+    def unpublished(self, since_ns: int) -> set[str]:
+        """The ids of this page's fills of the window (`since_ns` on) that were first read in full
+        in this poll: not repeats, not skipped as published already (so no earlier poll published
+        them, when the poll loop's window was asked)."""
+        return {outcome.fill_id for outcome, repeat in zip(self.outcomes, self.repeats, strict=True)
+                if isinstance(outcome, FillEvent) and not repeat and outcome.executed_at_ns >= since_ns}
 
 
 def _times(page: _Listing, *, fresh_only: bool = False) -> list[int]:
@@ -549,11 +596,24 @@ def _entries(pages: list[_Listing], *, backwards: bool) -> Iterator[tuple[str, i
             yield ids[i], times[i]
 
 
-def _judge_end(name: str, end: _End | None, pages: list[_Listing], since_ns: int, limit: int,
-               arrived: set[str]) -> _End | None:
-    """Judge one end of the list on `pages` (read from the start, or to the end, without a gap):
-    add to `arrived` the ids older than `since_ns` listed beyond where `end` (the previous poll's)
-    is now, when it is confirmed; return the end this poll leaves.
+@dataclass(slots=True)
+class _Judged:
+    """One end of the list as a poll found it (see :func:`_judge_end`)."""
+
+    #: the end this poll leaves in the paging state
+    end: _End | None
+    #: the entries (id, time) listed beyond the ids the previous poll kept at that end, from the end
+    #: inwards: what arrived there since. None when those ids were not found there in their order
+    #: (a first view, fills removed, a list turned round): then nobody can tell what arrived
+    arrivals: list[tuple[str, int | None]] | None
+    #: the arrivals older than `since_ns` with a usable id, when the kept end was confirmed: the
+    #: fills first listed below the floor (:attr:`FetchResult.arrived_below`)
+    below: set[str]
+
+
+def _judge_end(name: str, end: _End | None, pages: list[_Listing], since_ns: int, limit: int) -> _Judged:
+    """Judge one end of the list on `pages` (read from the start, or to the end, without a gap)
+    against `end` (the previous poll's): what arrived beyond it, and the end this poll leaves.
 
     The entries are met from that end inwards, and only as far as needed: usually the few that
     arrived since the previous poll and the ids kept. Once a kept id is met, the others are
@@ -578,21 +638,74 @@ def _judge_end(name: str, end: _End | None, pages: list[_Listing], since_ns: int
         if len(seen) == END_IDS and (len(where) == len(wanted) or position >= give_up >= 0):
             break
     if not seen:  # an empty list, or no usable id at this end: nothing to know it by
-        return end
+        return _Judged(end, None, set())
     now = seen[::-1] if backwards else seen
     if end is None:
-        return _End(now, confirmed=False)
+        return _Judged(_End(now, confirmed=False), None, set())
     found = [where[fill_id] for fill_id in kept if fill_id in where]
     if not found or found != sorted(found):
-        return _End(now, confirmed=False)  # not where it was: a new view, to be confirmed
+        return _Judged(_End(now, confirmed=False), None, set())  # not where it was: a new view, to be confirmed
+    below: set[str] = set()
     if end.confirmed:
-        arrived.update(fill_id for fill_id, when in before if fill_id and when is not None and when < since_ns)
-    return _End(now, confirmed=True)
+        below = {fill_id for fill_id, when in before if fill_id and when is not None and when < since_ns}
+    return _Judged(_End(now, confirmed=True), before, below)
+
+
+#: the far end of a list read in part (the end the walk does not reach: the tail of a list read
+#: as newest-first, the head of one resumed as oldest-first) is read again at least every
+#: `lookback_s / LOOK_SHARE`: a fill that arrives there when the order was misjudged is then read
+#: while it is still inside the window, unless it was already late by more than the rest of it
+LOOK_SHARE = 2
+#: probes one search for the end of the list may take (galloping, then halving: ~2 log2 of the
+#: pages between the guess and the end); more means the end keeps moving faster than it is sought
+MAX_END_PROBES = 128
+
+
+@dataclass(slots=True)
+class _Look:
+    """When a poll last read the far end of the list, and what it knows of it there.
+
+    `read_ns` None: never (a first start, whose walk stopped before that end): the next poll
+    looks. `hot_until_ns`: that end took fills the order of the pages said it would not (or
+    changed beyond recognition), so every poll reads it until then. `length`: the list's length
+    when its tail was last read, where the next look at the tail starts.
+    """
+
+    read_ns: int | None
+    hot_until_ns: int = 0
+    length: int | None = None
+
+    def saved(self) -> dict[str, Any]:
+        """The paging state's form of it."""
+        saved: dict[str, Any] = {"read_ns": self.read_ns}
+        if self.hot_until_ns:
+            saved["hot_until_ns"] = self.hot_until_ns
+        if self.length is not None:
+            saved["length"] = self.length
+        return saved
+
+    @classmethod
+    def restore(cls, paging_state: Any, name: str) -> _Look | None:
+        """The look at end `name` kept in `paging_state`, or None."""
+        # the checkpoint is ours but may come from an older version: anything unexpected means "none"
+        looks = paging_state.get("looks") if isinstance(paging_state, dict) else None
+        value = looks.get(name) if isinstance(looks, dict) else None
+        if not isinstance(value, dict):
+            return None
+        read_ns, hot, length = value.get("read_ns"), value.get("hot_until_ns", 0), value.get("length")
+        if not (read_ns is None or _count(read_ns)) or not _count(hot) or not (length is None or _count(length)):
+            return None
+        return cls(read_ns, hot, length)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 class _Poll:
-    """One poll's walk over the offset-paged list; its pages are read by a
-    :class:`~publisher.venues.pages.PageReader` (:attr:`pages`) with :class:`ZllPages`."""
+    """One poll's walk over the offset-paged list, and the look at the end it does not reach; its
+    pages are read by a :class:`~publisher.venues.pages.PageReader` (:attr:`pages`) with
+    :class:`ZllPages`."""
 
     def __init__(self, adapter: ZllAdapter, since_ns: int, clock_ns: Callable[[], int],
                  published: PublishedFills | None, paging_state: Any = None):
@@ -607,17 +720,24 @@ class _Poll:
         self.pages = PageReader(adapter.pages, published)
         #: the ends of the list as the previous poll left them
         self._ends = {name: _End.restore(paging_state, name) for name in ("head", "tail")}
-        #: every page read, (offset, listing), in read order; the last walk's start at `_attempt`
+        #: when the previous polls last read each end they did not walk to
+        self._looks = {name: _Look.restore(paging_state, name) for name in ("head", "tail")}
+        self._first_start = paging_state is None
+        #: the offset of the last page a look at the tail read
+        self._tail_offset = 0
+        #: every page the walk read, (offset, listing), in read order; the last walk's start at `_attempt`
         self._read: list[tuple[int, _Listing]] = []
         self._attempt = 0
+        #: the pages a look at the far end read, in list order (see :meth:`_look`)
+        self._looked: dict[str, list[_Listing]] = {}
         #: the ids the previous poll saw first in the list, and whether this walk has met one: a
         #: newest-first walk stops only past them (see the module docstring)
         head = self._ends["head"]
         self._head_ids = frozenset(head.ids if head is not None else ())
         self._met_head = not self._head_ids
 
-    async def page(self, offset: int) -> _Listing:
-        """Fetch and read the page at `offset`."""
+    async def page(self, offset: int, *, walked: bool = True) -> _Listing:
+        """Fetch and read the page at `offset`; `walked`: a page of the walk (not of a look)."""
         self._pages += 1
         if self._pages > self._adapter.max_pages:
             raise PagingError(f"more than {self._adapter.max_pages} pages in one poll; the venue keeps paging")
@@ -625,9 +745,10 @@ class _Poll:
         self._check_progress(offset, body)
         observed_at_ns = self._clock_ns()
         listing = _Listing.of(await self.pages.read(body, observed_at_ns), observed_at_ns)
-        self._read.append((offset, listing))
-        if not self._met_head:
-            self._met_head = not self._head_ids.isdisjoint(listing.ids)
+        if walked:
+            self._read.append((offset, listing))
+            if not self._met_head:
+                self._met_head = not self._head_ids.isdisjoint(listing.ids)
         return listing
 
     async def _start(self, offset: int) -> _Listing:
@@ -652,22 +773,169 @@ class _Poll:
         return t < self._since
 
     async def run(self, resume: int) -> FetchResult:
-        """Resume from a stored offset when it checks out, else start over; see the module docstring."""
+        """Walk the list as its order allows, look at the end the walk did not reach when that is
+        due, and read the whole list when the look contradicts the walk; see the module docstring."""
+        now = self._clock_ns()
+        if now < self._adapter.whole_until_ns:  # the list fitted no order lately: no shortcut
+            return self._finish(*await self._whole(), now)
+        order, boundary = await self._shortcut(resume)
+        far = self._far_end()
+        if far is not None and await self._look(far, now):
+            order, boundary = await self._whole()
+        return self._finish(order, boundary, now)
+
+    async def _shortcut(self, resume: int) -> tuple[_Order, int | None]:
+        """Resume from a stored offset when it checks out, else start over, reading no more than
+        the order of the pages asks for."""
         if resume > 0:
             page = await self._start(resume)
             times = _times(page)
             if times and self._old(times[0]) and _ascending(times):
                 try:
-                    return self._finish(*await self._walk(resume, page, _Order("asc"), skipped=True))
+                    return await self._walk(resume, page, _Order("asc"), skipped=True)
                 except _Restart:
-                    return self._finish(*await self._walk(0, await self._start(0), _Order("mixed"), skipped=False))
+                    return await self._whole()
         first = await self._start(0)
         try:
-            return self._finish(*await self._walk(0, first, _Order(), skipped=False))
+            return await self._walk(0, first, _Order(), skipped=False)
         except _Restart:
-            return self._finish(*await self._walk(0, await self._start(0), _Order("mixed"), skipped=False))
+            return await self._whole()
 
-    def _finish(self, order: _Order, boundary: int | None) -> FetchResult:
+    async def _whole(self) -> tuple[_Order, int | None]:
+        """Read the whole list, from offset 0 to its end, trusting no order."""
+        self._looked.clear()  # the whole read covers both ends
+        return await self._walk(0, await self._start(0), _Order("mixed"), skipped=False)
+
+    def _walked(self) -> tuple[list[_Listing], list[_Listing]]:
+        """The last walk's pages that cover the start of the list, and those that cover its end."""
+        read = self._read[self._attempt:]
+        return _from_start(read, self._limit), _to_end(read, self._limit)
+
+    def _far_end(self) -> Literal["head", "tail"] | None:
+        """The end of the list the walk did not reach (None: it read both)."""
+        head, tail = self._walked()
+        if head and tail:
+            return None
+        return "tail" if head else "head"
+
+    async def _look(self, far: Literal["head", "tail"], now: int) -> bool:
+        """Read the far end of the list when that is due; whether the whole list must be read.
+
+        Due at the poll after a first start whose walk stopped before that end, at the next poll
+        while the ids kept there are not confirmed (a look confirms them), then every
+        `lookback_s / LOOK_SHARE`, and every poll while the end is hot. Without a record (the end
+        was read by the previous poll's walk, or the paging state predates the looks) the first
+        look is due that much later than this poll. The look is quiet when it finds the ids the previous poll
+        kept there with nothing beyond them and no fill of the window it had not read; fills beyond
+        them arrived since and are read here (the end turns hot); anything else (those ids gone or
+        out of order, or a fill of the window listed before them and never read) means the part of
+        the list the walk skipped cannot be trusted.
+        """
+        look = self._looks[far]
+        if look is None:
+            self._looks[far] = _Look(None if self._first_start else now)
+            return False
+        hot = now < look.hot_until_ns
+        end = self._ends[far]
+        # an end not confirmed yet names no fill that arrives there: confirm it at the next poll
+        wait = self._adapter.look_every_ns if end is not None and end.confirmed else self._adapter.poll_interval_ns // 2
+        if look.read_ns is not None and not hot and now - look.read_ns < wait:
+            return False
+        pages = await (self._look_head() if far == "head" else self._look_tail(look, hot))
+        look.read_ns = now
+        if pages is None:  # pages of one fill cannot show the end of the list: read it whole
+            look.length = None
+            return True
+        self._looked[far] = pages
+        if far == "tail":
+            look.length = self._tail_offset + len(pages[-1])
+        judged = _judge_end(far, self._ends[far], pages, self._since, self._limit)
+        unread = set().union(*(page.unpublished(self._since) for page in pages))
+        if judged.arrivals is None:
+            whole = self._ends[far] is not None or bool(unread)
+        else:
+            whole = bool(unread - {fill_id for fill_id, _ in judged.arrivals})
+        if whole or judged.arrivals:
+            if not hot:
+                log.warning("source %s: the %s of the ZLL list %s, which the order of its pages said it "
+                            "would not: reading that end every poll for %.0fs%s", self._adapter.source.name,
+                            far, "took new fills" if judged.arrivals else "changed",
+                            self._adapter.look_every_ns / NS, " and the whole list now" if whole else "")
+            look.hot_until_ns = now + self._adapter.look_every_ns
+        return whole
+
+    async def _look_head(self) -> list[_Listing]:
+        """The head of the list, from offset 0 until the ids the previous poll kept there (fills
+        arriving at the head shift them on: reading forward never skips one)."""
+        pages: list[_Listing] = []
+        offset = 0
+        while True:
+            page = await self.page(offset, walked=False)
+            pages.append(page)
+            if len(page) < self._limit or not self._head_ids or not self._head_ids.isdisjoint(page.ids):
+                return pages
+            offset += self._limit
+
+    async def _look_tail(self, look: _Look, hot: bool) -> list[_Listing] | None:
+        """The tail of the list, in list order, ending with a short page (None when the page limit
+        is 1). A hot tail is read forward from where its kept ids were, every fill that arrived
+        since included; otherwise the end is searched for from where it was (:meth:`_find_end`)."""
+        if self._limit < 2:
+            return None
+        if hot and look.length is not None:
+            pages: list[_Listing] = []
+            offset = max(0, look.length - END_IDS)
+            while True:
+                page = await self.page(offset, walked=False)
+                pages.append(page)
+                self._tail_offset = offset
+                if len(page) < self._limit:
+                    return pages
+                offset += self._limit
+        if look.length is not None:
+            return [await self._find_end(look.length, self._limit)]
+        # a first look: the list is at least as long as the walk read, and likely much longer
+        walked = max(offset + len(page) for offset, page in self._read[self._attempt:])
+        return [await self._find_end(walked, max(walked, self._limit))]
+
+    async def _find_end(self, guess: int, jump: int) -> _Listing:
+        """A short page that ends the list and holds its last few fills (`want`, up to
+        :data:`END_IDS` and half a page).
+
+        `guess` is where the end is expected (n, the list's length). A page read at `n - want`
+        holds `want` fills and is short for any n from the guess up to `limit - want` above it. A
+        full page raises the lower bound of n, an empty one lowers the upper bound: galloping up
+        from the lower bound by `jump`, doubled each time, while there is no upper bound, halving
+        after, as :meth:`_gallop` does. Where the list has not moved since the guess was made,
+        this is one request.
+        """
+        limit = self._limit
+        want = min(END_IDS, limit // 2)
+        low, high = 0, None  # low <= n <= high, as far as the pages read so far tell
+        for _ in range(MAX_END_PROBES):
+            offset = max(0, guess - want)
+            page = await self.page(offset, walked=False)
+            size = len(page)
+            if 0 < size < limit or (size == 0 and offset == 0):
+                if size >= want or offset == 0:
+                    self._tail_offset = offset
+                    return page
+                guess, low, high = offset + size, 0, None  # the end is right here: read a little earlier
+                continue
+            if size == limit:
+                low = offset + limit
+            else:
+                high = offset
+            if high is not None and low > high:  # the list moved meanwhile: search afresh
+                high = None
+            if high is None:
+                guess = low + jump
+                jump *= 2
+            else:
+                guess = (low + high + 1) // 2
+        raise PagingError(f"the end of the list was not found in {MAX_END_PROBES} probes: it keeps moving")
+
+    def _finish(self, order: _Order, boundary: int | None, now: int) -> FetchResult:
         result = self.pages.result
         state: dict[str, Any] = {}
         if order.direction == "asc" and boundary is not None:
@@ -676,16 +944,53 @@ class _Poll:
             if resume > 0:
                 state["resume_offset"] = resume
         arrived: set[str] = set()
-        read = self._read[self._attempt:]
-        for name, pages in (("head", _from_start(read, self._limit)), ("tail", _to_end(read, self._limit))):
+        walked = dict(zip(("head", "tail"), self._walked(), strict=True))
+        fresh: dict[str, list[str]] = {}
+        for name in ("head", "tail"):
+            pages = self._looked.get(name) or walked[name]
             end = self._ends[name]
-            if pages:  # this walk read that end of the list
-                end = _judge_end(name, end, pages, self._since, self._limit, arrived)
+            if pages:  # this poll read that end of the list
+                judged = _judge_end(name, end, pages, self._since, self._limit)
+                end = judged.end
+                arrived |= judged.below
+                fresh[name] = [fill_id for fill_id, when in judged.arrivals or ()
+                               if when is not None and not self._old(when)]
             if end is not None:
                 state[name] = end.saved()
+        self._check_order(walked["head"], fresh, now)
+        looks: dict[str, Any] = {}
+        for name, look in self._looks.items():
+            if look is None:
+                continue
+            if walked[name]:  # the walk read it: a look is owed only while the end is hot
+                if now >= look.hot_until_ns:
+                    continue
+                look.read_ns = now
+                if name == "tail":
+                    look.length = self._read[-1][0] + len(self._read[-1][1])
+            looks[name] = look.saved()
+        if looks:
+            state["looks"] = looks
         result.paging_state = state or None
         result.arrived_below = arrived or None
         return result
+
+    def _check_order(self, head: list[_Listing], fresh: dict[str, list[str]], now: int) -> None:
+        """Fail the poll when fills of the window arrived at both ends of a list it did not read
+        whole: no order ZLL may use puts them there (one end in insertion order; sorted, only a fill
+        older than every fill listed goes to the old end, and then every fill listed is in the
+        window and the walk reads them all), so the part skipped may hold more. The polls of the
+        next `lookback_s` read the whole list; until then, this one fails loudly instead of guessing.
+        """
+        whole = bool(head) and len(head[-1]) < self._limit
+        if whole or not fresh.get("head") or not fresh.get("tail"):
+            return
+        self._adapter.whole_until_ns = now + self._adapter.lookback_ns
+        raise ListOrderError(
+            f"fills of the window arrived at both ends of the list since the previous poll ({len(fresh['head'])} "
+            f"at the head, e.g. {fresh['head'][0]}; {len(fresh['tail'])} at the tail, e.g. {fresh['tail'][0]}): "
+            f"it fits no order the adapter can read in part; the list is read whole for the next "
+            f"{self._adapter.lookback_ns / NS:.0f}s")
 
     async def _walk(self, offset: int, page: _Listing, order: _Order, *, skipped: bool) -> tuple[_Order, int | None]:
         """Read from `page` (at `offset`) to where the order says to stop.
@@ -782,6 +1087,13 @@ class ZllAdapter(VenueAdapter):
         self.client = client
         self.max_pages = max_pages
         self.pages = ZllPages(source.name)
+        self.lookback_ns = int(source.lookback_s * NS)
+        #: how often the far end of a list read in part is read (see :data:`LOOK_SHARE`)
+        self.look_every_ns = self.lookback_ns // LOOK_SHARE
+        self.poll_interval_ns = int(source.poll_interval_s * NS)
+        #: until when every poll reads the whole list: its ends contradicted every order lately
+        #: (kept in memory only: a new process finds out again, failing one poll)
+        self.whole_until_ns = 0
 
     def params(self, offset: int) -> dict[str, str | int]:
         """Query parameters of the page at `offset`."""
