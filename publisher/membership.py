@@ -30,7 +30,7 @@ from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import CommitFailedError, IllegalStateError, InvalidSessionTimeoutError
 
 from publisher.config import ConfigError, Settings, fills_topic
 from publisher.kafkaclient import consumer_options, ensure_topics, topic_partitions
@@ -190,6 +190,10 @@ class GroupMembership(ConsumerRebalanceListener):
             await self._leave(consumer)
             if error is None:
                 break  # stopped
+            if isinstance(error, InvalidSessionTimeoutError):
+                raise ConfigError("cluster.session_timeout_s", (
+                    f"the brokers refuse a session timeout of {cluster.session_timeout_s:g}s: it must lie within their "
+                    f"group.min.session.timeout.ms and group.max.session.timeout.ms (6 s and 30 min by default)"))
             delay = backoff.next_delay()
             log.warning("cannot join consumer group %s (%s: %s); retrying in %.1fs",
                         self.group_id, type(error).__name__, error, delay)

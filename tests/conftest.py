@@ -69,6 +69,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "realkafka: runs against a real Apache Kafka broker (JVM, KRaft)")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With pytest-xdist (the suite runs on two workers, pyproject.toml): every real-Kafka test on
+    one worker, one after another. They share one session broker, and each of them mostly waits
+    (session timeouts, broker restarts), while the other worker runs the rest of the suite."""
+    for item in items:
+        if item.get_closest_marker("realkafka") is not None:
+            item.add_marker(pytest.mark.xdist_group("realkafka"))
+
+
 def _scram_users() -> tuple[ScramUser, ...]:
     from tests.harness.kafka import ScramUser
 

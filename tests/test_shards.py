@@ -80,7 +80,7 @@ def test_group_id_and_cluster_settings_come_from_the_file_or_the_environment(tmp
     ([{"name": "a", "shard": 1}], {}, "sources[a].shard", "cluster.shards is 1"),
     ([{"name": "a"}], {"shards": 0}, "cluster.shards", ">= 1"),
     ([{"name": "a"}], {"shards": 2000}, "cluster.shards", "<= 1024"),
-    ([{"name": "a"}], {"shards": 2, "session_timeout_s": 1}, "cluster.session_timeout_s", ">= 6"),
+    ([{"name": "a"}], {"shards": 2, "session_timeout_s": 0.5}, "cluster.session_timeout_s", ">= 1"),
     ([{"name": "a"}], {"replicas": 2}, "cluster.replicas", "unknown setting"),
 ])
 def test_bad_cluster_settings_name_the_field(tmp_path: Path, sources: list[dict[str, Any]], cluster: dict[str, Any],

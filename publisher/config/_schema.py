@@ -193,8 +193,9 @@ class ClusterConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     #: static group membership (group.instance.id, e.g. the pod name): a restarted instance that
     #: comes back within the session timeout gets its shards back without a rebalance
     instance_id: Annotated[str, msgspec.Meta(min_length=1, max_length=249)] | None = None
-    #: an instance that stops heartbeating loses its shards to the others after this long
-    session_timeout_s: Annotated[float, msgspec.Meta(ge=6, le=300)] = 10.0
+    #: an instance that stops heartbeating loses its shards to the others after this long; the
+    #: brokers bound it (group.min/max.session.timeout.ms, 6 s to 30 min by default)
+    session_timeout_s: Annotated[float, msgspec.Meta(ge=1, le=1800)] = 10.0
 
 
 #: any venue's source config, told apart by its `venue` field

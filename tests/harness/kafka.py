@@ -252,6 +252,8 @@ class KafkaCluster:
             "transaction.state.log.num.partitions": "3",
             "transaction.state.log.segment.bytes": str(1024 * 1024),
             "group.initial.rebalance.delay.ms": "0",
+            # shard tests detect a dead instance within a 3 s group session (Kafka's default floor is 6 s)
+            "group.min.session.timeout.ms": "3000",
             "num.network.threads": "2",
             "num.io.threads": "2",
             "background.threads": "2",
